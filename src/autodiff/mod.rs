@@ -1,0 +1,1 @@
+//! Reverse-mode autodiff tape (see tape.rs).

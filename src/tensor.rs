@@ -1,0 +1,574 @@
+//! Dense row-major matrices generic over `f32`/`f64`, strided views, and GEMM.
+//!
+//! `Matrix<T>` owns a contiguous row-major buffer. `MatRef<'a, T>` is a strided
+//! read-only view: a transpose is a view with swapped strides, so GEMM never
+//! copies to transpose. GEMM goes through `matrixmultiply` (single-threaded
+//! kernels); large products are split over rayon by *row blocks of C*. Each
+//! output element is then computed by exactly one thread with the same
+//! accumulation order over the inner dimension, so results are bit-identical
+//! for any thread count.
+
+use rayon::prelude::*;
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
+
+/// Floating-point element type (`f32` or `f64`).
+pub trait Scalar:
+    Copy
+    + Send
+    + Sync
+    + Debug
+    + Default
+    + PartialOrd
+    + bytemuck::Pod
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+    + std::fmt::Display
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    /// `"f32"` or `"f64"`, the safetensors dtype name.
+    const DTYPE: &'static str;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
+    fn abs(self) -> Self;
+    fn is_finite(self) -> bool;
+    fn max(self, other: Self) -> Self {
+        if self >= other {
+            self
+        } else {
+            other
+        }
+    }
+    /// `C <- alpha * A B + beta * C` on raw strided buffers (matrixmultiply).
+    ///
+    /// # Safety
+    /// Pointers and strides must describe valid `m x k`, `k x n`, `m x n` matrices,
+    /// and `c` must not alias `a` or `b`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+macro_rules! impl_scalar {
+    ($t:ty, $name:literal, $gemm:path) => {
+        impl Scalar for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const DTYPE: &'static str = $name;
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            #[inline]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            unsafe fn gemm_raw(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+            }
+        }
+    };
+}
+impl_scalar!(f32, "f32", matrixmultiply::sgemm);
+impl_scalar!(f64, "f64", matrixmultiply::dgemm);
+
+/// Owned dense row-major matrix: element `(i, j)` is `data[i * cols + j]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matrix<T> {
+    rows: usize,
+    cols: usize,
+    data: Vec<T>,
+}
+
+/// Read-only strided view: element `(i, j)` is at `data[i * rs + j * cs]`
+/// (offsets relative to the view's origin inside `data`).
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
+}
+
+impl<T: Scalar> Matrix<T> {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            data: vec![T::ZERO; rows * cols],
+        }
+    }
+    pub fn filled(rows: usize, cols: usize, v: T) -> Self {
+        Self {
+            rows,
+            cols,
+            data: vec![v; rows * cols],
+        }
+    }
+    pub fn identity(n: usize) -> Self {
+        let mut m = Self::zeros(n, n);
+        for i in 0..n {
+            m.data[i * n + i] = T::ONE;
+        }
+        m
+    }
+    /// Wraps a row-major buffer. Panics if `data.len() != rows * cols` (a programming error).
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<T>) -> Self {
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "Matrix::from_vec: buffer length does not match shape"
+        );
+        Self { rows, cols, data }
+    }
+    pub fn from_fn(rows: usize, cols: usize, mut f: impl FnMut(usize, usize) -> T) -> Self {
+        let mut data = Vec::with_capacity(rows * cols);
+        for i in 0..rows {
+            for j in 0..cols {
+                data.push(f(i, j));
+            }
+        }
+        Self { rows, cols, data }
+    }
+    /// Column vector (`n x 1`).
+    pub fn col_vector(v: Vec<T>) -> Self {
+        let n = v.len();
+        Self::from_vec(n, 1, v)
+    }
+    /// Row vector (`1 x n`).
+    pub fn row_vector(v: Vec<T>) -> Self {
+        let n = v.len();
+        Self::from_vec(1, n, v)
+    }
+    pub fn scalar(v: T) -> Self {
+        Self::from_vec(1, 1, vec![v])
+    }
+    #[inline]
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    #[inline]
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    #[inline]
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    #[inline]
+    pub fn as_slice(&self) -> &[T] {
+        &self.data
+    }
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+    pub fn into_vec(self) -> Vec<T> {
+        self.data
+    }
+    #[inline]
+    pub fn get(&self, i: usize, j: usize) -> T {
+        self.data[i * self.cols + j]
+    }
+    #[inline]
+    pub fn set(&mut self, i: usize, j: usize, v: T) {
+        self.data[i * self.cols + j] = v;
+    }
+    #[inline]
+    pub fn row(&self, i: usize) -> &[T] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+    #[inline]
+    pub fn row_mut(&mut self, i: usize) -> &mut [T] {
+        let c = self.cols;
+        &mut self.data[i * c..(i + 1) * c]
+    }
+    /// Value of a `1 x 1` matrix.
+    pub fn item(&self) -> T {
+        assert_eq!(self.len(), 1, "item() on a non-scalar matrix");
+        self.data[0]
+    }
+    pub fn view(&self) -> MatRef<'_, T> {
+        MatRef {
+            data: &self.data,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.cols as isize,
+            cs: 1,
+        }
+    }
+    /// Transposed view (no copy).
+    pub fn t(&self) -> MatRef<'_, T> {
+        self.view().t()
+    }
+    /// Rows `start..end` as a contiguous view.
+    pub fn rows_view(&self, start: usize, end: usize) -> MatRef<'_, T> {
+        assert!(start <= end && end <= self.rows);
+        MatRef {
+            data: &self.data[start * self.cols..end * self.cols],
+            rows: end - start,
+            cols: self.cols,
+            rs: self.cols as isize,
+            cs: 1,
+        }
+    }
+    /// Copies the given rows (in the given order) into a new matrix.
+    pub fn select_rows(&self, idx: &[usize]) -> Self {
+        let mut data = Vec::with_capacity(idx.len() * self.cols);
+        for &i in idx {
+            data.extend_from_slice(self.row(i));
+        }
+        Self::from_vec(idx.len(), self.cols, data)
+    }
+    /// Same buffer, new shape (row-major reinterpretation).
+    pub fn reshape(self, rows: usize, cols: usize) -> Self {
+        Self::from_vec(rows, cols, self.data)
+    }
+    pub fn map(&self, f: impl Fn(T) -> T) -> Self {
+        Self {
+            rows: self.rows,
+            cols: self.cols,
+            data: self.data.iter().map(|&x| f(x)).collect(),
+        }
+    }
+    pub fn zip_map(&self, other: &Self, f: impl Fn(T, T) -> T) -> Self {
+        assert_eq!(self.shape(), other.shape(), "zip_map: shape mismatch");
+        Self {
+            rows: self.rows,
+            cols: self.cols,
+            data: self
+                .data
+                .iter()
+                .zip(&other.data)
+                .map(|(&a, &b)| f(a, b))
+                .collect(),
+        }
+    }
+    pub fn scale(&self, s: T) -> Self {
+        self.map(|x| x * s)
+    }
+    /// `self += s * other`.
+    pub fn axpy(&mut self, s: T, other: &Self) {
+        assert_eq!(self.shape(), other.shape(), "axpy: shape mismatch");
+        for (a, &b) in self.data.iter_mut().zip(&other.data) {
+            *a += s * b;
+        }
+    }
+    /// Sum of all entries, accumulated in order in f64.
+    pub fn sum_f64(&self) -> f64 {
+        self.data.iter().map(|x| x.to_f64()).sum()
+    }
+    pub fn frobenius_norm(&self) -> f64 {
+        self.data
+            .iter()
+            .map(|x| {
+                let v = x.to_f64();
+                v * v
+            })
+            .sum::<f64>()
+            .sqrt()
+    }
+    pub fn max_abs(&self) -> f64 {
+        self.data
+            .iter()
+            .fold(0.0f64, |m, x| m.max(x.to_f64().abs()))
+    }
+    pub fn all_finite(&self) -> bool {
+        self.data.iter().all(|x| x.is_finite())
+    }
+    /// Materialised transpose.
+    pub fn transpose(&self) -> Self {
+        self.t().to_owned()
+    }
+    /// Converts element type through f64.
+    pub fn cast<U: Scalar>(&self) -> Matrix<U> {
+        Matrix {
+            rows: self.rows,
+            cols: self.cols,
+            data: self.data.iter().map(|&x| U::from_f64(x.to_f64())).collect(),
+        }
+    }
+    /// Column sums as a `1 x cols` row vector (rows summed in order).
+    pub fn sum_rows(&self) -> Self {
+        let mut out = vec![T::ZERO; self.cols];
+        for i in 0..self.rows {
+            for (o, &v) in out.iter_mut().zip(self.row(i)) {
+                *o += v;
+            }
+        }
+        Self::row_vector(out)
+    }
+    /// Row sums as a `rows x 1` column vector.
+    pub fn sum_cols(&self) -> Self {
+        Self::col_vector(
+            (0..self.rows)
+                .map(|i| self.row(i).iter().copied().sum())
+                .collect(),
+        )
+    }
+}
+
+impl<'a, T: Scalar> MatRef<'a, T> {
+    #[inline]
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    #[inline]
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Transposed view.
+    pub fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+    #[inline]
+    pub fn get(&self, i: usize, j: usize) -> T {
+        self.data[(i as isize * self.rs + j as isize * self.cs) as usize]
+    }
+    pub fn to_owned(&self) -> Matrix<T> {
+        Matrix::from_fn(self.rows, self.cols, |i, j| self.get(i, j))
+    }
+    /// Rows `start..end` of the view.
+    fn sub_rows(&self, start: usize, end: usize) -> Self {
+        if start == end {
+            return Self {
+                data: &self.data[..0],
+                rows: 0,
+                cols: self.cols,
+                rs: self.rs,
+                cs: self.cs,
+            };
+        }
+        let off = start as isize * self.rs;
+        // Strides are non-negative in every view we create.
+        Self {
+            data: &self.data[off as usize..],
+            rows: end - start,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+}
+
+/// Below this many multiply-adds a GEMM runs on the calling thread.
+const PARALLEL_GEMM_MIN_WORK: usize = 1 << 18;
+
+/// `C <- alpha * A B + beta * C` with `A: m x k`, `B: k x n`, `C: m x n` (row-major, owned).
+///
+/// Shapes are checked (a mismatch is a programming error and panics). The
+/// product is split over rayon in row blocks of `C`; see the module docs for
+/// why this is deterministic.
+pub fn gemm<T: Scalar>(alpha: T, a: MatRef<'_, T>, b: MatRef<'_, T>, beta: T, c: &mut Matrix<T>) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm: inner dimensions differ ({m}x{k} * {}x{n})", b.rows);
+    assert_eq!(c.shape(), (m, n), "gemm: output shape mismatch");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for x in c.as_mut_slice() {
+            *x = if beta == T::ZERO { T::ZERO } else { *x * beta };
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let work = m * n * k;
+    if threads <= 1 || work < PARALLEL_GEMM_MIN_WORK || m < 2 {
+        gemm_serial(alpha, a, b, beta, c.as_mut_slice(), n);
+        return;
+    }
+    // Row blocks: a few per thread for load balance, at least 8 rows each.
+    let block = m.div_ceil(threads * 2).max(8);
+    c.as_mut_slice()
+        .par_chunks_mut(block * n)
+        .enumerate()
+        .for_each(|(bi, chunk)| {
+            let r0 = bi * block;
+            let r1 = r0 + chunk.len() / n;
+            gemm_serial(alpha, a.sub_rows(r0, r1), b, beta, chunk, n);
+        });
+}
+
+fn gemm_serial<T: Scalar>(
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut [T],
+    n: usize,
+) {
+    let (m, k) = (a.rows, a.cols);
+    debug_assert_eq!(c.len(), m * n);
+    // SAFETY: views were bounds-checked at construction; c is a distinct mutable buffer.
+    unsafe {
+        T::gemm_raw(
+            m,
+            k,
+            n,
+            alpha,
+            a.data.as_ptr(),
+            a.rs,
+            a.cs,
+            b.data.as_ptr(),
+            b.rs,
+            b.cs,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// `A B` as a new matrix.
+pub fn matmul<T: Scalar>(a: MatRef<'_, T>, b: MatRef<'_, T>) -> Matrix<T> {
+    let mut c = Matrix::zeros(a.rows, b.cols);
+    gemm(T::ONE, a, b, T::ZERO, &mut c);
+    c
+}
+
+/// Sums `parts` in index order (fixed-order reduction for determinism).
+pub fn sum_in_order<T: Scalar>(parts: Vec<Matrix<T>>) -> Option<Matrix<T>> {
+    let mut it = parts.into_iter();
+    let mut acc = it.next()?;
+    for p in it {
+        acc.axpy(T::ONE, &p);
+    }
+    Some(acc)
+}
+
+/// Splits `0..n` into consecutive blocks of `block` indices (the last may be shorter).
+/// Per-sample work is mapped over these blocks in parallel and the partial results
+/// are combined with [`sum_in_order`], so the result depends only on `block`, never
+/// on scheduling.
+pub fn sample_blocks(n: usize, block: usize) -> Vec<std::ops::Range<usize>> {
+    assert!(block > 0);
+    (0..n.div_ceil(block))
+        .map(|b| b * block..((b + 1) * block).min(n))
+        .collect()
+}
+
+/// Maps `f` over fixed sample blocks in parallel and sums the results in block order.
+pub fn par_block_sum<T: Scalar, F>(n: usize, block: usize, f: F) -> Option<Matrix<T>>
+where
+    F: Fn(std::ops::Range<usize>) -> Matrix<T> + Sync + Send,
+{
+    let parts: Vec<Matrix<T>> = sample_blocks(n, block).into_par_iter().map(f).collect();
+    sum_in_order(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &Matrix<f64>, b: &Matrix<f64>) -> Matrix<f64> {
+        Matrix::from_fn(a.rows(), b.cols(), |i, j| {
+            (0..a.cols()).map(|k| a.get(i, k) * b.get(k, j)).sum()
+        })
+    }
+
+    #[test]
+    fn gemm_transposes_match_naive() {
+        let a = Matrix::from_fn(37, 29, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+        let b = Matrix::from_fn(29, 31, |i, j| ((i * 5 + j) % 13) as f64 * 0.5);
+        let c = matmul(a.view(), b.view());
+        assert_eq!(c, naive(&a, &b));
+        let at = a.transpose();
+        let bt = b.transpose();
+        assert_eq!(matmul(at.t(), bt.t()), c);
+    }
+
+    #[test]
+    fn gemm_parallel_is_bit_identical_to_serial() {
+        let a = Matrix::from_fn(300, 200, |i, j| ((i * 31 + j * 17) % 97) as f64 / 7.0 - 3.0);
+        let b = Matrix::from_fn(200, 150, |i, j| ((i * 13 + j * 29) % 89) as f64 / 11.0 - 2.0);
+        let par = matmul(a.view(), b.view());
+        let mut ser = Matrix::zeros(300, 150);
+        gemm_serial(1.0, a.view(), b.view(), 0.0, ser.as_mut_slice(), 150);
+        assert_eq!(par.as_slice(), ser.as_slice());
+    }
+}
