@@ -1,1 +1,6 @@
+//! One integration-test binary (nalgebra style); each concern in its own module.
 
+mod autodiff_checks;
+mod data_readers;
+mod model_files;
+mod training;

@@ -1,0 +1,1 @@
+//! Integration tests: data_readers.
