@@ -1,1 +1,341 @@
-//! Training.
+//! Minibatch training: SGD (momentum, weight decay) and Adam, seeded shuffling,
+//! per-epoch metrics, NaN/Inf detection.
+//!
+//! Optimiser conventions follow PyTorch. SGD: `g <- g + wd * w`,
+//! `v <- mu * v + g` (`v = g` on the first step), `w <- w - lr * v`.
+//! Adam: `g <- g + wd * w`, `m <- b1 m + (1-b1) g`, `s <- b2 s + (1-b2) g^2`,
+//! `w <- w - lr * (m / (1-b1^t)) / (sqrt(s / (1-b2^t)) + eps)`.
+//! Each epoch shuffles the training indices with `Rng::derived(seed, epoch)`
+//! (Fisher-Yates); the last partial batch is kept.
+
+use crate::autodiff::Tape;
+use crate::error::{Error, Result};
+use crate::nn::{loss::error_rate, Mlp, Mode};
+use crate::rng::Rng;
+use crate::tensor::{Matrix, Scalar};
+use serde::{Deserialize, Serialize};
+
+/// Optimiser and its hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum Optimizer {
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+    },
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+}
+
+impl Optimizer {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidArgument(m.to_string()));
+        match *self {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return bad("learning rate must be positive and finite");
+                }
+                if !(0.0..1.0).contains(&momentum) {
+                    return bad("momentum must be in [0, 1)");
+                }
+                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    return bad("weight decay must be >= 0");
+                }
+            }
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return bad("learning rate must be positive and finite");
+                }
+                if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+                    return bad("Adam betas must be in [0, 1)");
+                }
+                if !(eps > 0.0) {
+                    return bad("Adam eps must be positive");
+                }
+                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    return bad("weight decay must be >= 0");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Training configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: Optimizer,
+    /// Seeds the shuffling (initialisation has its own seed in the model).
+    pub seed: u64,
+}
+
+/// Metrics after one epoch (losses in evaluation mode over the whole set).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub steps: usize,
+    /// Mean of the minibatch losses seen during the epoch (training mode).
+    pub mean_batch_loss: f64,
+    pub train_loss: f64,
+    pub train_error: f64,
+    pub test_loss: Option<f64>,
+    pub test_error: Option<f64>,
+}
+
+/// Optimiser state (one slot per parameter tensor).
+struct OptState<T> {
+    m: Vec<Matrix<T>>,
+    s: Vec<Matrix<T>>,
+    t: u64,
+}
+
+/// Loss and gradients (parameter-vector order) on one batch, in training mode.
+/// Also returns BatchNorm batch statistics per layer.
+#[allow(clippy::type_complexity)]
+pub fn loss_and_grad<T: Scalar>(
+    model: &Mlp<T>,
+    x: &Matrix<T>,
+    labels: &[usize],
+    mode: Mode,
+) -> (T, Vec<Matrix<T>>, Vec<Option<(Matrix<T>, Matrix<T>)>>) {
+    let tape = Tape::new();
+    let params = model.params_on_tape(&tape);
+    let xv = tape.constant(x.clone());
+    let (loss, fwd) = model.loss_tape(&params, xv, labels, mode);
+    let grads = tape.grad(loss, &params);
+    let gv = grads.iter().map(|g| g.value().clone()).collect();
+    (loss.item(), gv, fwd.batch_stats)
+}
+
+/// Mean loss and error rate of the model on a dataset (evaluation mode), in blocks.
+pub fn evaluate<T: Scalar>(model: &Mlp<T>, x: &Matrix<T>, labels: &[usize]) -> Result<(f64, f64)> {
+    if labels.is_empty() {
+        return Err(Error::InvalidArgument("cannot evaluate on an empty set".into()));
+    }
+    const BLOCK: usize = 2048;
+    let (mut loss_sum, mut wrong) = (0.0, 0.0);
+    for start in (0..labels.len()).step_by(BLOCK) {
+        let end = (start + BLOCK).min(labels.len());
+        let xb = x.rows_view(start, end).to_owned();
+        let z = model.logits(&xb)?;
+        let yb = &labels[start..end];
+        loss_sum += model.config.loss.per_sample(&z, yb).iter().sum::<f64>();
+        wrong += error_rate(&z, yb) * yb.len() as f64;
+    }
+    let n = labels.len() as f64;
+    Ok((loss_sum / n, wrong / n))
+}
+
+/// Trains `model` in place. `on_epoch` is called after every epoch with the
+/// model and its metrics (checkpoints, progress); `on_step` after every step.
+#[allow(clippy::too_many_arguments)]
+pub fn train<T: Scalar>(
+    model: &mut Mlp<T>,
+    x: &Matrix<T>,
+    labels: &[usize],
+    test: Option<(&Matrix<T>, &[usize])>,
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(usize, usize, f64),
+    mut on_epoch: impl FnMut(&Mlp<T>, &EpochMetrics) -> Result<()>,
+) -> Result<Vec<EpochMetrics>> {
+    cfg.optimizer.validate()?;
+    model.check_input(x)?;
+    if labels.len() != x.rows() {
+        return Err(Error::Shape(format!(
+            "{} samples but {} labels",
+            x.rows(),
+            labels.len()
+        )));
+    }
+    if labels.is_empty() {
+        return Err(Error::InvalidArgument("the training set is empty".into()));
+    }
+    if cfg.batch_size == 0 {
+        return Err(Error::InvalidArgument("batch size must be positive".into()));
+    }
+    if let Some(&bad) = labels.iter().find(|&&y| y >= model.config.classes) {
+        return Err(Error::Shape(format!(
+            "label {bad} is out of range for a model with {} outputs",
+            model.config.classes
+        )));
+    }
+    if model.config.batchnorm.is_some() && cfg.batch_size < 2 {
+        return Err(Error::InvalidArgument(
+            "BatchNorm needs a batch size of at least 2".into(),
+        ));
+    }
+    let zeros: Vec<Matrix<T>> = model
+        .named_params()
+        .iter()
+        .map(|(_, m)| Matrix::zeros(m.rows(), m.cols()))
+        .collect();
+    let mut state = OptState {
+        m: zeros.clone(),
+        s: zeros,
+        t: 0,
+    };
+    let n = labels.len();
+    let mut history = Vec::with_capacity(cfg.epochs);
+    let mut global_step = 0usize;
+    for epoch in 1..=cfg.epochs {
+        let order = Rng::derived(cfg.seed, epoch as u64).permutation(n);
+        let mut batch_loss_sum = 0.0;
+        let mut steps = 0;
+        for (step, idx) in order.chunks(cfg.batch_size).enumerate() {
+            // A BatchNorm batch of one sample has zero variance: skip such a remainder.
+            if model.config.batchnorm.is_some() && idx.len() < 2 {
+                continue;
+            }
+            let xb = x.select_rows(idx);
+            let yb: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
+            let (loss, grads, stats) = loss_and_grad(model, &xb, &yb, Mode::Train);
+            if !loss.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "loss".into(),
+                    epoch,
+                    step: step + 1,
+                });
+            }
+            if !grads.iter().all(|g| g.all_finite()) {
+                return Err(Error::NonFinite {
+                    what: "gradient".into(),
+                    epoch,
+                    step: step + 1,
+                });
+            }
+            apply_update(model, &grads, &mut state, &cfg.optimizer);
+            update_running_stats(model, &stats, idx.len());
+            if !model.named_params().iter().all(|(_, m)| m.all_finite()) {
+                return Err(Error::NonFinite {
+                    what: "parameter".into(),
+                    epoch,
+                    step: step + 1,
+                });
+            }
+            batch_loss_sum += loss.to_f64();
+            steps += 1;
+            global_step += 1;
+            on_step(epoch, global_step, loss.to_f64());
+        }
+        let (train_loss, train_error) = evaluate(model, x, labels)?;
+        let (test_loss, test_error) = match test {
+            Some((tx, ty)) if !ty.is_empty() => {
+                let (l, e) = evaluate(model, tx, ty)?;
+                (Some(l), Some(e))
+            }
+            _ => (None, None),
+        };
+        if !train_loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "training loss".into(),
+                epoch,
+                step: steps,
+            });
+        }
+        let metrics = EpochMetrics {
+            epoch,
+            steps,
+            mean_batch_loss: batch_loss_sum / steps.max(1) as f64,
+            train_loss,
+            train_error,
+            test_loss,
+            test_error,
+        };
+        on_epoch(model, &metrics)?;
+        history.push(metrics);
+    }
+    Ok(history)
+}
+
+fn apply_update<T: Scalar>(
+    model: &mut Mlp<T>,
+    grads: &[Matrix<T>],
+    st: &mut OptState<T>,
+    opt: &Optimizer,
+) {
+    st.t += 1;
+    let params = model.params_mut();
+    match *opt {
+        Optimizer::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        } => {
+            let (lr, mu, wd) = (T::from_f64(lr), T::from_f64(momentum), T::from_f64(weight_decay));
+            for ((w, g), v) in params.into_iter().zip(grads).zip(st.m.iter_mut()) {
+                let (w, g, v) = (w.as_mut_slice(), g.as_slice(), v.as_mut_slice());
+                for i in 0..w.len() {
+                    let gi = g[i] + wd * w[i];
+                    v[i] = if st.t == 1 { gi } else { mu * v[i] + gi };
+                    w[i] -= lr * v[i];
+                }
+            }
+        }
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            let bc1 = 1.0 - beta1.powi(st.t as i32);
+            let bc2 = 1.0 - beta2.powi(st.t as i32);
+            let (b1, b2) = (T::from_f64(beta1), T::from_f64(beta2));
+            let (step, eps, wd) = (T::from_f64(lr / bc1), T::from_f64(eps), T::from_f64(weight_decay));
+            let inv_bc2 = T::from_f64(1.0 / bc2);
+            for (((w, g), m), s) in params
+                .into_iter()
+                .zip(grads)
+                .zip(st.m.iter_mut())
+                .zip(st.s.iter_mut())
+            {
+                let (w, g, m, s) = (w.as_mut_slice(), g.as_slice(), m.as_mut_slice(), s.as_mut_slice());
+                for i in 0..w.len() {
+                    let gi = g[i] + wd * w[i];
+                    m[i] = b1 * m[i] + (T::ONE - b1) * gi;
+                    s[i] = b2 * s[i] + (T::ONE - b2) * gi * gi;
+                    w[i] -= step * m[i] / ((s[i] * inv_bc2).sqrt() + eps);
+                }
+            }
+        }
+    }
+}
+
+/// PyTorch's running-statistics update: unbiased batch variance in the average.
+fn update_running_stats<T: Scalar>(
+    model: &mut Mlp<T>,
+    stats: &[Option<(Matrix<T>, Matrix<T>)>],
+    batch: usize,
+) {
+    let momentum = model.config.batchnorm.map_or(0.1, |c| c.momentum);
+    let (mo, keep) = (T::from_f64(momentum), T::from_f64(1.0 - momentum));
+    let unbias = T::from_f64(batch as f64 / (batch as f64 - 1.0).max(1.0));
+    for (layer, st) in model.layers.iter_mut().zip(stats) {
+        if let (Some(bn), Some((mean, var))) = (&mut layer.bn, st) {
+            for (r, &b) in bn.running_mean.as_mut_slice().iter_mut().zip(mean.as_slice()) {
+                *r = keep * *r + mo * b;
+            }
+            for (r, &b) in bn.running_var.as_mut_slice().iter_mut().zip(var.as_slice()) {
+                *r = keep * *r + mo * b * unbias;
+            }
+        }
+    }
+}

@@ -1,1 +1,10 @@
-//! Reverse-mode autodiff tape (see tape.rs).
+//! Reverse-mode automatic differentiation with a recordable backward pass.
+//!
+//! [`tape`] holds the primitive operations and the backward walk; [`ops`]
+//! composes them into the losses and layers that MLPs need (softmax
+//! cross-entropy, MSE, BatchNorm1d, weight decay).
+
+pub mod ops;
+pub mod tape;
+
+pub use tape::{hvp, Tape, Var};

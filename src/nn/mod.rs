@@ -1,6 +1,7 @@
 //! Models: MLP architecture, parameters, initialisation, plain forward pass, losses.
 
 pub mod activation;
+pub mod graph;
 pub mod init;
 pub mod loss;
 pub mod mlp;
@@ -8,4 +9,5 @@ pub mod mlp;
 pub use activation::Activation;
 pub use init::Init;
 pub use loss::LossKind;
-pub use mlp::{BatchNorm, BatchNormConfig, Layer, Mlp, MlpConfig};
+pub use graph::Mode;
+pub use mlp::{BatchNorm, BatchNormConfig, ForwardCache, Layer, Mlp, MlpConfig};

@@ -1,0 +1,537 @@
+//! A reverse-mode autodiff tape whose backward pass is itself recorded.
+//!
+//! Every operation appends a node (its value and how it was made) to the tape.
+//! [`Tape::grad`] walks the nodes backwards and builds each vector-Jacobian
+//! product *out of tape operations*, so the gradients it returns are ordinary
+//! [`Var`]s: differentiating them again gives Hessian-vector products (double
+//! backward) and gradients of gradient norms. Constants (data, labels, masks)
+//! are leaves that do not require gradients and are skipped.
+//!
+//! Shapes are checked when an operation is recorded; a mismatch is a
+//! programming error and panics with both shapes.
+
+use crate::tensor::{gemm, Matrix, Scalar};
+use std::cell::{Ref, RefCell};
+use std::rc::Rc;
+
+/// How a node was computed. Inputs are node ids on the same tape.
+#[derive(Clone, Debug)]
+enum Op<T> {
+    Leaf,
+    /// `op_a(A) op_b(B)`, where `op_x` transposes when its flag is set.
+    MatMul {
+        a: usize,
+        b: usize,
+        ta: bool,
+        tb: bool,
+    },
+    Add(usize, usize),
+    Sub(usize, usize),
+    /// Elementwise product.
+    Mul(usize, usize),
+    /// Elementwise product with a constant matrix (ReLU masks, one-hot labels).
+    MulConst(usize, Rc<Matrix<T>>),
+    Scale(usize, T),
+    AddScalar(usize, T),
+    Square(usize),
+    Exp(usize),
+    Log(usize),
+    Tanh(usize),
+    Sqrt(usize),
+    Recip(usize),
+    /// Repeat a `1 x c`, `r x 1` or `1 x 1` input to the node's shape.
+    Broadcast(usize),
+    /// Sum over the axes where the node's shape is 1 (adjoint of `Broadcast`).
+    SumTo(usize),
+}
+
+struct Node<T> {
+    value: Matrix<T>,
+    op: Op<T>,
+    requires_grad: bool,
+}
+
+/// The recording. Create one per computation (e.g. per minibatch) and drop it after.
+pub struct Tape<T: Scalar> {
+    nodes: RefCell<Vec<Node<T>>>,
+}
+
+/// Handle to a node on a tape.
+#[derive(Clone, Copy)]
+pub struct Var<'t, T: Scalar> {
+    tape: &'t Tape<T>,
+    id: usize,
+}
+
+impl<T: Scalar> Default for Tape<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Scalar> Tape<T> {
+    pub fn new() -> Self {
+        Self {
+            nodes: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Number of recorded nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&self, value: Matrix<T>, op: Op<T>, requires_grad: bool) -> Var<'_, T> {
+        let mut nodes = self.nodes.borrow_mut();
+        nodes.push(Node {
+            value,
+            op,
+            requires_grad,
+        });
+        Var {
+            tape: self,
+            id: nodes.len() - 1,
+        }
+    }
+
+    /// A differentiable input (a parameter).
+    pub fn param(&self, value: Matrix<T>) -> Var<'_, T> {
+        self.push(value, Op::Leaf, true)
+    }
+
+    /// A constant input (data, labels): gradients do not flow into it.
+    pub fn constant(&self, value: Matrix<T>) -> Var<'_, T> {
+        self.push(value, Op::Leaf, false)
+    }
+
+    fn shape(&self, id: usize) -> (usize, usize) {
+        self.nodes.borrow()[id].value.shape()
+    }
+
+    fn requires(&self, id: usize) -> bool {
+        self.nodes.borrow()[id].requires_grad
+    }
+
+    /// Records a unary op whose value is `f(input value)`.
+    fn unary(&self, a: usize, op: Op<T>, f: impl Fn(&Matrix<T>) -> Matrix<T>) -> Var<'_, T> {
+        let (value, rg) = {
+            let nodes = self.nodes.borrow();
+            (f(&nodes[a].value), nodes[a].requires_grad)
+        };
+        self.push(value, op, rg)
+    }
+
+    fn binary(
+        &self,
+        a: usize,
+        b: usize,
+        op: Op<T>,
+        f: impl Fn(&Matrix<T>, &Matrix<T>) -> Matrix<T>,
+    ) -> Var<'_, T> {
+        let (value, rg) = {
+            let nodes = self.nodes.borrow();
+            (
+                f(&nodes[a].value, &nodes[b].value),
+                nodes[a].requires_grad || nodes[b].requires_grad,
+            )
+        };
+        self.push(value, op, rg)
+    }
+
+    /// Gradients of the scalar `y` (a `1 x 1` node) with respect to `wrt`.
+    ///
+    /// The result is recorded on the tape, so it can be differentiated again.
+    /// Inputs that `y` does not depend on get a zero matrix of their shape.
+    pub fn grad<'t>(&'t self, y: Var<'t, T>, wrt: &[Var<'t, T>]) -> Vec<Var<'t, T>> {
+        assert_eq!(self.shape(y.id), (1, 1), "grad: output must be a 1 x 1 scalar");
+        let seed = self.constant(Matrix::filled(1, 1, T::ONE));
+        self.vjp(y, seed, wrt)
+    }
+
+    /// Vector-Jacobian product: `sum(cotangent * dy/dx)` for each `x` in `wrt`,
+    /// where `cotangent` has the shape of `y`.
+    pub fn vjp<'t>(
+        &'t self,
+        y: Var<'t, T>,
+        cotangent: Var<'t, T>,
+        wrt: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        assert_eq!(
+            self.shape(y.id),
+            self.shape(cotangent.id),
+            "vjp: cotangent shape differs from output"
+        );
+        let n = y.id + 1;
+        // Which nodes lie on a path from a `wrt` input to `y`.
+        let mut on_path = vec![false; n];
+        for w in wrt {
+            if w.id < n {
+                on_path[w.id] = true;
+            }
+        }
+        {
+            let nodes = self.nodes.borrow();
+            for i in 0..n {
+                if on_path[i] {
+                    continue;
+                }
+                on_path[i] = nodes[i].requires_grad
+                    && inputs_of(&nodes[i].op).iter().any(|&j| on_path[j]);
+            }
+        }
+        let mut grads: Vec<Option<Var<'t, T>>> = vec![None; n];
+        grads[y.id] = Some(cotangent);
+        for i in (0..n).rev() {
+            let Some(g) = grads[i] else { continue };
+            if !on_path[i] {
+                continue;
+            }
+            let op = self.nodes.borrow()[i].op.clone();
+            let out = Var { tape: self, id: i };
+            for (input, contrib) in self.backward_op(&op, out, g, &on_path) {
+                grads[input] = Some(match grads[input] {
+                    Some(acc) => acc.add(contrib),
+                    None => contrib,
+                });
+            }
+        }
+        wrt.iter()
+            .map(|w| match grads.get(w.id).copied().flatten() {
+                Some(g) => g,
+                None => {
+                    let (r, c) = self.shape(w.id);
+                    self.constant(Matrix::zeros(r, c))
+                }
+            })
+            .collect()
+    }
+
+    /// Input cotangents of one node, as tape operations.
+    fn backward_op<'t>(
+        &'t self,
+        op: &Op<T>,
+        out: Var<'t, T>,
+        g: Var<'t, T>,
+        on_path: &[bool],
+    ) -> Vec<(usize, Var<'t, T>)> {
+        let v = |id: usize| Var { tape: self, id };
+        let two = T::ONE + T::ONE;
+        let mut res = Vec::with_capacity(2);
+        match op {
+            Op::Leaf => {}
+            Op::MatMul { a, b, ta, tb } => {
+                let (a, b, ta, tb) = (*a, *b, *ta, *tb);
+                if on_path[a] {
+                    let da = if ta {
+                        v(b).matmul_t(g, tb, true)
+                    } else {
+                        g.matmul_t(v(b), false, !tb)
+                    };
+                    res.push((a, da));
+                }
+                if on_path[b] {
+                    let db = if tb {
+                        g.matmul_t(v(a), true, ta)
+                    } else {
+                        v(a).matmul_t(g, !ta, false)
+                    };
+                    res.push((b, db));
+                }
+            }
+            Op::Add(a, b) => {
+                res.push((*a, g));
+                res.push((*b, g));
+            }
+            Op::Sub(a, b) => {
+                res.push((*a, g));
+                if on_path[*b] {
+                    res.push((*b, g.neg()));
+                }
+            }
+            Op::Mul(a, b) => {
+                if on_path[*a] {
+                    res.push((*a, g.mul(v(*b))));
+                }
+                if on_path[*b] {
+                    res.push((*b, g.mul(v(*a))));
+                }
+            }
+            Op::MulConst(a, c) => res.push((*a, g.mul_const(c.clone()))),
+            Op::Scale(a, s) => res.push((*a, g.scale(*s))),
+            Op::AddScalar(a, _) => res.push((*a, g)),
+            Op::Square(a) => res.push((*a, g.mul(v(*a).scale(two)))),
+            Op::Exp(a) => res.push((*a, g.mul(out))),
+            Op::Log(a) => res.push((*a, g.mul(v(*a).recip()))),
+            Op::Tanh(a) => {
+                // d tanh = 1 - tanh^2, written with the output so it stays differentiable.
+                let d = out.square().scale(-T::ONE).add_scalar(T::ONE);
+                res.push((*a, g.mul(d)));
+            }
+            Op::Sqrt(a) => res.push((*a, g.mul(out.recip().scale(T::ONE / two)))),
+            Op::Recip(a) => res.push((*a, g.mul(out.square().scale(-T::ONE)))),
+            Op::Broadcast(a) => {
+                let (r, c) = self.shape(*a);
+                res.push((*a, g.sum_to(r, c)));
+            }
+            Op::SumTo(a) => {
+                let (r, c) = self.shape(*a);
+                res.push((*a, g.broadcast(r, c)));
+            }
+        }
+        res.retain(|(i, _)| on_path[*i]);
+        res
+    }
+}
+
+fn inputs_of<T>(op: &Op<T>) -> Vec<usize> {
+    match op {
+        Op::Leaf => vec![],
+        Op::MatMul { a, b, .. } | Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) => vec![*a, *b],
+        Op::MulConst(a, _)
+        | Op::Scale(a, _)
+        | Op::AddScalar(a, _)
+        | Op::Square(a)
+        | Op::Exp(a)
+        | Op::Log(a)
+        | Op::Tanh(a)
+        | Op::Sqrt(a)
+        | Op::Recip(a)
+        | Op::Broadcast(a)
+        | Op::SumTo(a) => vec![*a],
+    }
+}
+
+fn check_same_shape(what: &str, a: (usize, usize), b: (usize, usize)) {
+    assert_eq!(a, b, "{what}: shapes {a:?} and {b:?} differ");
+}
+
+impl<'t, T: Scalar> Var<'t, T> {
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    pub fn tape(&self) -> &'t Tape<T> {
+        self.tape
+    }
+
+    /// Borrow of the node's value.
+    pub fn value(&self) -> Ref<'t, Matrix<T>> {
+        Ref::map(self.tape.nodes.borrow(), |n| &n[self.id].value)
+    }
+
+    pub fn shape(&self) -> (usize, usize) {
+        self.tape.shape(self.id)
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.tape.requires(self.id)
+    }
+
+    /// Value of a `1 x 1` node.
+    pub fn item(&self) -> T {
+        self.value().item()
+    }
+
+    /// `self * other` (matrix product).
+    pub fn matmul(self, other: Self) -> Self {
+        self.matmul_t(other, false, false)
+    }
+
+    /// `op_a(self) * op_b(other)`, transposing through strides (no copies).
+    pub fn matmul_t(self, other: Self, ta: bool, tb: bool) -> Self {
+        self.tape.binary(
+            self.id,
+            other.id,
+            Op::MatMul {
+                a: self.id,
+                b: other.id,
+                ta,
+                tb,
+            },
+            |a, b| {
+                let av = if ta { a.t() } else { a.view() };
+                let bv = if tb { b.t() } else { b.view() };
+                assert_eq!(
+                    av.cols(),
+                    bv.rows(),
+                    "matmul: inner dimensions differ ({}x{} * {}x{})",
+                    av.rows(),
+                    av.cols(),
+                    bv.rows(),
+                    bv.cols()
+                );
+                let mut c = Matrix::zeros(av.rows(), bv.cols());
+                gemm(T::ONE, av, bv, T::ZERO, &mut c);
+                c
+            },
+        )
+    }
+
+    pub fn add(self, other: Self) -> Self {
+        self.tape
+            .binary(self.id, other.id, Op::Add(self.id, other.id), |a, b| {
+                check_same_shape("add", a.shape(), b.shape());
+                a.zip_map(b, |x, y| x + y)
+            })
+    }
+
+    pub fn sub(self, other: Self) -> Self {
+        self.tape
+            .binary(self.id, other.id, Op::Sub(self.id, other.id), |a, b| {
+                check_same_shape("sub", a.shape(), b.shape());
+                a.zip_map(b, |x, y| x - y)
+            })
+    }
+
+    /// Elementwise product.
+    pub fn mul(self, other: Self) -> Self {
+        self.tape
+            .binary(self.id, other.id, Op::Mul(self.id, other.id), |a, b| {
+                check_same_shape("mul", a.shape(), b.shape());
+                a.zip_map(b, |x, y| x * y)
+            })
+    }
+
+    /// Elementwise product with a constant.
+    pub fn mul_const(self, c: Rc<Matrix<T>>) -> Self {
+        let cc = c.clone();
+        self.tape.unary(self.id, Op::MulConst(self.id, c), move |a| {
+            check_same_shape("mul_const", a.shape(), cc.shape());
+            a.zip_map(&cc, |x, y| x * y)
+        })
+    }
+
+    pub fn scale(self, s: T) -> Self {
+        self.tape
+            .unary(self.id, Op::Scale(self.id, s), |a| a.scale(s))
+    }
+
+    pub fn neg(self) -> Self {
+        self.scale(-T::ONE)
+    }
+
+    pub fn add_scalar(self, s: T) -> Self {
+        self.tape
+            .unary(self.id, Op::AddScalar(self.id, s), |a| a.map(|x| x + s))
+    }
+
+    pub fn square(self) -> Self {
+        self.tape
+            .unary(self.id, Op::Square(self.id), |a| a.map(|x| x * x))
+    }
+
+    pub fn exp(self) -> Self {
+        self.tape.unary(self.id, Op::Exp(self.id), |a| a.map(|x| x.exp()))
+    }
+
+    pub fn ln(self) -> Self {
+        self.tape.unary(self.id, Op::Log(self.id), |a| a.map(|x| x.ln()))
+    }
+
+    pub fn tanh(self) -> Self {
+        self.tape
+            .unary(self.id, Op::Tanh(self.id), |a| a.map(|x| x.tanh()))
+    }
+
+    pub fn sqrt(self) -> Self {
+        self.tape
+            .unary(self.id, Op::Sqrt(self.id), |a| a.map(|x| x.sqrt()))
+    }
+
+    pub fn recip(self) -> Self {
+        self.tape
+            .unary(self.id, Op::Recip(self.id), |a| a.map(|x| T::ONE / x))
+    }
+
+    /// Repeats a `1 x c`, `r x 1` or `1 x 1` value to `rows x cols`.
+    pub fn broadcast(self, rows: usize, cols: usize) -> Self {
+        self.tape.unary(self.id, Op::Broadcast(self.id), |a| {
+            let (r, c) = a.shape();
+            assert!(
+                (r == rows || r == 1) && (c == cols || c == 1),
+                "broadcast: cannot broadcast {r}x{c} to {rows}x{cols}"
+            );
+            Matrix::from_fn(rows, cols, |i, j| {
+                a.get(if r == 1 { 0 } else { i }, if c == 1 { 0 } else { j })
+            })
+        })
+    }
+
+    /// Sums to `rows x cols`, each target dimension either kept or reduced to 1.
+    /// Sums run in index order.
+    pub fn sum_to(self, rows: usize, cols: usize) -> Self {
+        self.tape.unary(self.id, Op::SumTo(self.id), |a| {
+            let (r, c) = a.shape();
+            assert!(
+                (rows == r || rows == 1) && (cols == c || cols == 1),
+                "sum_to: cannot reduce {r}x{c} to {rows}x{cols}"
+            );
+            let mut out = Matrix::zeros(rows, cols);
+            for i in 0..r {
+                for j in 0..c {
+                    let (oi, oj) = (if rows == 1 { 0 } else { i }, if cols == 1 { 0 } else { j });
+                    let v = out.get(oi, oj) + a.get(i, j);
+                    out.set(oi, oj, v);
+                }
+            }
+            out
+        })
+    }
+
+    /// Sum of all entries (`1 x 1`).
+    pub fn sum(self) -> Self {
+        self.sum_to(1, 1)
+    }
+
+    /// `sum(self .* other)` (`1 x 1`).
+    pub fn dot(self, other: Self) -> Self {
+        self.mul(other).sum()
+    }
+
+    /// ReLU as a product with the constant mask `[z > 0]` (second derivative 0).
+    pub fn relu(self) -> Self {
+        let mask = self.value().map(|z| if z > T::ZERO { T::ONE } else { T::ZERO });
+        self.mul_const(Rc::new(mask))
+    }
+
+    /// LeakyReLU as a product with the constant slope mask (`1` or `slope`).
+    pub fn leaky_relu(self, slope: T) -> Self {
+        let mask = self.value().map(|z| if z > T::ZERO { T::ONE } else { slope });
+        self.mul_const(Rc::new(mask))
+    }
+}
+
+/// Hessian-vector product by double backward: `H v = d/dθ <∇f(θ), v>`.
+///
+/// `build` records the scalar `f` on the tape from the parameter variables.
+/// Returns `(f, ∇f, H v)` as plain matrices, one per parameter tensor.
+pub fn hvp<T: Scalar>(
+    params: &[Matrix<T>],
+    v: &[Matrix<T>],
+    build: impl for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Var<'t, T>,
+) -> (T, Vec<Matrix<T>>, Vec<Matrix<T>>) {
+    assert_eq!(params.len(), v.len(), "hvp: one direction per parameter tensor");
+    let tape = Tape::new();
+    let vars: Vec<Var<T>> = params.iter().map(|p| tape.param(p.clone())).collect();
+    let f = build(&tape, &vars);
+    let g = tape.grad(f, &vars);
+    let mut inner: Option<Var<T>> = None;
+    for (gi, vi) in g.iter().zip(v) {
+        check_same_shape("hvp direction", gi.shape(), vi.shape());
+        let term = gi.dot(tape.constant(vi.clone()));
+        inner = Some(match inner {
+            Some(acc) => acc.add(term),
+            None => term,
+        });
+    }
+    let inner = inner.expect("hvp: no parameters");
+    let hv = tape.grad(inner, &vars);
+    let fval = f.item();
+    let gvals = g.iter().map(|x| x.value().clone()).collect();
+    let hvals = hv.iter().map(|x| x.value().clone()).collect();
+    (fval, gvals, hvals)
+}
