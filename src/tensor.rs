@@ -437,12 +437,34 @@ impl<'a, T: Scalar> MatRef<'a, T> {
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PARALLEL_GEMM_MIN_WORK: usize = 1 << 18;
 
+/// Whether a kernel may split its work over the rayon pool.
+///
+/// Callers that already run in parallel over sample blocks pass `Seq` so that
+/// each block's GEMMs stay on its thread (no nested synchronisation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Par {
+    Seq,
+    Rayon,
+}
+
 /// `C <- alpha * A B + beta * C` with `A: m x k`, `B: k x n`, `C: m x n` (row-major, owned).
 ///
 /// Shapes are checked (a mismatch is a programming error and panics). The
 /// product is split over rayon in row blocks of `C`; see the module docs for
 /// why this is deterministic.
 pub fn gemm<T: Scalar>(alpha: T, a: MatRef<'_, T>, b: MatRef<'_, T>, beta: T, c: &mut Matrix<T>) {
+    gemm_par(Par::Rayon, alpha, a, b, beta, c)
+}
+
+/// [`gemm`] with explicit parallelism. Results are bit-identical for `Seq` and `Rayon`.
+pub fn gemm_par<T: Scalar>(
+    par: Par,
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut Matrix<T>,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ ({m}x{k} * {}x{n})", b.rows);
     assert_eq!(c.shape(), (m, n), "gemm: output shape mismatch");
@@ -457,7 +479,7 @@ pub fn gemm<T: Scalar>(alpha: T, a: MatRef<'_, T>, b: MatRef<'_, T>, beta: T, c:
     }
     let threads = rayon::current_num_threads();
     let work = m * n * k;
-    if threads <= 1 || work < PARALLEL_GEMM_MIN_WORK || m < 2 {
+    if par == Par::Seq || threads <= 1 || work < PARALLEL_GEMM_MIN_WORK || m < 2 {
         gemm_serial(alpha, a, b, beta, c.as_mut_slice(), n);
         return;
     }

@@ -10,6 +10,7 @@
 
 use crate::autodiff::Tape;
 use crate::error::{Error, Result};
+use crate::nn::backprop::loss_and_grad_analytic;
 use crate::nn::{loss::error_rate, Mlp, Mode};
 use crate::rng::Rng;
 use crate::tensor::{Matrix, Scalar};
@@ -107,8 +108,10 @@ struct OptState<T> {
     t: u64,
 }
 
-/// Loss and gradients (parameter-vector order) on one batch, in training mode.
-/// Also returns BatchNorm batch statistics per layer.
+/// Loss and gradients (parameter-vector order) on one batch through the
+/// autodiff tape (any model, BatchNorm included). Also returns BatchNorm batch
+/// statistics per layer (training mode). Models without BatchNorm train through
+/// the faster [`loss_and_grad_analytic`].
 #[allow(clippy::type_complexity)]
 pub fn loss_and_grad<T: Scalar>(
     model: &Mlp<T>,
@@ -206,7 +209,12 @@ pub fn train<T: Scalar>(
             }
             let xb = x.select_rows(idx);
             let yb: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-            let (loss, grads, stats) = loss_and_grad(model, &xb, &yb, Mode::Train);
+            let (loss, grads, stats) = if model.config.batchnorm.is_some() {
+                loss_and_grad(model, &xb, &yb, Mode::Train)
+            } else {
+                let (l, g) = loss_and_grad_analytic(model, &xb, &yb)?;
+                (T::from_f64(l), g, Vec::new())
+            };
             if !loss.is_finite() {
                 return Err(Error::NonFinite {
                     what: "loss".into(),

@@ -12,7 +12,7 @@
 use super::{Activation, Init, LossKind};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use crate::tensor::{gemm, Matrix, Scalar};
+use crate::tensor::{gemm_par, Matrix, Par, Scalar};
 use serde::{Deserialize, Serialize};
 
 /// BatchNorm1d settings (PyTorch semantics: biased batch variance in the
@@ -335,6 +335,11 @@ impl<T: Scalar> Mlp<T> {
     /// Plain (non-recording) forward pass in evaluation mode: BatchNorm uses its
     /// running statistics. Rows of `x` are samples.
     pub fn forward(&self, x: &Matrix<T>) -> Result<ForwardCache<T>> {
+        self.forward_with(x, Par::Rayon)
+    }
+
+    /// [`Mlp::forward`] with explicit GEMM parallelism.
+    pub fn forward_with(&self, x: &Matrix<T>, par: Par) -> Result<ForwardCache<T>> {
         self.check_input(x)?;
         let nl = self.num_layers();
         let slope = T::from_f64(self.config.leaky_slope);
@@ -347,9 +352,9 @@ impl<T: Scalar> Mlp<T> {
                 for i in 0..z.rows() {
                     z.row_mut(i).copy_from_slice(b.as_slice());
                 }
-                gemm(T::ONE, xin.view(), layer.weight.t(), T::ONE, &mut z);
+                gemm_par(par, T::ONE, xin.view(), layer.weight.t(), T::ONE, &mut z);
             } else {
-                gemm(T::ONE, xin.view(), layer.weight.t(), T::ZERO, &mut z);
+                gemm_par(par, T::ONE, xin.view(), layer.weight.t(), T::ZERO, &mut z);
             }
             if let Some(bn) = &layer.bn {
                 let eps = self.config.batchnorm.map_or(1e-5, |c| c.eps);

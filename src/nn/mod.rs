@@ -1,6 +1,7 @@
 //! Models: MLP architecture, parameters, initialisation, plain forward pass, losses.
 
 pub mod activation;
+pub mod backprop;
 pub mod graph;
 pub mod init;
 pub mod loss;

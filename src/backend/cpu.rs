@@ -1,0 +1,112 @@
+//! The CPU backend: owned matrices, GEMM through matrixmultiply (row blocks over rayon).
+
+use super::Backend;
+use crate::error::{Error, Result};
+use crate::nn::Activation;
+use crate::tensor::{gemm, Matrix, Scalar};
+
+/// CPU implementation of [`Backend`]; buffers are ordinary [`Matrix`] values.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl<T: Scalar> Backend<T> for CpuBackend {
+    type Buffer = Matrix<T>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn upload(&self, m: &Matrix<T>) -> Result<Matrix<T>> {
+        Ok(m.clone())
+    }
+    fn download(&self, b: &Matrix<T>) -> Result<Matrix<T>> {
+        Ok(b.clone())
+    }
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Matrix<T>> {
+        Ok(Matrix::zeros(rows, cols))
+    }
+    fn shape(&self, b: &Matrix<T>) -> (usize, usize) {
+        b.shape()
+    }
+    fn gemm(
+        &self,
+        alpha: T,
+        a: &Matrix<T>,
+        ta: bool,
+        b: &Matrix<T>,
+        tb: bool,
+        beta: T,
+        c: &mut Matrix<T>,
+    ) -> Result<()> {
+        let av = if ta { a.t() } else { a.view() };
+        let bv = if tb { b.t() } else { b.view() };
+        if av.cols() != bv.rows() || c.shape() != (av.rows(), bv.cols()) {
+            return Err(Error::Shape(format!(
+                "gemm: {}x{} * {}x{} into {}x{}",
+                av.rows(),
+                av.cols(),
+                bv.rows(),
+                bv.cols(),
+                c.rows(),
+                c.cols()
+            )));
+        }
+        gemm(alpha, av, bv, beta, c);
+        Ok(())
+    }
+    fn add_row_vector(&self, m: &mut Matrix<T>, row: &Matrix<T>) -> Result<()> {
+        if row.shape() != (1, m.cols()) {
+            return Err(Error::Shape(format!(
+                "add_row_vector: {}x{} row for a matrix with {} columns",
+                row.rows(),
+                row.cols(),
+                m.cols()
+            )));
+        }
+        for i in 0..m.rows() {
+            for (v, &b) in m.row_mut(i).iter_mut().zip(row.as_slice()) {
+                *v += b;
+            }
+        }
+        Ok(())
+    }
+    fn activation(&self, act: Activation, slope: T, z: &Matrix<T>) -> Result<Matrix<T>> {
+        Ok(z.map(|v| act.apply(v, slope)))
+    }
+    fn activation_derivative(&self, act: Activation, slope: T, z: &Matrix<T>) -> Result<Matrix<T>> {
+        Ok(z.map(|v| act.derivative(v, slope)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::mlp_logits;
+    use crate::nn::{BatchNormConfig, Init, LossKind, Mlp, MlpConfig};
+
+    #[test]
+    fn backend_forward_matches_plain_forward_with_folded_batchnorm() {
+        let cfg = MlpConfig {
+            input_dim: 5,
+            hidden: vec![7, 3],
+            classes: 4,
+            activation: Activation::Tanh,
+            leaky_slope: 0.01,
+            bias: true,
+            batchnorm: Some(BatchNormConfig::default()),
+            loss: LossKind::CrossEntropy,
+        };
+        let mut m = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 1).unwrap();
+        for l in &mut m.layers {
+            if let Some(bn) = &mut l.bn {
+                bn.running_mean = bn.running_mean.map(|_| 0.3);
+                bn.running_var = bn.running_var.map(|_| 2.0);
+            }
+        }
+        let x = Matrix::from_fn(6, 5, |i, j| ((i * 5 + j) as f64 * 0.7).sin());
+        let a = mlp_logits(&CpuBackend, &m, &x).unwrap();
+        let b = m.logits(&x).unwrap();
+        for (u, v) in a.as_slice().iter().zip(b.as_slice()) {
+            assert!((u - v).abs() < 1e-12);
+        }
+    }
+}
