@@ -2,5 +2,6 @@
 
 mod autodiff_checks;
 mod data_readers;
+mod hessian_checks;
 mod model_files;
 mod training;

@@ -1,0 +1,301 @@
+//! Dense Hessian assembly, block by block, as large GEMMs over the sample index.
+//!
+//! With `x~(p) = [x(p); 1]` when biases are present (so the augmented weight
+//! `[W(p) | b(p)]` holds all of layer `p`'s parameters), the mean Hessian over
+//! `m` samples splits into
+//!
+//! * the **curvature blocks** `(q, p)`, `q <= p`:
+//!   `(1/m) sum_i M_i(q,p) (x) x~_i(q) x~_i(p)^T`, where
+//!   `M_i(q,p) = G_i(q)^T A_i G_i(p)` (Gauss-Newton) `+ sum_{s >= p, s < L-1} G_{s,i}(q)^T diag(c_{s,i}) G_{s,i}(p)`
+//!   (the smooth-activation term: `G_s(t) = dz(s)/dz(t)`, `c_s = act''(z(s)) .* dl/dx(s+1)`);
+//!   computed as `Mstack^T Xstack`, a GEMM `(d_q d_p x m) (m x n~_q n~_p)`;
+//! * the **cross blocks** of the H-term, `(W(q), theta(p))` for `p < q`:
+//!   `(1/m) sum_i delta_i(q)[a] B_i(q,p)[b,c] x~_i(p)[e]` at
+//!   `(W(q)[a,b], [W(p)|b(p)][c,e])`, a GEMM `(d_q n~_p x m) (m x n_q d_p)`;
+//!   rows of `b(q)` are zero.
+//!
+//! The GEMM results come out in a "pair" layout and are scattered to the
+//! parameter order `[vec(W0), b0, ...]`. Samples are processed in fixed chunks
+//! of [`SAMPLE_CHUNK`], accumulated in order, so results are reproducible.
+
+use super::structure::{check_model, loss_derivatives, BatchStructure, ParamLayout};
+use crate::error::{Error, Result};
+use crate::nn::Mlp;
+use crate::tensor::{gemm, matmul, Matrix, Par};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Samples per chunk in the dense assembly.
+pub const SAMPLE_CHUNK: usize = 1024;
+
+/// Which part of the Hessian: `H = GN + Hterm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    Full,
+    /// Gauss-Newton `F^T A F`.
+    Gn,
+    /// `Hterm = H - GN`: cross-layer blocks plus the smooth-activation term.
+    Hterm,
+}
+
+impl Part {
+    fn gn(self) -> bool {
+        matches!(self, Part::Full | Part::Gn)
+    }
+    fn hterm(self) -> bool {
+        matches!(self, Part::Full | Part::Hterm)
+    }
+}
+
+/// Bytes the dense assembly needs for `P` parameters (output plus the largest block scratch).
+pub fn dense_bytes(layout: &ParamLayout) -> usize {
+    let p = layout.total;
+    let max_block = (0..layout.num_layers())
+        .map(|l| layout.layer_size(l))
+        .max()
+        .unwrap_or(0);
+    8 * (p * p + 2 * max_block * max_block)
+}
+
+/// Precomputed per-chunk structure for one model and dataset.
+struct Context<'a> {
+    model: &'a Mlp<f64>,
+    layout: ParamLayout,
+    chunks: Vec<(BatchStructure, Vec<usize>)>,
+    m_total: usize,
+}
+
+impl<'a> Context<'a> {
+    fn new(model: &'a Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) -> Result<Self> {
+        check_model(model)?;
+        if x.rows() == 0 {
+            return Err(Error::InvalidArgument("no samples: the Hessian of an empty subset is undefined".into()));
+        }
+        let mut chunks = Vec::new();
+        for start in (0..x.rows()).step_by(SAMPLE_CHUNK) {
+            let end = (start + SAMPLE_CHUNK).min(x.rows());
+            let xc = x.rows_view(start, end).to_owned();
+            let yc = labels[start..end].to_vec();
+            chunks.push((BatchStructure::new(model, &xc, &yc, Par::Rayon)?, yc));
+        }
+        Ok(Self {
+            model,
+            layout: ParamLayout::of(model),
+            chunks,
+            m_total: x.rows(),
+        })
+    }
+}
+
+/// `dz(s)/dz(t)` for `t <= s` of one sample (`d_s x d_t`), all `t` at once (index `t`).
+fn partial_g(model: &Mlp<f64>, st: &BatchStructure, s: usize, i: usize) -> Vec<Matrix<f64>> {
+    let mut out = vec![Matrix::zeros(0, 0); s + 1];
+    out[s] = Matrix::identity(st.widths[s + 1]);
+    for t in (0..s).rev() {
+        let mut next = matmul(out[t + 1].view(), model.layers[t + 1].weight.view());
+        let d = st.dact[t].row(i);
+        for r in 0..next.rows() {
+            for (v, &dv) in next.row_mut(r).iter_mut().zip(d) {
+                *v *= dv;
+            }
+        }
+        out[t] = next;
+    }
+    out
+}
+
+/// `M_i(q, p)` (`d_q x d_p`) for one sample: Gauss-Newton and/or smooth-activation parts.
+fn curvature_core(ctx: &Context, st: &BatchStructure, labels: &[usize], part: Part, q: usize, p: usize, i: usize) -> Matrix<f64> {
+    let model = ctx.model;
+    let nl = st.num_layers();
+    let mut m = Matrix::zeros(st.widths[q + 1], st.widths[p + 1]);
+    if part.gn() {
+        let (_, a) = loss_derivatives(model.config.loss, st.logits(i), labels[i]);
+        let ag = matmul(a.view(), st.g_of(p, i).view());
+        m = matmul(st.g_of(q, i).t(), ag.view());
+    }
+    if part.hterm() && !model.config.activation.is_piecewise_linear() {
+        for s in p.max(q)..nl - 1 {
+            // c_s = act''(z(s)) .* (W(s+1)^T delta(s+1)).
+            let w = &model.layers[s + 1].weight;
+            let delta = st.delta[s + 1].row(i);
+            let c: Vec<f64> = (0..st.widths[s + 1])
+                .map(|j| {
+                    let dl_dx: f64 = (0..w.rows()).map(|a| w.get(a, j) * delta[a]).sum();
+                    st.ddact[s].get(i, j) * dl_dx
+                })
+                .collect();
+            let gs = partial_g(model, st, s, i);
+            let mut right = gs[p].clone();
+            for (r, &cr) in c.iter().enumerate() {
+                for v in right.row_mut(r) {
+                    *v *= cr;
+                }
+            }
+            let term = matmul(gs[q].t(), right.view());
+            m.axpy(1.0, &term);
+        }
+    }
+    m
+}
+
+/// Fills `out` (rows = samples, `row_len` columns) in parallel, one row per sample.
+fn fill_rows(out: &mut Matrix<f64>, f: impl Fn(usize, &mut [f64]) + Sync) {
+    let cols = out.cols();
+    if cols == 0 {
+        return;
+    }
+    out.as_mut_slice()
+        .par_chunks_mut(cols)
+        .enumerate()
+        .for_each(|(i, row)| f(i, row));
+}
+
+/// Curvature block `(q, p)`, `q <= p`, in parameter order (`P_q x P_p`), not yet divided by `m`.
+fn curvature_block(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64> {
+    let lay = &ctx.layout;
+    let (dq, dp) = (lay.widths[q + 1], lay.widths[p + 1]);
+    let (nq, np) = (lay.augmented_in(q), lay.augmented_in(p));
+    let mut pair = Matrix::zeros(dq * dp, nq * np);
+    for (st, labels) in &ctx.chunks {
+        let mc = st.num_samples();
+        let mut mstack = Matrix::zeros(mc, dq * dp);
+        fill_rows(&mut mstack, |i, row| {
+            row.copy_from_slice(curvature_core(ctx, st, labels, part, q, p, i).as_slice());
+        });
+        let mut xstack = Matrix::zeros(mc, nq * np);
+        fill_rows(&mut xstack, |i, row| {
+            let (xq, xp) = (st.inputs[q].row(i), st.inputs[p].row(i));
+            for b in 0..nq {
+                let vb = if b < xq.len() { xq[b] } else { 1.0 };
+                for e in 0..np {
+                    let ve = if e < xp.len() { xp[e] } else { 1.0 };
+                    row[b * np + e] = vb * ve;
+                }
+            }
+        });
+        gemm(1.0, mstack.t(), xstack.view(), 1.0, &mut pair);
+    }
+    // Pair layout [(a, c), (b, e)] -> parameter layout [(a, b), (c, e)].
+    let (pq, pp) = (lay.layer_size(q), lay.layer_size(p));
+    let mut block = Matrix::zeros(pq, pp);
+    let local = |l: usize, a: usize, b: usize| lay.augmented_index(l, a, b) - lay.offsets[l];
+    for a in 0..dq {
+        for c in 0..dp {
+            let src = pair.row(a * dp + c);
+            for b in 0..nq {
+                let r = local(q, a, b);
+                let dst = block.row_mut(r);
+                for e in 0..np {
+                    dst[local(p, c, e)] = src[b * np + e];
+                }
+            }
+        }
+    }
+    block
+}
+
+/// Cross block of the H-term, rows `W(q)`, columns layer `p < q`, in parameter order (`P_q x P_p`).
+fn cross_block(ctx: &Context, q: usize, p: usize) -> Matrix<f64> {
+    let lay = &ctx.layout;
+    let (dq, dp) = (lay.widths[q + 1], lay.widths[p + 1]);
+    let nq = lay.widths[q];
+    let np = lay.augmented_in(p);
+    let mut pair = Matrix::zeros(dq * np, nq * dp);
+    for (st, _) in &ctx.chunks {
+        let mc = st.num_samples();
+        let mut u = Matrix::zeros(mc, dq * np);
+        fill_rows(&mut u, |i, row| {
+            let (d, xp) = (st.delta[q].row(i), st.inputs[p].row(i));
+            for a in 0..dq {
+                for e in 0..np {
+                    row[a * np + e] = d[a] * if e < xp.len() { xp[e] } else { 1.0 };
+                }
+            }
+        });
+        let mut v = Matrix::zeros(mc, nq * dp);
+        fill_rows(&mut v, |i, row| {
+            row.copy_from_slice(st.b_of(ctx.model, q, p, i).as_slice());
+        });
+        gemm(1.0, u.t(), v.view(), 1.0, &mut pair);
+    }
+    let (pq, pp) = (lay.layer_size(q), lay.layer_size(p));
+    let mut block = Matrix::zeros(pq, pp);
+    for a in 0..dq {
+        for e in 0..np {
+            let src = pair.row(a * np + e);
+            for b in 0..nq {
+                let r = lay.weight_index(q, a, b) - lay.offsets[q];
+                for c in 0..dp {
+                    block.set(r, lay.augmented_index(p, c, e) - lay.offsets[p], src[b * dp + c]);
+                }
+            }
+        }
+    }
+    block
+}
+
+/// Block `(q, p)` (rows: layer `q`'s parameters, columns: layer `p`'s) of the
+/// mean Hessian part over the rows of `x`, in parameter order.
+pub fn hessian_block(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, q: usize, p: usize) -> Result<Matrix<f64>> {
+    let ctx = Context::new(model, x, labels)?;
+    let nl = ctx.layout.num_layers();
+    if q >= nl || p >= nl {
+        return Err(Error::InvalidArgument(format!("layer index out of range: the model has {nl} layers")));
+    }
+    let mut b = block_of(&ctx, part, q, p);
+    let s = 1.0 / ctx.m_total as f64;
+    for v in b.as_mut_slice() {
+        *v *= s;
+    }
+    Ok(b)
+}
+
+fn block_of(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64> {
+    if q > p {
+        return block_of(ctx, part, p, q).transpose();
+    }
+    let mut b = curvature_block(ctx, part, q, p);
+    if part.hterm() && p > q {
+        // The (q, p) block holds the transpose of the cross block with rows W(p).
+        let cross = cross_block(ctx, p, q);
+        let ct = cross.transpose();
+        b.axpy(1.0, &ct);
+    }
+    b
+}
+
+/// The dense mean Hessian part over the rows of `x` (`P x P`, parameter order).
+///
+/// Fails before allocating if it needs more than `budget_bytes`.
+pub fn dense_hessian(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, budget_bytes: usize) -> Result<Matrix<f64>> {
+    let layout = ParamLayout::of(model);
+    let need = dense_bytes(&layout);
+    if need > budget_bytes {
+        return Err(Error::InvalidArgument(format!(
+            "the dense Hessian of P = {} parameters needs {:.2} GiB, over the memory budget of {:.2} GiB; use the matrix-free mode (--top/--bottom/--trace without --dense) or raise --memory-budget",
+            layout.total,
+            need as f64 / (1u64 << 30) as f64,
+            budget_bytes as f64 / (1u64 << 30) as f64
+        )));
+    }
+    let ctx = Context::new(model, x, labels)?;
+    let nl = layout.num_layers();
+    let total = layout.total;
+    let mut h = Matrix::zeros(total, total);
+    let s = 1.0 / ctx.m_total as f64;
+    for q in 0..nl {
+        for p in q..nl {
+            let b = block_of(&ctx, part, q, p);
+            let (oq, op) = (layout.offsets[q], layout.offsets[p]);
+            for r in 0..b.rows() {
+                for (c, &v) in b.row(r).iter().enumerate() {
+                    h.set(oq + r, op + c, v * s);
+                    h.set(op + c, oq + r, v * s);
+                }
+            }
+        }
+    }
+    Ok(h)
+}

@@ -1,0 +1,221 @@
+//! Matrix-free Hessian-vector products of the mean loss, by the R-operator
+//! (Pearlmutter 1994), batched over samples as GEMMs.
+//!
+//! Forward: `R{z(p)} = x(p) V(p)^T + vb(p) + R{x(p)} W(p)^T`, `R{x(p+1)} = act'(z(p)) .* R{z(p)}`.
+//! Top: `R{g_z(L-1)} = A R{z(L-1)}`, `g_z(L-1) = r`.
+//! Backward (full Hessian): `R{dW(p)} = R{g_z(p)}^T x(p) + g_z(p)^T R{x(p)}`,
+//! `R{db(p)} = sum_i R{g_z(p)}`,
+//! `R{g_z(p-1)} = act''(z(p-1)) .* R{z(p-1)} .* (g_z(p) W(p)) + act'(z(p-1)) .* (g_z(p) V(p) + R{g_z(p)} W(p))`.
+//! Gauss-Newton keeps only the terms through `A`: `R{dW(p)} = R{g_z(p)}^T x(p)`,
+//! `R{g_z(p-1)} = act'(z(p-1)) .* (R{g_z(p)} W(p))`. The H-term is the difference.
+
+use super::dense::Part;
+use super::structure::{check_model, softmax, ParamLayout};
+use crate::error::{Error, Result};
+use crate::nn::{LossKind, Mlp};
+use crate::tensor::{gemm_par, sample_blocks, Matrix, Par};
+use rayon::prelude::*;
+
+/// Samples per block in the batched HVP.
+pub const HVP_BLOCK: usize = 256;
+
+/// Splits a parameter-order vector into per-layer `(V(p), vb(p))`.
+fn split(layout: &ParamLayout, v: &[f64]) -> Vec<(Matrix<f64>, Option<Vec<f64>>)> {
+    (0..layout.num_layers())
+        .map(|p| {
+            let (d, n) = (layout.widths[p + 1], layout.widths[p]);
+            let o = layout.offsets[p];
+            let w = Matrix::from_vec(d, n, v[o..o + d * n].to_vec());
+            let b = layout.bias.then(|| v[o + d * n..o + d * n + d].to_vec());
+            (w, b)
+        })
+        .collect()
+}
+
+fn scale_rows_by(m: &mut Matrix<f64>, d: &Matrix<f64>) {
+    for (v, &s) in m.as_mut_slice().iter_mut().zip(d.as_slice()) {
+        *v *= s;
+    }
+}
+
+/// `H v` (or `GN v`, `Hterm v`) of the mean loss over the rows of `x`; `v` in parameter order.
+pub fn hvp(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, v: &[f64]) -> Result<Vec<f64>> {
+    let mut out = hvp_multi(model, x, labels, part, &[v.to_vec()])?;
+    Ok(out.pop().expect("one vector"))
+}
+
+/// HVPs for several vectors at once (the forward pass is shared).
+pub fn hvp_multi(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, vs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+    check_model(model)?;
+    model.check_input(x)?;
+    let layout = ParamLayout::of(model);
+    if x.rows() == 0 || labels.len() != x.rows() {
+        return Err(Error::InvalidArgument(format!("HVP needs samples: {} rows, {} labels", x.rows(), labels.len())));
+    }
+    for v in vs {
+        if v.len() != layout.total {
+            return Err(Error::Shape(format!("vector of length {} for a model with {} parameters", v.len(), layout.total)));
+        }
+    }
+    let n = x.rows();
+    let blocks = sample_blocks(n, HVP_BLOCK);
+    let par = if blocks.len() == 1 { Par::Rayon } else { Par::Seq };
+    let splits: Vec<_> = vs.iter().map(|v| split(&layout, v)).collect();
+    let parts: Vec<Result<Vec<Vec<f64>>>> = blocks
+        .into_par_iter()
+        .map(|r| {
+            let xb = x.rows_view(r.start, r.end).to_owned();
+            let yb = &labels[r];
+            let fwd = model.forward_with(&xb, par)?;
+            Ok(splits
+                .iter()
+                .map(|vp| block_hvp(model, &layout, &fwd, yb, part, vp, par))
+                .collect())
+        })
+        .collect();
+    let mut acc = vec![vec![0.0; layout.total]; vs.len()];
+    for part_res in parts {
+        for (a, b) in acc.iter_mut().zip(part_res?) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
+    let s = 1.0 / n as f64;
+    for a in &mut acc {
+        for x in a.iter_mut() {
+            *x *= s;
+        }
+    }
+    Ok(acc)
+}
+
+fn block_hvp(
+    model: &Mlp<f64>,
+    layout: &ParamLayout,
+    fwd: &crate::nn::mlp::ForwardCache<f64>,
+    labels: &[usize],
+    part: Part,
+    v: &[(Matrix<f64>, Option<Vec<f64>>)],
+    par: Par,
+) -> Vec<f64> {
+    let nl = model.num_layers();
+    let m = labels.len();
+    let act = model.config.activation;
+    let slope = model.config.leaky_slope;
+    let dact: Vec<Matrix<f64>> = fwd.pre[..nl - 1].iter().map(|z| z.map(|t| act.derivative(t, slope))).collect();
+    // Forward R-pass.
+    let mut rx: Vec<Matrix<f64>> = vec![Matrix::zeros(m, layout.widths[0])];
+    let mut rz: Vec<Matrix<f64>> = Vec::with_capacity(nl);
+    for p in 0..nl {
+        let w = &model.layers[p].weight;
+        let mut z = Matrix::zeros(m, w.rows());
+        gemm_par(par, 1.0, fwd.inputs[p].view(), v[p].0.t(), 0.0, &mut z);
+        if p > 0 {
+            gemm_par(par, 1.0, rx[p].view(), w.t(), 1.0, &mut z);
+        }
+        if let Some(vb) = &v[p].1 {
+            for i in 0..m {
+                for (t, &b) in z.row_mut(i).iter_mut().zip(vb) {
+                    *t += b;
+                }
+            }
+        }
+        if p + 1 < nl {
+            let mut nx = z.clone();
+            scale_rows_by(&mut nx, &dact[p]);
+            rx.push(nx);
+        }
+        rz.push(z);
+    }
+    // Top: r and A R{z}.
+    let logits = fwd.logits();
+    let k = logits.cols();
+    let mut r = Matrix::zeros(m, k);
+    let mut a_rz = Matrix::zeros(m, k);
+    for (i, &y) in labels.iter().enumerate() {
+        let u = rz[nl - 1].row(i);
+        match model.config.loss {
+            LossKind::CrossEntropy => {
+                let p = softmax(logits.row(i));
+                let pu: f64 = p.iter().zip(u).map(|(a, b)| a * b).sum();
+                for j in 0..k {
+                    a_rz.set(i, j, p[j] * u[j] - p[j] * pu);
+                    r.set(i, j, p[j] - if j == y { 1.0 } else { 0.0 });
+                }
+            }
+            LossKind::Mse => {
+                for j in 0..k {
+                    a_rz.set(i, j, 2.0 * u[j]);
+                    r.set(i, j, 2.0 * (logits.get(i, j) - if j == y { 1.0 } else { 0.0 }));
+                }
+            }
+        }
+    }
+    let mut out = vec![0.0; layout.total];
+    let mut add_grads = |rg: &Matrix<f64>, gz_rx: Option<(&Matrix<f64>, &Matrix<f64>)>, p: usize, sign: f64| {
+        let w = &model.layers[p].weight;
+        let mut dw = Matrix::zeros(w.rows(), w.cols());
+        gemm_par(par, 1.0, rg.t(), fwd.inputs[p].view(), 0.0, &mut dw);
+        if let Some((gz, rxp)) = gz_rx {
+            gemm_par(par, 1.0, gz.t(), rxp.view(), 1.0, &mut dw);
+        }
+        let o = layout.offsets[p];
+        for (t, &val) in out[o..o + dw.len()].iter_mut().zip(dw.as_slice()) {
+            *t += sign * val;
+        }
+        if layout.bias {
+            let db = rg.sum_rows();
+            let ob = o + dw.len();
+            for (t, &val) in out[ob..ob + db.len()].iter_mut().zip(db.as_slice()) {
+                *t += sign * val;
+            }
+        }
+    };
+    // Gauss-Newton stream (for GN, and subtracted for the H-term).
+    if matches!(part, Part::Gn | Part::Hterm) {
+        let sign = if part == Part::Gn { 1.0 } else { -1.0 };
+        let mut rg = a_rz.clone();
+        for p in (0..nl).rev() {
+            add_grads(&rg, None, p, sign);
+            if p > 0 {
+                let w = &model.layers[p].weight;
+                let mut below = Matrix::zeros(m, w.cols());
+                gemm_par(par, 1.0, rg.view(), w.view(), 0.0, &mut below);
+                scale_rows_by(&mut below, &dact[p - 1]);
+                rg = below;
+            }
+        }
+    }
+    // Full-Hessian stream.
+    if matches!(part, Part::Full | Part::Hterm) {
+        let mut rg = a_rz;
+        let mut gz = r;
+        for p in (0..nl).rev() {
+            let rxp = if p > 0 { Some(&rx[p]) } else { None };
+            add_grads(&rg, rxp.map(|rx| (&gz, rx)), p, 1.0);
+            if p > 0 {
+                let w = &model.layers[p].weight;
+                let mut gx = Matrix::zeros(m, w.cols());
+                gemm_par(par, 1.0, gz.view(), w.view(), 0.0, &mut gx);
+                let mut rgx = Matrix::zeros(m, w.cols());
+                gemm_par(par, 1.0, gz.view(), v[p].0.view(), 0.0, &mut rgx);
+                gemm_par(par, 1.0, rg.view(), w.view(), 1.0, &mut rgx);
+                let zb = &fwd.pre[p - 1];
+                let mut new_rg = Matrix::zeros(m, w.cols());
+                let mut new_gz = gx.clone();
+                for idx in 0..new_rg.len() {
+                    let zv = zb.as_slice()[idx];
+                    let d1 = dact[p - 1].as_slice()[idx];
+                    let d2 = act.second_derivative(zv);
+                    new_rg.as_mut_slice()[idx] =
+                        d2 * rz[p - 1].as_slice()[idx] * gx.as_slice()[idx] + d1 * rgx.as_slice()[idx];
+                    new_gz.as_mut_slice()[idx] *= d1;
+                }
+                rg = new_rg;
+                gz = new_gz;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,20 @@
+//! Exact second-order structure of MLP losses.
+//!
+//! * [`structure`]: per-sample `D(p)`, `G(p)`, `A`, `r`, `delta(p)`, `B(q,p)`, `F`;
+//! * [`dense`]: dense Gauss-Newton / H-term / full Hessian, per block or whole;
+//! * [`hvp`]: matrix-free Hessian-vector products (R-operator, batched);
+//! * [`gn_norm`]: exact per-sample Gauss-Newton norms through `K x K` problems.
+//!
+//! Models with BatchNorm are not covered analytically; their HVPs come from the
+//! autodiff tape (`autodiff::hvp`).
+
+pub mod dense;
+pub mod gn_norm;
+pub mod hvp;
+pub mod small_eig;
+pub mod structure;
+
+pub use dense::{dense_hessian, hessian_block, Part};
+pub use gn_norm::{per_sample_gn_norms, GnNorms};
+pub use hvp::{hvp, hvp_multi};
+pub use structure::{BatchStructure, ParamLayout};

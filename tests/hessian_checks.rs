@@ -1,0 +1,257 @@
+//! Integration tests: the analytic Hessian against independent references —
+//! central differences of the analytic gradient, the autodiff's double-backward
+//! HVPs, dense eigenvalues, and closed forms.
+
+use landscape::autodiff::hvp as tape_hvp;
+use landscape::hessian::small_eig::jacobi_eigenvalues;
+use landscape::hessian::{dense_hessian, hessian_block, hvp, per_sample_gn_norms, BatchStructure, ParamLayout, Part};
+use landscape::nn::backprop::loss_and_grad_analytic;
+use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Mode};
+use landscape::rng::Rng;
+use landscape::tensor::Par;
+use landscape::Matrix;
+
+const BUDGET: usize = 1 << 30;
+
+fn config(widths: &[usize], act: Activation, bias: bool, loss: LossKind) -> MlpConfig {
+    MlpConfig {
+        input_dim: widths[0],
+        hidden: widths[1..widths.len() - 1].to_vec(),
+        classes: *widths.last().unwrap(),
+        activation: act,
+        leaky_slope: 0.1,
+        bias,
+        batchnorm: None,
+        loss,
+    }
+}
+
+fn flat_grad(model: &Mlp<f64>, theta: &[f64], x: &Matrix<f64>, y: &[usize]) -> Vec<f64> {
+    let mut m = model.clone();
+    m.set_param_vector(theta).unwrap();
+    let (_, g) = loss_and_grad_analytic(&m, x, y).unwrap();
+    g.iter().flat_map(|t| t.as_slice().to_vec()).collect()
+}
+
+/// Central differences of the analytic gradient: column j = (g(t + h e_j) - g(t - h e_j)) / 2h.
+fn fd_hessian(model: &Mlp<f64>, x: &Matrix<f64>, y: &[usize], h: f64) -> Matrix<f64> {
+    let theta = model.param_vector();
+    let p = theta.len();
+    let mut out = Matrix::zeros(p, p);
+    for j in 0..p {
+        let mut tp = theta.clone();
+        let mut tm = theta.clone();
+        tp[j] += h;
+        tm[j] -= h;
+        let gp = flat_grad(model, &tp, x, y);
+        let gm = flat_grad(model, &tm, x, y);
+        for i in 0..p {
+            out.set(i, j, (gp[i] - gm[i]) / (2.0 * h));
+        }
+    }
+    out
+}
+
+fn rel_frobenius(a: &Matrix<f64>, b: &Matrix<f64>) -> f64 {
+    a.zip_map(b, |u, v| u - v).frobenius_norm() / b.frobenius_norm().max(1e-300)
+}
+
+fn rel_vec(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(u, v)| (u - v).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|v| v * v).sum::<f64>().sqrt();
+    num / den.max(1e-300)
+}
+
+/// Inputs such that no ReLU pre-activation is within 1e-3 of its kink.
+fn data_away_from_kinks(model: &Mlp<f64>, n: usize, seed: u64) -> (Matrix<f64>, Vec<usize>) {
+    let d = model.config.input_dim;
+    let k = model.config.classes;
+    for attempt in 0..1000 {
+        let mut rng = Rng::new(seed * 1000 + attempt);
+        let x = Matrix::from_fn(n, d, |_, _| rng.normal());
+        let y: Vec<usize> = (0..n).map(|i| (i * 3 + attempt as usize) % k).collect();
+        let pre = model.forward(&x).unwrap().pre;
+        let hidden = &pre[..pre.len() - 1];
+        if hidden.iter().all(|z| z.as_slice().iter().all(|v| v.abs() > 1e-3)) {
+            return (x, y);
+        }
+    }
+    panic!("no kink-free data found");
+}
+
+fn widths_for(l: usize) -> Vec<usize> {
+    match l {
+        1 => vec![3, 2],
+        2 => vec![4, 3, 3],
+        3 => vec![3, 4, 2, 3],
+        _ => vec![2, 3, 7, 2, 3],
+    }
+}
+
+#[test]
+fn dense_hessian_matches_finite_differences() {
+    let mut seed = 0;
+    for l in 1..=4 {
+        for act in [Activation::Relu, Activation::Tanh, Activation::Identity] {
+            for bias in [true, false] {
+                for loss in [LossKind::CrossEntropy, LossKind::Mse] {
+                    seed += 1;
+                    let cfg = config(&widths_for(l), act, bias, loss);
+                    let model = Mlp::<f64>::init(cfg, Init::Xavier, 1.5, seed).unwrap();
+                    let (x, y) = data_away_from_kinks(&model, 5, seed);
+                    let h = dense_hessian(&model, &x, &y, Part::Full, BUDGET).unwrap();
+                    let fd = fd_hessian(&model, &x, &y, 1e-5);
+                    let e = rel_frobenius(&h, &fd);
+                    assert!(e <= 1e-6, "L={l} {act:?} bias={bias} {loss:?}: rel Frobenius error {e:.2e}");
+                    // Symmetric, and GN + Hterm = H.
+                    assert_eq!(h, h.transpose());
+                    let gn = dense_hessian(&model, &x, &y, Part::Gn, BUDGET).unwrap();
+                    let ht = dense_hessian(&model, &x, &y, Part::Hterm, BUDGET).unwrap();
+                    let sum = gn.zip_map(&ht, |a, b| a + b);
+                    assert!(rel_frobenius(&sum, &h) < 1e-13);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn analytic_hvps_match_dense_and_double_backward() {
+    let mut seed = 100;
+    for l in 1..=4 {
+        for act in [Activation::Relu, Activation::Tanh, Activation::LeakyRelu, Activation::Identity] {
+            for bias in [true, false] {
+                for loss in [LossKind::CrossEntropy, LossKind::Mse] {
+                    seed += 1;
+                    let cfg = config(&widths_for(l), act, bias, loss);
+                    let model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, seed).unwrap();
+                    let mut rng = Rng::new(seed);
+                    // More than one HVP block, so the blocked reduction is exercised.
+                    let n = 300;
+                    let x = Matrix::from_fn(n, model.config.input_dim, |_, _| rng.normal());
+                    let y: Vec<usize> = (0..n).map(|i| i % model.config.classes).collect();
+                    let p = model.num_params();
+                    let v: Vec<f64> = (0..p).map(|_| rng.normal()).collect();
+                    let full = hvp(&model, &x, &y, Part::Full, &v).unwrap();
+                    // Double backward through the tape.
+                    let params: Vec<Matrix<f64>> = model.named_params().into_iter().map(|(_, m)| m.clone()).collect();
+                    let mut off = 0;
+                    let vm: Vec<Matrix<f64>> = params
+                        .iter()
+                        .map(|m| {
+                            let t = Matrix::from_vec(m.rows(), m.cols(), v[off..off + m.len()].to_vec());
+                            off += m.len();
+                            t
+                        })
+                        .collect();
+                    let (_, _, hv) = tape_hvp(&params, &vm, |t, vars| {
+                        model.loss_tape(vars, t.constant(x.clone()), &y, Mode::Eval).0
+                    });
+                    let hv: Vec<f64> = hv.iter().flat_map(|m| m.as_slice().to_vec()).collect();
+                    let e = rel_vec(&full, &hv);
+                    assert!(e <= 1e-10, "L={l} {act:?} bias={bias} {loss:?}: analytic vs double-backward {e:.2e}");
+                    // Against the dense matrices, part by part.
+                    for part in [Part::Full, Part::Gn, Part::Hterm] {
+                        let dense = dense_hessian(&model, &x, &y, part, BUDGET).unwrap();
+                        let hv_dense: Vec<f64> = (0..p).map(|i| dense.row(i).iter().zip(&v).map(|(a, b)| a * b).sum()).collect();
+                        let hv_free = hvp(&model, &x, &y, part, &v).unwrap();
+                        let e = rel_vec(&hv_free, &hv_dense);
+                        assert!(e <= 1e-11, "L={l} {act:?} {part:?}: matrix-free vs dense {e:.2e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn relu_hterm_is_traceless_with_zero_same_layer_blocks() {
+    for (i, widths) in [vec![4, 5, 3], vec![3, 4, 5, 3], vec![2, 3, 7, 2, 3]].into_iter().enumerate() {
+        for bias in [true, false] {
+            let cfg = config(&widths, Activation::Relu, bias, LossKind::CrossEntropy);
+            let model = Mlp::<f64>::init(cfg, Init::Kaiming, 1.0, i as u64).unwrap();
+            let (x, y) = data_away_from_kinks(&model, 7, i as u64 + 50);
+            let ht = dense_hessian(&model, &x, &y, Part::Hterm, BUDGET).unwrap();
+            let tr: f64 = (0..ht.rows()).map(|j| ht.get(j, j)).sum();
+            assert!(tr.abs() < 1e-14 * ht.frobenius_norm().max(1.0), "trace {tr}");
+            for l in 0..widths.len() - 1 {
+                let b = hessian_block(&model, &x, &y, Part::Hterm, l, l).unwrap();
+                assert_eq!(b.max_abs(), 0.0, "same-layer block {l} of the ReLU H-term is not zero");
+            }
+            // Indefinite: a cross block is nonzero, so eigenvalues of both signs.
+            let ev = jacobi_eigenvalues(&ht);
+            assert!(ev[0] < -1e-8 && *ev.last().unwrap() > 1e-8, "H-term should be indefinite");
+            // Rows of the last layer's bias are zero.
+            if bias {
+                let lay = ParamLayout::of(&model);
+                let last = widths.len() - 2;
+                for a in 0..widths[widths.len() - 1] {
+                    assert!(ht.row(lay.bias_index(last, a)).iter().all(|&v| v == 0.0));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn per_sample_structure_facts_and_k_by_k_norms() {
+    for (seed, act) in [Activation::Relu, Activation::Tanh].into_iter().enumerate() {
+        for bias in [true, false] {
+            let cfg = config(&[5, 6, 4, 4], act, bias, LossKind::CrossEntropy);
+            let model = Mlp::<f64>::init(cfg, Init::Torch, 2.0, seed as u64).unwrap();
+            let mut rng = Rng::new(9);
+            let x = Matrix::from_fn(6, 5, |_, _| rng.normal());
+            let y = vec![0, 1, 2, 3, 0, 1];
+            let norms = per_sample_gn_norms(&model, &x, &y).unwrap();
+            let st = BatchStructure::new(&model, &x, &y, Par::Seq).unwrap();
+            for i in 0..6 {
+                let xi = x.rows_view(i, i + 1).to_owned();
+                let gn_i = dense_hessian(&model, &xi, &y[i..i + 1], Part::Gn, BUDGET).unwrap();
+                let ev = jacobi_eigenvalues(&gn_i);
+                let top = *ev.last().unwrap();
+                let rel = (norms.norms[i] - top).abs() / top;
+                assert!(rel <= 1e-12, "K x K norm {} vs dense {top}: {rel:.1e}", norms.norms[i]);
+                // rank(GN_i) <= K - 1 = 3.
+                let rank = ev.iter().filter(|&&e| e > 1e-10 * top).count();
+                assert!(rank <= 3, "rank {rank}");
+                assert!(norms.ranks[i] <= 3);
+                assert!(norms.a_norms[i] <= 0.5 + 1e-15);
+                // GN_i = F^T A F with F materialised.
+                let f = st.jacobian(i);
+                let (_, a) = landscape::hessian::structure::loss_derivatives(LossKind::CrossEntropy, st.logits(i), y[i]);
+                let af = landscape::tensor::matmul(a.view(), f.view());
+                let ftaf = landscape::tensor::matmul(f.t(), af.view());
+                assert!(rel_frobenius(&ftaf, &gn_i) < 1e-13);
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_curvature_norm_attains_one_half() {
+    // ||A|| = 1/2 exactly at p = (1/2, 1/2, 0, ...) (up to exp underflow of the third class).
+    let z = [0.0, 0.0, -800.0];
+    let (_, a) = landscape::hessian::structure::loss_derivatives(LossKind::CrossEntropy, &z, 0);
+    let top = *jacobi_eigenvalues(&a).last().unwrap();
+    assert!((top - 0.5).abs() < 1e-15, "{top}");
+}
+
+/// DESIGN.md section 4: L = 1, K = 2, W = 0.1 I, x = (1, 1): ||H|| = 1.00 while
+/// Theorem 1 as printed gives 0.042 (a violation).
+#[test]
+fn counterexample_single_layer() {
+    let cfg = config(&[2, 2], Activation::Relu, false, LossKind::CrossEntropy);
+    let mut model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 0).unwrap();
+    model.layers[0].weight = Matrix::from_vec(2, 2, vec![0.1, 0.0, 0.0, 0.1]);
+    let x = Matrix::from_vec(1, 2, vec![1.0, 1.0]);
+    let h = dense_hessian(&model, &x, &[0], Part::Full, BUDGET).unwrap();
+    let ev = jacobi_eigenvalues(&h);
+    let norm = ev.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    // Closed form: H = A (x) x x^T with ||A|| = 1/2 and ||x||^2 = 2.
+    assert!((norm - 1.0).abs() < 1e-14, "{norm}");
+    let (mw, mx, l) = (0.1f64, 2f64.sqrt(), 1i32);
+    let printed = l as f64 * 2f64.sqrt() * mx * mx * mw.powi(2 * l)
+        + 2f64.sqrt() * mw * mw * (mw.powi(2 * l) - 1.0) / (mw * mw - 1.0);
+    assert!((printed - 0.0424).abs() < 1e-3, "{printed}");
+    assert!(norm > printed);
+}
