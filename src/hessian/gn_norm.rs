@@ -5,7 +5,7 @@
 //! because each layer's Jacobian block is `G(p) (x) x~(p)^T`. So
 //! `||GN_i||_2 = lambda_max(C_i^T M_i C_i)` costs `O(K^2 sum_p d_p + K^3)` per sample.
 
-use super::small_eig::jacobi_eigenvalues;
+use super::small_eig::sym_eigenvalues_in_place;
 use super::structure::{curvature_factor, BatchStructure};
 use crate::error::{Error, Result};
 use crate::nn::Mlp;
@@ -35,11 +35,35 @@ pub fn jacobian_gram(st: &BatchStructure, i: usize) -> Matrix<f64> {
     for p in 0..st.num_layers() {
         let x = st.inputs[p].row(i);
         let c = x.iter().map(|v| v * v).sum::<f64>() + if st.bias { 1.0 } else { 0.0 };
-        let g = st.g[p].rows_view(i * k, (i + 1) * k);
-        let gg = matmul(g, g.t());
-        m.axpy(c, &gg);
+        let g = &st.g[p];
+        for a in 0..k {
+            let ga = g.row(i * k + a);
+            for b in 0..=a {
+                let gb = g.row(i * k + b);
+                let dot: f64 = ga.iter().zip(gb).map(|(u, v)| u * v).sum();
+                let val = m.get(a, b) + c * dot;
+                m.set(a, b, val);
+                m.set(b, a, val);
+            }
+        }
     }
     m
+}
+
+/// `C^T M C` for square `C`, `M` (`K x K`), written into `out` row-major.
+fn congruence(c: &Matrix<f64>, m: &Matrix<f64>, out: &mut [f64]) {
+    let k = c.rows();
+    let mut mc = vec![0.0; k * k];
+    for a in 0..k {
+        for b in 0..k {
+            mc[a * k + b] = (0..k).map(|t| m.get(a, t) * c.get(t, b)).sum();
+        }
+    }
+    for a in 0..k {
+        for b in 0..k {
+            out[a * k + b] = (0..k).map(|t| c.get(t, a) * mc[t * k + b]).sum();
+        }
+    }
 }
 
 /// Exact `||GN_i||_2`, rank and `||A_i||` for every row of `x`.
@@ -58,14 +82,17 @@ pub fn per_sample_gn_norms(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) 
             let st = BatchStructure::new(model, &xb, &labels[r], par)?;
             Ok((0..st.num_samples())
                 .map(|i| {
+                    let k = st.classes();
                     let c = curvature_factor(kind, st.logits(i));
                     let m = jacobian_gram(&st, i);
-                    let core = matmul(c.t(), matmul(m.view(), c.view()).view());
-                    let ev = jacobi_eigenvalues(&core);
+                    let mut scratch = vec![0.0; k * k];
+                    congruence(&c, &m, &mut scratch);
+                    let ev = sym_eigenvalues_in_place(&mut scratch, k);
                     let top = *ev.last().expect("K >= 1");
                     let rank = ev.iter().filter(|&&e| e > 1e-12 * top.abs().max(f64::MIN_POSITIVE)).count();
                     let a = matmul(c.view(), c.t());
-                    let a_norm = jacobi_eigenvalues(&a).last().copied().unwrap_or(0.0);
+                    let mut a_scratch = a.into_vec();
+                    let a_norm = sym_eigenvalues_in_place(&mut a_scratch, k).last().copied().unwrap_or(0.0);
                     (top.max(0.0), rank, a_norm, st.losses[i])
                 })
                 .collect())
