@@ -77,7 +77,7 @@ impl<'a> Context<'a> {
             let end = (start + SAMPLE_CHUNK).min(x.rows());
             let xc = x.rows_view(start, end).to_owned();
             let yc = labels[start..end].to_vec();
-            chunks.push((BatchStructure::new(model, &xc, &yc, Par::Rayon)?, yc));
+            chunks.push((BatchStructure::from_owned(model, xc, &yc, Par::Rayon)?, yc));
         }
         Ok(Self {
             model,

@@ -40,7 +40,7 @@ pub fn jacobian_gram(st: &BatchStructure, i: usize) -> Matrix<f64> {
             let ga = g.row(i * k + a);
             for b in 0..=a {
                 let gb = g.row(i * k + b);
-                let dot: f64 = ga.iter().zip(gb).map(|(u, v)| u * v).sum();
+                let dot = crate::tensor::dot(ga, gb);
                 let val = m.get(a, b) + c * dot;
                 m.set(a, b, val);
                 m.set(b, a, val);
@@ -79,7 +79,7 @@ pub fn per_sample_gn_norms(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) 
         .into_par_iter()
         .map(|r| {
             let xb = x.rows_view(r.start, r.end).to_owned();
-            let st = BatchStructure::new(model, &xb, &labels[r], par)?;
+            let st = BatchStructure::from_owned(model, xb, &labels[r], par)?;
             Ok((0..st.num_samples())
                 .map(|i| {
                     let k = st.classes();

@@ -66,7 +66,7 @@ pub fn hvp_multi(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part
         .map(|r| {
             let xb = x.rows_view(r.start, r.end).to_owned();
             let yb = &labels[r];
-            let fwd = model.forward_with(&xb, par)?;
+            let fwd = model.forward_owned(xb, par)?;
             Ok(splits
                 .iter()
                 .map(|vp| block_hvp(model, &layout, &fwd, yb, part, vp, par))

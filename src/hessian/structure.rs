@@ -102,8 +102,13 @@ pub struct BatchStructure {
 impl BatchStructure {
     /// Computes the structure for the rows of `x` with labels `labels`.
     pub fn new(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], par: Par) -> Result<Self> {
+        Self::from_owned(model, x.clone(), labels, par)
+    }
+
+    /// [`BatchStructure::new`] taking ownership of the inputs (no copy).
+    pub fn from_owned(model: &Mlp<f64>, x: Matrix<f64>, labels: &[usize], par: Par) -> Result<Self> {
         check_model(model)?;
-        model.check_input(x)?;
+        model.check_input(&x)?;
         if labels.len() != x.rows() {
             return Err(Error::Shape(format!("{} samples but {} labels", x.rows(), labels.len())));
         }
@@ -113,9 +118,9 @@ impl BatchStructure {
                 model.config.classes
             )));
         }
-        let cache = model.forward_with(x, par)?;
-        let nl = model.num_layers();
         let m = x.rows();
+        let cache = model.forward_owned(x, par)?;
+        let nl = model.num_layers();
         let k = model.config.classes;
         let act = model.config.activation;
         let slope = model.config.leaky_slope;

@@ -79,7 +79,7 @@ pub fn loss_and_grad_analytic<T: Scalar>(
     let blocks = sample_blocks(n, SAMPLE_BLOCK);
     let run = |range: std::ops::Range<usize>, par: Par| -> Result<(f64, Vec<Matrix<T>>)> {
         let xb = x.rows_view(range.start, range.end).to_owned();
-        block_grad(model, &xb, &labels[range], scale, par)
+        block_grad(model, xb, &labels[range], scale, par)
     };
     let parts: Vec<Result<(f64, Vec<Matrix<T>>)>> = if blocks.len() == 1 {
         vec![run(0..n, Par::Rayon)]
@@ -101,12 +101,12 @@ pub fn loss_and_grad_analytic<T: Scalar>(
 /// Summed loss and `scale`-weighted gradient over one block of samples.
 fn block_grad<T: Scalar>(
     model: &Mlp<T>,
-    x: &Matrix<T>,
+    x: Matrix<T>,
     labels: &[usize],
     scale: T,
     par: Par,
 ) -> Result<(f64, Vec<Matrix<T>>)> {
-    let cache = model.forward_with(x, par)?;
+    let cache = model.forward_owned(x, par)?;
     let (mut delta, loss) = loss_residuals(model.config.loss, cache.logits(), labels);
     for v in delta.as_mut_slice() {
         *v *= scale;

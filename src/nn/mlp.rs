@@ -341,9 +341,15 @@ impl<T: Scalar> Mlp<T> {
     /// [`Mlp::forward`] with explicit GEMM parallelism.
     pub fn forward_with(&self, x: &Matrix<T>, par: Par) -> Result<ForwardCache<T>> {
         self.check_input(x)?;
+        self.forward_owned(x.clone(), par)
+    }
+
+    /// [`Mlp::forward_with`] taking ownership of the input (kept as `inputs[0]`, no copy).
+    pub fn forward_owned(&self, x: Matrix<T>, par: Par) -> Result<ForwardCache<T>> {
+        self.check_input(&x)?;
         let nl = self.num_layers();
         let slope = T::from_f64(self.config.leaky_slope);
-        let mut inputs = vec![x.clone()];
+        let mut inputs = vec![x];
         let mut pre = Vec::with_capacity(nl);
         for (p, layer) in self.layers.iter().enumerate() {
             let xin = &inputs[p];
