@@ -40,72 +40,127 @@ fn scale_rows_by(m: &mut Matrix<f64>, d: &Matrix<f64>) {
 
 /// `H v` (or `GN v`, `Hterm v`) of the mean loss over the rows of `x`; `v` in parameter order.
 pub fn hvp(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, v: &[f64]) -> Result<Vec<f64>> {
-    let mut out = hvp_multi(model, x, labels, part, &[v.to_vec()])?;
-    Ok(out.pop().expect("one vector"))
+    HessianOperator::new(model, x, labels, part)?.apply(v)
 }
 
 /// HVPs for several vectors at once (the forward pass is shared).
 pub fn hvp_multi(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, vs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
-    check_model(model)?;
-    model.check_input(x)?;
-    let layout = ParamLayout::of(model);
-    if x.rows() == 0 || labels.len() != x.rows() {
-        return Err(Error::InvalidArgument(format!("HVP needs samples: {} rows, {} labels", x.rows(), labels.len())));
-    }
-    for v in vs {
-        if v.len() != layout.total {
-            return Err(Error::Shape(format!("vector of length {} for a model with {} parameters", v.len(), layout.total)));
+    HessianOperator::new(model, x, labels, part)?.apply_multi(vs)
+}
+
+/// Per-block state that does not depend on the direction `v`.
+struct BlockState {
+    fwd: crate::nn::mlp::ForwardCache<f64>,
+    labels: Vec<usize>,
+    dact: Vec<Matrix<f64>>,
+}
+
+/// A Hessian part of the mean loss over a fixed set of samples, as a
+/// matrix-free operator: the forward pass is computed once and shared by every
+/// product (Lanczos, Hutchinson and friends call [`HessianOperator::apply`] many times).
+pub struct HessianOperator<'a> {
+    model: &'a Mlp<f64>,
+    layout: ParamLayout,
+    part: Part,
+    blocks: Vec<BlockState>,
+    n: usize,
+}
+
+impl<'a> HessianOperator<'a> {
+    pub fn new(model: &'a Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part) -> Result<Self> {
+        check_model(model)?;
+        model.check_input(x)?;
+        if x.rows() == 0 || labels.len() != x.rows() {
+            return Err(Error::InvalidArgument(format!("HVP needs samples: {} rows, {} labels", x.rows(), labels.len())));
         }
-    }
-    let n = x.rows();
-    let blocks = sample_blocks(n, HVP_BLOCK);
-    let par = if blocks.len() == 1 { Par::Rayon } else { Par::Seq };
-    let splits: Vec<_> = vs.iter().map(|v| split(&layout, v)).collect();
-    let parts: Vec<Result<Vec<Vec<f64>>>> = blocks
-        .into_par_iter()
-        .map(|r| {
-            let xb = x.rows_view(r.start, r.end).to_owned();
-            let yb = &labels[r];
-            let fwd = model.forward_owned(xb, par)?;
-            Ok(splits
-                .iter()
-                .map(|vp| block_hvp(model, &layout, &fwd, yb, part, vp, par))
-                .collect())
+        if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
+            return Err(Error::Shape(format!("label {y} is out of range for a model with {} outputs", model.config.classes)));
+        }
+        let act = model.config.activation;
+        let slope = model.config.leaky_slope;
+        let nl = model.num_layers();
+        let blocks: Vec<Result<BlockState>> = sample_blocks(x.rows(), HVP_BLOCK)
+            .into_par_iter()
+            .map(|r| {
+                let xb = x.rows_view(r.start, r.end).to_owned();
+                let fwd = model.forward_owned(xb, Par::Seq)?;
+                let dact = fwd.pre[..nl - 1].iter().map(|z| z.map(|t| act.derivative(t, slope))).collect();
+                Ok(BlockState { fwd, labels: labels[r].to_vec(), dact })
+            })
+            .collect();
+        Ok(Self {
+            model,
+            layout: ParamLayout::of(model),
+            part,
+            blocks: blocks.into_iter().collect::<Result<_>>()?,
+            n: x.rows(),
         })
-        .collect();
-    let mut acc = vec![vec![0.0; layout.total]; vs.len()];
-    for part_res in parts {
-        for (a, b) in acc.iter_mut().zip(part_res?) {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
+    }
+
+    /// Number of parameters `P` (the operator is `P x P`).
+    pub fn dim(&self) -> usize {
+        self.layout.total
+    }
+
+    pub fn part(&self) -> Part {
+        self.part
+    }
+
+    /// `H v` for a vector in parameter order.
+    pub fn apply(&self, v: &[f64]) -> Result<Vec<f64>> {
+        let mut out = self.apply_multi(&[v.to_vec()])?;
+        Ok(out.pop().expect("one vector"))
+    }
+
+    /// `H v` for several vectors; blocks run in parallel and are summed in block order.
+    pub fn apply_multi(&self, vs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+        for v in vs {
+            if v.len() != self.layout.total {
+                return Err(Error::Shape(format!("vector of length {} for a model with {} parameters", v.len(), self.layout.total)));
+            }
+            if !v.iter().all(|x| x.is_finite()) {
+                return Err(Error::NonFiniteInput("HVP direction contains NaN or Inf".into()));
             }
         }
-    }
-    let s = 1.0 / n as f64;
-    for a in &mut acc {
-        for x in a.iter_mut() {
-            *x *= s;
+        let splits: Vec<_> = vs.iter().map(|v| split(&self.layout, v)).collect();
+        let par = if self.blocks.len() == 1 { Par::Rayon } else { Par::Seq };
+        let parts: Vec<Vec<Vec<f64>>> = self
+            .blocks
+            .par_iter()
+            .map(|b| splits.iter().map(|vp| block_hvp(self.model, &self.layout, b, self.part, vp, par)).collect())
+            .collect();
+        let mut acc = vec![vec![0.0; self.layout.total]; vs.len()];
+        for part_res in parts {
+            for (a, b) in acc.iter_mut().zip(part_res) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+            }
         }
+        let s = 1.0 / self.n as f64;
+        for a in &mut acc {
+            for x in a.iter_mut() {
+                *x *= s;
+            }
+        }
+        Ok(acc)
     }
-    Ok(acc)
 }
 
 fn block_hvp(
     model: &Mlp<f64>,
     layout: &ParamLayout,
-    fwd: &crate::nn::mlp::ForwardCache<f64>,
-    labels: &[usize],
+    state: &BlockState,
     part: Part,
     v: &[(Matrix<f64>, Option<Vec<f64>>)],
     par: Par,
 ) -> Vec<f64> {
     let nl = model.num_layers();
+    let (fwd, labels, dact) = (&state.fwd, &state.labels, &state.dact);
     let m = labels.len();
     let act = model.config.activation;
-    let slope = model.config.leaky_slope;
-    let dact: Vec<Matrix<f64>> = fwd.pre[..nl - 1].iter().map(|z| z.map(|t| act.derivative(t, slope))).collect();
     // Forward R-pass.
-    let mut rx: Vec<Matrix<f64>> = vec![Matrix::zeros(m, layout.widths[0])];
+    let mut rx: Vec<Matrix<f64>> = vec![Matrix::zeros(0, 0)];
     let mut rz: Vec<Matrix<f64>> = Vec::with_capacity(nl);
     for p in 0..nl {
         let w = &model.layers[p].weight;

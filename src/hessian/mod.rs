@@ -16,5 +16,5 @@ pub mod structure;
 
 pub use dense::{dense_hessian, hessian_block, Part};
 pub use gn_norm::{per_sample_gn_norms, GnNorms};
-pub use hvp::{hvp, hvp_multi};
+pub use hvp::{hvp, hvp_multi, HessianOperator};
 pub use structure::{BatchStructure, ParamLayout};
