@@ -563,6 +563,27 @@ where
     sum_in_order(parts)
 }
 
+/// Dot product with eight independent accumulators (so the compiler can use
+/// SIMD lanes); the summation order is fixed, so results are reproducible.
+#[inline]
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dot: lengths differ");
+    let mut acc = [0.0f64; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0.0;
+    for i in chunks * 8..a.len() {
+        tail += a[i] * b[i];
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,24 +614,4 @@ mod tests {
         gemm_serial(1.0, a.view(), b.view(), 0.0, ser.as_mut_slice(), 150);
         assert_eq!(par.as_slice(), ser.as_slice());
     }
-}
-
-/// Dot product with eight independent accumulators (so the compiler can use
-/// SIMD lanes); the summation order is fixed, so results are reproducible.
-#[inline]
-pub fn dot(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len(), "dot: lengths differ");
-    let mut acc = [0.0f64; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0.0;
-    for i in chunks * 8..a.len() {
-        tail += a[i] * b[i];
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }

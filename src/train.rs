@@ -66,7 +66,7 @@ impl Optimizer {
                 if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
                     return bad("Adam betas must be in [0, 1)");
                 }
-                if !(eps > 0.0) {
+                if eps.is_nan() || eps <= 0.0 {
                     return bad("Adam eps must be positive");
                 }
                 if !(weight_decay >= 0.0 && weight_decay.is_finite()) {

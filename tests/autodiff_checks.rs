@@ -12,6 +12,7 @@ use landscape::Matrix;
 use proptest::prelude::*;
 
 type Build = dyn for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Var<'t, f64>;
+type Case = (&'static str, Vec<Matrix<f64>>, Box<Build>);
 
 fn random(rows: usize, cols: usize, rng: &mut Rng) -> Matrix<f64> {
     Matrix::from_fn(rows, cols, |_, _| rng.normal())
@@ -124,7 +125,7 @@ fn every_primitive_matches_finite_differences() {
     let col = random(3, 1, &mut rng);
     let kinks = random_away_from_zero(3, 7, &mut rng);
 
-    let cases: Vec<(&str, Vec<Matrix<f64>>, Box<Build>)> = vec![
+    let cases: Vec<Case> = vec![
         ("matmul", vec![a.clone(), b.clone()], Box::new(|t, v| weighted(t, v[0].matmul(v[1]), 1))),
         (
             "matmul_t(a^T b^T)",
@@ -325,7 +326,7 @@ fn quadratic_closed_form() {
     let x = Matrix::from_vec(3, 1, vec![2.0, 1.0, -1.0]);
     let v = Matrix::from_vec(2, 3, vec![0.0, 1.0, 0.0, -1.0, 2.0, 1.0]);
     let xx = x.clone();
-    let (f, g, hv) = hvp(&[w.clone()], &[v.clone()], move |t, p| {
+    let (f, g, hv) = hvp(std::slice::from_ref(&w), std::slice::from_ref(&v), move |t, p| {
         p[0].matmul(t.constant(xx.clone())).square().sum().scale(0.5)
     });
     let wx = landscape::tensor::matmul(w.view(), x.view());

@@ -309,6 +309,9 @@ fn check_same_shape(what: &str, a: (usize, usize), b: (usize, usize)) {
     assert_eq!(a, b, "{what}: shapes {a:?} and {b:?} differ");
 }
 
+// Named methods (`add`, `mul`, ...) rather than operator traits keep every
+// recorded operation visible at the call site.
+#[allow(clippy::should_implement_trait)]
 impl<'t, T: Scalar> Var<'t, T> {
     pub fn id(&self) -> usize {
         self.id

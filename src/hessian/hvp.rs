@@ -8,6 +8,8 @@
 //! `R{g_z(p-1)} = act''(z(p-1)) .* R{z(p-1)} .* (g_z(p) W(p)) + act'(z(p-1)) .* (g_z(p) V(p) + R{g_z(p)} W(p))`.
 //! Gauss-Newton keeps only the terms through `A`: `R{dW(p)} = R{g_z(p)}^T x(p)`,
 //! `R{g_z(p-1)} = act'(z(p-1)) .* (R{g_z(p)} W(p))`. The H-term is the difference.
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas above
+
 
 use super::dense::Part;
 use super::structure::{check_model, softmax, ParamLayout};

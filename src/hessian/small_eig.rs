@@ -5,6 +5,8 @@
 //! with a small constant): the fast path for millions of `K x K` problems.
 //! [`jacobi_eigenvalues`]: the cyclic Jacobi method, slower but independent and
 //! accurate to a few ulps of `||A||`; used as a cross-check.
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas above
+
 
 use crate::tensor::Matrix;
 

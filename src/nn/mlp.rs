@@ -88,7 +88,7 @@ impl MlpConfig {
             return Err(Error::InvalidArgument("leaky slope must be finite".into()));
         }
         if let Some(bn) = &self.batchnorm {
-            if !(bn.eps > 0.0) || !(0.0..=1.0).contains(&bn.momentum) {
+            if bn.eps.is_nan() || bn.eps <= 0.0 || !(0.0..=1.0).contains(&bn.momentum) {
                 return Err(Error::InvalidArgument(
                     "batchnorm needs eps > 0 and momentum in [0, 1]".into(),
                 ));
