@@ -15,6 +15,7 @@ pub mod io;
 pub mod nn;
 pub mod rng;
 pub mod tensor;
+pub mod theory;
 pub mod train;
 
 pub use error::{Error, Result};
