@@ -13,6 +13,7 @@ pub mod error;
 pub mod hessian;
 pub mod io;
 pub mod nn;
+pub mod plot;
 pub mod rng;
 pub mod tensor;
 pub mod theory;

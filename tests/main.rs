@@ -4,4 +4,5 @@ mod autodiff_checks;
 mod data_readers;
 mod hessian_checks;
 mod model_files;
+mod plot_checks;
 mod training;
