@@ -1,0 +1,548 @@
+//! Command-line interface: argument parsing, progress bars, JSON results.
+//! Library errors come back as one-line messages.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use landscape::data::{self, DataBundle, DataOptions, Format, Normalize, Subset};
+use landscape::io::model_file::{load_mlp_f64, save_mlp, ImportOptions};
+use landscape::io::npy::ExportFormat;
+use landscape::io::provenance::{write_json, Provenance};
+use landscape::nn::{Activation, BatchNormConfig, Init, LossKind, Mlp, MlpConfig};
+use landscape::train::{evaluate, train, EpochMetrics, Optimizer, TrainConfig};
+use landscape::{Matrix, Scalar};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "landscape", version, about = "Exact curvature of neural-network loss landscapes")]
+struct Cli {
+    /// Worker threads (default: all cores). Results are reproducible for a given seed and thread count.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train an MLP and save it as safetensors.
+    Train(TrainArgs),
+    /// Loss and error of a saved model on a dataset.
+    Eval(EvalArgs),
+    /// Describe a model file and/or a dataset.
+    Info(InfoArgs),
+    /// Export a model's parameters as .npy files (flat vector and per tensor) for numpy/torch/jax.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Dataset: `mnist10k`, `digits` (embedded) or a path (IDX image file, CIFAR .bin, CSV).
+    #[arg(long)]
+    data: String,
+    /// Input normalisation.
+    #[arg(long, value_enum, default_value = "unit")]
+    normalize: Normalize,
+    /// File format of a path given to --data.
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
+    /// Label file for an IDX image file (default: `images-idx3` -> `labels-idx1` in the name).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Test-set file in the same format as --data.
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// Label file of an IDX test set.
+    #[arg(long)]
+    test_labels: Option<PathBuf>,
+    /// CSV label column (0-based; default: the last).
+    #[arg(long)]
+    label_column: Option<usize>,
+    /// Number of classes (labels must be smaller).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Use n training samples (the first n, or n at random with --subset-seed).
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Use n test samples (the first n, or n at random with --subset-seed).
+    #[arg(long)]
+    test_size: Option<usize>,
+    /// Pick the subsets at random with this seed instead of taking the first n.
+    #[arg(long)]
+    subset_seed: Option<u64>,
+    /// For data without a test set: the fraction held out as test (seeded by --split-seed).
+    #[arg(long, default_value_t = 0.0)]
+    test_split: f64,
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+}
+
+impl DataArgs {
+    fn options(&self) -> DataOptions {
+        let subset = |n: Option<usize>| match (n, self.subset_seed) {
+            (None, _) => Subset::All,
+            (Some(n), None) => Subset::First(n),
+            (Some(n), Some(seed)) => Subset::Random { n, seed },
+        };
+        DataOptions {
+            normalize: self.normalize,
+            format: self.format,
+            labels: self.labels.clone(),
+            test: self.test_data.clone(),
+            test_labels: self.test_labels.clone(),
+            label_column: self.label_column,
+            classes: self.classes,
+            train_subset: subset(self.train_size),
+            test_subset: subset(self.test_size),
+            test_split: self.test_split,
+            split_seed: self.split_seed,
+        }
+    }
+
+    fn load(&self) -> Result<DataBundle, String> {
+        data::load(&self.data, &self.options()).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+enum Dtype {
+    F32,
+    F64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OptimizerName {
+    Sgd,
+    Adam,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Hidden widths, comma-separated (e.g. 64 or 256,256); empty for logistic regression.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    hidden: Vec<usize>,
+    #[arg(long, value_enum, default_value = "relu")]
+    activation: Activation,
+    /// Negative slope of LeakyReLU.
+    #[arg(long, default_value_t = 0.01)]
+    leaky_slope: f64,
+    /// No bias vectors.
+    #[arg(long)]
+    no_bias: bool,
+    /// BatchNorm1d after each hidden linear layer.
+    #[arg(long)]
+    batchnorm: bool,
+    /// BatchNorm without learnable scale and shift (affine=False).
+    #[arg(long)]
+    bn_no_affine: bool,
+    #[arg(long, value_enum, default_value = "ce")]
+    loss: LossKind,
+    /// Initialisation (He/Kaiming by default, the standard for rectifiers).
+    #[arg(long, value_enum, default_value = "kaiming")]
+    init: Init,
+    /// Multiplies every initial weight (and drawn bias).
+    #[arg(long, default_value_t = 1.0)]
+    init_scale: f64,
+    #[arg(long, value_enum, default_value = "adam")]
+    optimizer: OptimizerName,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    /// L2 weight decay (added to the gradient, PyTorch convention).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Seeds initialisation and shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Arithmetic precision of training (f64 is the reference).
+    #[arg(long, value_enum, default_value = "f64")]
+    dtype: Dtype,
+    /// Output model file (safetensors).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Save a checkpoint `epoch-NNN.safetensors` here after every epoch.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Results with provenance.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Split {
+    Train,
+    Test,
+    Both,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model file (safetensors; landscape's or a PyTorch nn.Sequential state dict).
+    #[arg(long)]
+    model: PathBuf,
+    /// Activation for files without landscape metadata (PyTorch imports).
+    #[arg(long, value_enum)]
+    activation: Option<Activation>,
+    /// Loss for files without landscape metadata.
+    #[arg(long, value_enum)]
+    loss: Option<LossKind>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Mlp<f64>, String> {
+        let opts = ImportOptions {
+            activation: self.activation,
+            loss: self.loss,
+            ..Default::default()
+        };
+        load_mlp_f64(&self.model, &opts).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, value_enum, default_value = "both")]
+    split: Split,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Dataset name or path.
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long, value_enum, default_value = "unit")]
+    normalize: Normalize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// File format of the exported arrays.
+    #[arg(long, value_enum, default_value = "npy")]
+    format: ExportFormat,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run() -> Result<(), String> {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| format!("cannot start {t} threads: {e}"))?;
+    }
+    let command_line: Vec<String> = std::env::args().collect();
+    let command_line = command_line.join(" ");
+    match cli.command {
+        Command::Train(a) => cmd_train(a, &command_line),
+        Command::Eval(a) => cmd_eval(a, &command_line),
+        Command::Info(a) => cmd_info(a, &command_line),
+        Command::Export(a) => cmd_export(a, &command_line),
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    // Hidden automatically when stderr is not a terminal.
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn write_results(
+    path: Option<&Path>,
+    command: &str,
+    results: serde_json::Value,
+    prov: &Provenance,
+) -> Result<(), String> {
+    if let Some(p) = path {
+        write_json(p, command, results, prov).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
+    let bundle = a.data.load()?;
+    let config = MlpConfig {
+        input_dim: bundle.features,
+        hidden: a.hidden.clone(),
+        classes: bundle.classes,
+        activation: a.activation,
+        leaky_slope: a.leaky_slope,
+        bias: !a.no_bias,
+        batchnorm: (a.batchnorm || a.bn_no_affine).then(|| BatchNormConfig {
+            affine: !a.bn_no_affine,
+            ..Default::default()
+        }),
+        loss: a.loss,
+    };
+    let optimizer = match a.optimizer {
+        OptimizerName::Sgd => Optimizer::Sgd {
+            lr: a.lr,
+            momentum: a.momentum,
+            weight_decay: a.weight_decay,
+        },
+        OptimizerName::Adam => Optimizer::Adam {
+            lr: a.lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: a.weight_decay,
+        },
+    };
+    if a.optimizer == OptimizerName::Adam && a.momentum != 0.0 {
+        return Err("--momentum applies to --optimizer sgd only".into());
+    }
+    let tc = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        optimizer,
+        seed: a.seed,
+    };
+    let full_config = json!({
+        "model": config,
+        "init": a.init,
+        "init_scale": a.init_scale,
+        "train": tc,
+        "dtype": a.dtype,
+        "data": bundle.summary_json(),
+    });
+    let model = Mlp::<f64>::init(config, a.init, a.init_scale, a.seed).map_err(|e| e.to_string())?;
+    let mut meta = BTreeMap::new();
+    meta.insert("training".to_string(), full_config.to_string());
+    if let Some(dir) = &a.checkpoint_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create checkpoint directory {}: {e}", dir.display()))?;
+    }
+    let start = Instant::now();
+    let (history, final_model) = match a.dtype {
+        Dtype::F64 => run_training(model, &bundle, &tc, &a, &meta)?,
+        Dtype::F32 => {
+            let (h, m) = run_training(model.cast::<f32>(), &bundle, &tc, &a, &meta)?;
+            (h, m.cast::<f64>())
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(out) = &a.out {
+        match a.dtype {
+            Dtype::F64 => save_mlp(&final_model, out, &meta),
+            Dtype::F32 => save_mlp(&final_model.cast::<f32>(), out, &meta),
+        }
+        .map_err(|e| e.to_string())?;
+    }
+    let last = history.last();
+    if let Some(m) = last {
+        eprintln!(
+            "trained {} epochs in {:.1}s: train loss {:.4}, train error {:.2}%{}",
+            m.epoch,
+            seconds,
+            m.train_loss,
+            100.0 * m.train_error,
+            match (m.test_loss, m.test_error) {
+                (Some(l), Some(e)) => format!(", test loss {l:.4}, test accuracy {:.2}%", 100.0 * (1.0 - e)),
+                _ => String::new(),
+            }
+        );
+    }
+    let prov = Provenance::new(command_line, Some(a.seed), Some(bundle.summary_json()), full_config);
+    let results = json!({
+        "epochs": history,
+        "final": last,
+        "num_params": final_model.num_params(),
+        "model_file": a.out.as_ref().map(|p| p.display().to_string()),
+        "timing": {"train_seconds": seconds},
+    });
+    write_results(a.json.as_deref(), "train", results, &prov)
+}
+
+fn run_training<T: Scalar>(
+    mut model: Mlp<T>,
+    bundle: &DataBundle,
+    tc: &TrainConfig,
+    a: &TrainArgs,
+    meta: &BTreeMap<String, String>,
+) -> Result<(Vec<EpochMetrics>, Mlp<f64>), String> {
+    let x: Matrix<T> = bundle.train.x.cast();
+    let test_x: Option<Matrix<T>> = bundle.test.as_ref().map(|t| t.x.cast());
+    let test = test_x
+        .as_ref()
+        .zip(bundle.test.as_ref())
+        .map(|(tx, t)| (tx, t.y.as_slice()));
+    let steps_per_epoch = bundle.train.y.len().div_ceil(tc.batch_size.max(1));
+    let pb = progress((steps_per_epoch * tc.epochs) as u64, "train");
+    let history = train(
+        &mut model,
+        &x,
+        &bundle.train.y,
+        test,
+        tc,
+        |epoch, _, loss| {
+            pb.inc(1);
+            pb.set_message(format!("epoch {epoch} loss {loss:.4}"));
+        },
+        |m, metrics| {
+            if let Some(dir) = &a.checkpoint_dir {
+                let path = dir.join(format!("epoch-{:03}.safetensors", metrics.epoch));
+                save_mlp(m, &path, meta)?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    Ok((history, model.cast::<f64>()))
+}
+
+fn split_metrics(model: &Mlp<f64>, bundle: &DataBundle, split: Split) -> Result<serde_json::Value, String> {
+    let mut out = serde_json::Map::new();
+    let mut eval_one = |name: &str, d: &data::Dataset| -> Result<(), String> {
+        let (loss, err) = evaluate(model, &d.x, &d.y).map_err(|e| e.to_string())?;
+        eprintln!("{name}: loss {loss:.6}, error {:.2}%, n = {}", 100.0 * err, d.y.len());
+        out.insert(name.to_string(), json!({"loss": loss, "error": err, "accuracy": 1.0 - err, "n": d.y.len()}));
+        Ok(())
+    };
+    if matches!(split, Split::Train | Split::Both) {
+        eval_one("train", &bundle.train)?;
+    }
+    if matches!(split, Split::Test | Split::Both) {
+        match &bundle.test {
+            Some(t) => eval_one("test", t)?,
+            None if split == Split::Test => {
+                return Err(format!("dataset {} has no test set (see --test-split)", bundle.name))
+            }
+            None => {}
+        }
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+fn check_model_fits(model: &Mlp<f64>, bundle: &DataBundle) -> Result<(), String> {
+    if model.config.input_dim != bundle.features {
+        return Err(format!(
+            "model expects {} input features but dataset {} has {}",
+            model.config.input_dim, bundle.name, bundle.features
+        ));
+    }
+    if model.config.classes < bundle.classes {
+        return Err(format!(
+            "model has {} outputs but dataset {} has {} classes",
+            model.config.classes, bundle.name, bundle.classes
+        ));
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs, command_line: &str) -> Result<(), String> {
+    let model = a.model.load()?;
+    let bundle = a.data.load()?;
+    check_model_fits(&model, &bundle)?;
+    let results = split_metrics(&model, &bundle, a.split)?;
+    let prov = Provenance::new(
+        command_line,
+        None,
+        Some(bundle.summary_json()),
+        json!({"model_file": a.model.model.display().to_string(), "model": model.config}),
+    );
+    write_results(a.json.as_deref(), "eval", results, &prov)
+}
+
+fn model_summary(model: &Mlp<f64>) -> serde_json::Value {
+    let tensors: Vec<serde_json::Value> = model
+        .named_params()
+        .iter()
+        .map(|(n, m)| json!({"name": n, "shape": [m.rows(), m.cols()], "frobenius_norm": m.frobenius_norm()}))
+        .collect();
+    json!({
+        "config": model.config,
+        "widths": model.config.widths(),
+        "num_layers": model.num_layers(),
+        "num_params": model.num_params(),
+        "tensors": tensors,
+    })
+}
+
+fn cmd_info(a: InfoArgs, command_line: &str) -> Result<(), String> {
+    if a.model.is_none() && a.data.is_none() {
+        return Err("info needs --model and/or --data".into());
+    }
+    let mut results = serde_json::Map::new();
+    if let Some(path) = &a.model {
+        let model = load_mlp_f64(path, &ImportOptions::default()).map_err(|e| e.to_string())?;
+        let s = model_summary(&model);
+        println!(
+            "model {}: widths {:?}, {} parameters, activation {}, loss {}, bias {}, batchnorm {}",
+            path.display(),
+            model.config.widths(),
+            model.num_params(),
+            model.config.activation.name(),
+            model.config.loss.name(),
+            model.config.bias,
+            model.config.batchnorm.is_some()
+        );
+        results.insert("model".into(), s);
+    }
+    let mut dataset = None;
+    if let Some(spec) = &a.data {
+        let opts = DataOptions {
+            normalize: a.normalize,
+            ..Default::default()
+        };
+        let bundle = data::load(spec, &opts).map_err(|e| e.to_string())?;
+        let s = bundle.summary_json();
+        println!("data {}", serde_json::to_string(&s).unwrap_or_default());
+        results.insert("data".into(), s.clone());
+        dataset = Some(s);
+    }
+    let prov = Provenance::new(command_line, None, dataset, json!({}));
+    write_results(a.json.as_deref(), "info", serde_json::Value::Object(results), &prov)
+}
+
+fn cmd_export(a: ExportArgs, command_line: &str) -> Result<(), String> {
+    let model = a.model.load()?;
+    landscape::io::npy::export_model(&model, &a.out, a.format).map_err(|e| e.to_string())?;
+    eprintln!("exported {} parameters to {}", model.num_params(), a.out.display());
+    let prov = Provenance::new(
+        command_line,
+        None,
+        None,
+        json!({"model_file": a.model.model.display().to_string()}),
+    );
+    write_results(
+        a.json.as_deref(),
+        "export",
+        json!({"out": a.out.display().to_string(), "num_params": model.num_params()}),
+        &prov,
+    )
+}
