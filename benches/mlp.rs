@@ -26,7 +26,9 @@ fn setup<T: Scalar>() -> (Mlp<T>, Matrix<T>, Vec<usize>) {
         batchnorm: None,
         loss: LossKind::CrossEntropy,
     };
-    let model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 0).unwrap().cast::<T>();
+    let model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 0)
+        .unwrap()
+        .cast::<T>();
     let mut rng = Rng::new(1);
     let x = Matrix::from_fn(128, 784, |_, _| T::from_f64(rng.uniform()));
     let y = (0..128).map(|i| i % 10).collect();

@@ -466,7 +466,11 @@ pub fn gemm_par<T: Scalar>(
     c: &mut Matrix<T>,
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm: inner dimensions differ ({m}x{k} * {}x{n})", b.rows);
+    assert_eq!(
+        b.rows, k,
+        "gemm: inner dimensions differ ({m}x{k} * {}x{n})",
+        b.rows
+    );
     assert_eq!(c.shape(), (m, n), "gemm: output shape mismatch");
     if m == 0 || n == 0 {
         return;
@@ -583,7 +587,6 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,7 +611,9 @@ mod tests {
     #[test]
     fn gemm_parallel_is_bit_identical_to_serial() {
         let a = Matrix::from_fn(300, 200, |i, j| ((i * 31 + j * 17) % 97) as f64 / 7.0 - 3.0);
-        let b = Matrix::from_fn(200, 150, |i, j| ((i * 13 + j * 29) % 89) as f64 / 11.0 - 2.0);
+        let b = Matrix::from_fn(200, 150, |i, j| {
+            ((i * 13 + j * 29) % 89) as f64 / 11.0 - 2.0
+        });
         let par = matmul(a.view(), b.view());
         let mut ser = Matrix::zeros(300, 150);
         gemm_serial(1.0, a.view(), b.view(), 0.0, ser.as_mut_slice(), 150);

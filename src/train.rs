@@ -131,7 +131,9 @@ pub fn loss_and_grad<T: Scalar>(
 /// Mean loss and error rate of the model on a dataset (evaluation mode), in blocks.
 pub fn evaluate<T: Scalar>(model: &Mlp<T>, x: &Matrix<T>, labels: &[usize]) -> Result<(f64, f64)> {
     if labels.is_empty() {
-        return Err(Error::InvalidArgument("cannot evaluate on an empty set".into()));
+        return Err(Error::InvalidArgument(
+            "cannot evaluate on an empty set".into(),
+        ));
     }
     const BLOCK: usize = 2048;
     let (mut loss_sum, mut wrong) = (0.0, 0.0);
@@ -287,7 +289,11 @@ fn apply_update<T: Scalar>(
             momentum,
             weight_decay,
         } => {
-            let (lr, mu, wd) = (T::from_f64(lr), T::from_f64(momentum), T::from_f64(weight_decay));
+            let (lr, mu, wd) = (
+                T::from_f64(lr),
+                T::from_f64(momentum),
+                T::from_f64(weight_decay),
+            );
             for ((w, g), v) in params.into_iter().zip(grads).zip(st.m.iter_mut()) {
                 let (w, g, v) = (w.as_mut_slice(), g.as_slice(), v.as_mut_slice());
                 for i in 0..w.len() {
@@ -307,7 +313,11 @@ fn apply_update<T: Scalar>(
             let bc1 = 1.0 - beta1.powi(st.t as i32);
             let bc2 = 1.0 - beta2.powi(st.t as i32);
             let (b1, b2) = (T::from_f64(beta1), T::from_f64(beta2));
-            let (step, eps, wd) = (T::from_f64(lr / bc1), T::from_f64(eps), T::from_f64(weight_decay));
+            let (step, eps, wd) = (
+                T::from_f64(lr / bc1),
+                T::from_f64(eps),
+                T::from_f64(weight_decay),
+            );
             let inv_bc2 = T::from_f64(1.0 / bc2);
             for (((w, g), m), s) in params
                 .into_iter()
@@ -315,7 +325,12 @@ fn apply_update<T: Scalar>(
                 .zip(st.m.iter_mut())
                 .zip(st.s.iter_mut())
             {
-                let (w, g, m, s) = (w.as_mut_slice(), g.as_slice(), m.as_mut_slice(), s.as_mut_slice());
+                let (w, g, m, s) = (
+                    w.as_mut_slice(),
+                    g.as_slice(),
+                    m.as_mut_slice(),
+                    s.as_mut_slice(),
+                );
                 for i in 0..w.len() {
                     let gi = g[i] + wd * w[i];
                     m[i] = b1 * m[i] + (T::ONE - b1) * gi;
@@ -338,7 +353,12 @@ fn update_running_stats<T: Scalar>(
     let unbias = T::from_f64(batch as f64 / (batch as f64 - 1.0).max(1.0));
     for (layer, st) in model.layers.iter_mut().zip(stats) {
         if let (Some(bn), Some((mean, var))) = (&mut layer.bn, st) {
-            for (r, &b) in bn.running_mean.as_mut_slice().iter_mut().zip(mean.as_slice()) {
+            for (r, &b) in bn
+                .running_mean
+                .as_mut_slice()
+                .iter_mut()
+                .zip(mean.as_slice())
+            {
                 *r = keep * *r + mo * b;
             }
             for (r, &b) in bn.running_var.as_mut_slice().iter_mut().zip(var.as_slice()) {

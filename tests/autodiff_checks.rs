@@ -103,7 +103,11 @@ fn check_hvp(name: &str, inputs: &[Matrix<f64>], f: &Build, seed: u64) {
     };
     let gp = shifted(eps);
     let gm = shifted(-eps);
-    let fd: Vec<f64> = gp.iter().zip(&gm).map(|(a, b)| (a - b) / (2.0 * eps)).collect();
+    let fd: Vec<f64> = gp
+        .iter()
+        .zip(&gm)
+        .map(|(a, b)| (a - b) / (2.0 * eps))
+        .collect();
     let e = rel_err(&flatten(&hv), &fd);
     assert!(e <= 1e-5, "{name}: HVP relative error {e:.3e}");
 }
@@ -126,7 +130,11 @@ fn every_primitive_matches_finite_differences() {
     let kinks = random_away_from_zero(3, 7, &mut rng);
 
     let cases: Vec<Case> = vec![
-        ("matmul", vec![a.clone(), b.clone()], Box::new(|t, v| weighted(t, v[0].matmul(v[1]), 1))),
+        (
+            "matmul",
+            vec![a.clone(), b.clone()],
+            Box::new(|t, v| weighted(t, v[0].matmul(v[1]), 1)),
+        ),
         (
             "matmul_t(a^T b^T)",
             vec![a.transpose(), b.transpose()],
@@ -137,34 +145,120 @@ fn every_primitive_matches_finite_differences() {
             vec![a.clone(), sq.clone()],
             Box::new(|t, v| weighted(t, v[0].matmul_t(v[1], false, true), 3)),
         ),
-        ("add", vec![a.clone(), sq.clone()], Box::new(|t, v| weighted(t, v[0].add(v[1]), 4))),
-        ("sub", vec![a.clone(), sq.clone()], Box::new(|t, v| weighted(t, v[0].sub(v[1]), 5))),
-        ("mul", vec![a.clone(), sq.clone()], Box::new(|t, v| weighted(t, v[0].mul(v[1]), 6))),
-        ("scale", vec![a.clone()], Box::new(|t, v| weighted(t, v[0].scale(-2.5), 7))),
-        ("add_scalar", vec![a.clone()], Box::new(|t, v| weighted(t, v[0].add_scalar(0.3), 8))),
-        ("square", vec![a.clone()], Box::new(|t, v| weighted(t, v[0].square(), 9))),
-        ("exp", vec![a.clone()], Box::new(|t, v| weighted(t, v[0].exp(), 10))),
-        ("ln", vec![pos.clone()], Box::new(|t, v| weighted(t, v[0].ln(), 11))),
-        ("tanh", vec![a.clone()], Box::new(|t, v| weighted(t, v[0].tanh(), 12))),
-        ("sqrt", vec![pos.clone()], Box::new(|t, v| weighted(t, v[0].sqrt(), 13))),
-        ("recip", vec![pos.clone()], Box::new(|t, v| weighted(t, v[0].recip(), 14))),
-        ("relu", vec![kinks.clone()], Box::new(|t, v| weighted(t, v[0].relu(), 15))),
-        ("leaky_relu", vec![kinks.clone()], Box::new(|t, v| weighted(t, v[0].leaky_relu(0.1), 16))),
-        ("broadcast row", vec![row.clone()], Box::new(|t, v| weighted(t, v[0].broadcast(3, 7), 17))),
-        ("broadcast col", vec![col.clone()], Box::new(|t, v| weighted(t, v[0].broadcast(3, 7), 18))),
-        ("sum_to rows", vec![a.clone()], Box::new(|t, v| weighted(t, v[0].sum_to(1, 7), 19))),
-        ("sum_to cols", vec![a.clone()], Box::new(|t, v| weighted(t, v[0].sum_to(3, 1), 20))),
-        ("dot", vec![a.clone(), sq.clone()], Box::new(|_, v| v[0].dot(v[1]))),
+        (
+            "add",
+            vec![a.clone(), sq.clone()],
+            Box::new(|t, v| weighted(t, v[0].add(v[1]), 4)),
+        ),
+        (
+            "sub",
+            vec![a.clone(), sq.clone()],
+            Box::new(|t, v| weighted(t, v[0].sub(v[1]), 5)),
+        ),
+        (
+            "mul",
+            vec![a.clone(), sq.clone()],
+            Box::new(|t, v| weighted(t, v[0].mul(v[1]), 6)),
+        ),
+        (
+            "scale",
+            vec![a.clone()],
+            Box::new(|t, v| weighted(t, v[0].scale(-2.5), 7)),
+        ),
+        (
+            "add_scalar",
+            vec![a.clone()],
+            Box::new(|t, v| weighted(t, v[0].add_scalar(0.3), 8)),
+        ),
+        (
+            "square",
+            vec![a.clone()],
+            Box::new(|t, v| weighted(t, v[0].square(), 9)),
+        ),
+        (
+            "exp",
+            vec![a.clone()],
+            Box::new(|t, v| weighted(t, v[0].exp(), 10)),
+        ),
+        (
+            "ln",
+            vec![pos.clone()],
+            Box::new(|t, v| weighted(t, v[0].ln(), 11)),
+        ),
+        (
+            "tanh",
+            vec![a.clone()],
+            Box::new(|t, v| weighted(t, v[0].tanh(), 12)),
+        ),
+        (
+            "sqrt",
+            vec![pos.clone()],
+            Box::new(|t, v| weighted(t, v[0].sqrt(), 13)),
+        ),
+        (
+            "recip",
+            vec![pos.clone()],
+            Box::new(|t, v| weighted(t, v[0].recip(), 14)),
+        ),
+        (
+            "relu",
+            vec![kinks.clone()],
+            Box::new(|t, v| weighted(t, v[0].relu(), 15)),
+        ),
+        (
+            "leaky_relu",
+            vec![kinks.clone()],
+            Box::new(|t, v| weighted(t, v[0].leaky_relu(0.1), 16)),
+        ),
+        (
+            "broadcast row",
+            vec![row.clone()],
+            Box::new(|t, v| weighted(t, v[0].broadcast(3, 7), 17)),
+        ),
+        (
+            "broadcast col",
+            vec![col.clone()],
+            Box::new(|t, v| weighted(t, v[0].broadcast(3, 7), 18)),
+        ),
+        (
+            "sum_to rows",
+            vec![a.clone()],
+            Box::new(|t, v| weighted(t, v[0].sum_to(1, 7), 19)),
+        ),
+        (
+            "sum_to cols",
+            vec![a.clone()],
+            Box::new(|t, v| weighted(t, v[0].sum_to(3, 1), 20)),
+        ),
+        (
+            "dot",
+            vec![a.clone(), sq.clone()],
+            Box::new(|_, v| v[0].dot(v[1])),
+        ),
         (
             "softmax cross-entropy",
             vec![random(5, 3, &mut rng)],
             Box::new(|_, v| softmax_cross_entropy(v[0], &[0, 2, 1, 1, 0])),
         ),
-        ("mse", vec![random(5, 3, &mut rng)], Box::new(|_, v| mse(v[0], &[0, 2, 1, 1, 0]))),
+        (
+            "mse",
+            vec![random(5, 3, &mut rng)],
+            Box::new(|_, v| mse(v[0], &[0, 2, 1, 1, 0])),
+        ),
         (
             "batchnorm (affine)",
-            vec![random(7, 3, &mut rng), random(1, 3, &mut rng), random(1, 3, &mut rng)],
-            Box::new(|t, v| weighted(t, batchnorm_train(v[0], Some(v[1]), Some(v[2]), 1e-5).out, 21)),
+            vec![
+                random(7, 3, &mut rng),
+                random(1, 3, &mut rng),
+                random(1, 3, &mut rng),
+            ],
+            Box::new(|t, v| {
+                weighted(
+                    t,
+                    batchnorm_train(v[0], Some(v[1]), Some(v[2]), 1e-5).out,
+                    21,
+                )
+            }),
         ),
         (
             "batchnorm (no affine)",
@@ -183,7 +277,13 @@ fn every_primitive_matches_finite_differences() {
     }
 }
 
-fn mlp_config(widths: &[usize], act: Activation, bias: bool, bn: Option<bool>, loss: LossKind) -> MlpConfig {
+fn mlp_config(
+    widths: &[usize],
+    act: Activation,
+    bias: bool,
+    bn: Option<bool>,
+    loss: LossKind,
+) -> MlpConfig {
     MlpConfig {
         input_dim: widths[0],
         hidden: widths[1..widths.len() - 1].to_vec(),
@@ -210,7 +310,12 @@ fn mlp_gradients_match_finite_differences_of_plain_forward() {
     let archs: [&[usize]; 4] = [&[3, 2], &[7, 1, 3], &[2, 31, 7, 3], &[5, 3, 2, 7, 2]];
     let mut seed = 0;
     for widths in archs {
-        for act in [Activation::Relu, Activation::Tanh, Activation::Identity, Activation::LeakyRelu] {
+        for act in [
+            Activation::Relu,
+            Activation::Tanh,
+            Activation::Identity,
+            Activation::LeakyRelu,
+        ] {
             for bias in [true, false] {
                 for loss in [LossKind::CrossEntropy, LossKind::Mse] {
                     for bn in [None, Some(true), Some(false)] {
@@ -252,8 +357,10 @@ fn mlp_gradients_match_finite_differences_of_plain_forward() {
                             .collect();
                         // Skip draws that sit on a ReLU kink within FD reach.
                         let pre = model.forward(&x).unwrap().pre;
-                        let near_kink =
-                            pre.iter().flat_map(|m| m.as_slice()).any(|z| z.abs() < 1e-4);
+                        let near_kink = pre
+                            .iter()
+                            .flat_map(|m| m.as_slice())
+                            .any(|z| z.abs() < 1e-4);
                         if act.is_piecewise_linear() && near_kink {
                             continue;
                         }
@@ -279,7 +386,11 @@ fn mlp_training_mode_gradient_and_hvp() {
         let mut rng = Rng::new(77);
         let x = random(9, 4, &mut rng);
         let y = labels(9, 3);
-        let params: Vec<Matrix<f64>> = model.named_params().into_iter().map(|(_, m)| m.clone()).collect();
+        let params: Vec<Matrix<f64>> = model
+            .named_params()
+            .into_iter()
+            .map(|(_, m)| m.clone())
+            .collect();
         let f: Box<Build> = Box::new(move |t, v| {
             let xv = t.constant(x.clone());
             model.loss_tape(v, xv, &y, Mode::Train).0
@@ -293,27 +404,47 @@ fn mlp_training_mode_gradient_and_hvp() {
 /// and the Hessian symmetry `u^T H v = v^T H u`.
 #[test]
 fn mlp_hvp_matches_finite_differences_and_is_symmetric() {
-    for (k, act) in [Activation::Tanh, Activation::Relu, Activation::Identity].into_iter().enumerate() {
+    for (k, act) in [Activation::Tanh, Activation::Relu, Activation::Identity]
+        .into_iter()
+        .enumerate()
+    {
         for bias in [true, false] {
             let cfg = mlp_config(&[5, 7, 3, 4], act, bias, None, LossKind::CrossEntropy);
             let model = Mlp::<f64>::init(cfg, Init::Kaiming, 1.0, 40 + k as u64).unwrap();
             let mut rng = Rng::new(3);
             let x = random_away_from_zero(8, 5, &mut rng);
             let y = labels(8, 4);
-            let params: Vec<Matrix<f64>> =
-                model.named_params().into_iter().map(|(_, m)| m.clone()).collect();
+            let params: Vec<Matrix<f64>> = model
+                .named_params()
+                .into_iter()
+                .map(|(_, m)| m.clone())
+                .collect();
             let m2 = model.clone();
             let f: Box<Build> = Box::new(move |t, v| {
                 let xv = t.constant(x.clone());
                 m2.loss_tape(v, xv, &y, Mode::Eval).0
             });
             check_hvp("mlp", &params, f.as_ref(), 50 + k as u64);
-            let u: Vec<Matrix<f64>> = params.iter().map(|m| random(m.rows(), m.cols(), &mut rng)).collect();
-            let w: Vec<Matrix<f64>> = params.iter().map(|m| random(m.rows(), m.cols(), &mut rng)).collect();
+            let u: Vec<Matrix<f64>> = params
+                .iter()
+                .map(|m| random(m.rows(), m.cols(), &mut rng))
+                .collect();
+            let w: Vec<Matrix<f64>> = params
+                .iter()
+                .map(|m| random(m.rows(), m.cols(), &mut rng))
+                .collect();
             let (_, _, hu) = hvp(&params, &u, |t, v| f(t, v));
             let (_, _, hw) = hvp(&params, &w, |t, v| f(t, v));
-            let a: f64 = flatten(&hu).iter().zip(flatten(&w)).map(|(p, q)| p * q).sum();
-            let b: f64 = flatten(&hw).iter().zip(flatten(&u)).map(|(p, q)| p * q).sum();
+            let a: f64 = flatten(&hu)
+                .iter()
+                .zip(flatten(&w))
+                .map(|(p, q)| p * q)
+                .sum();
+            let b: f64 = flatten(&hw)
+                .iter()
+                .zip(flatten(&u))
+                .map(|(p, q)| p * q)
+                .sum();
             assert!((a - b).abs() <= 1e-10 * a.abs().max(1.0), "{a} vs {b}");
         }
     }
@@ -326,13 +457,21 @@ fn quadratic_closed_form() {
     let x = Matrix::from_vec(3, 1, vec![2.0, 1.0, -1.0]);
     let v = Matrix::from_vec(2, 3, vec![0.0, 1.0, 0.0, -1.0, 2.0, 1.0]);
     let xx = x.clone();
-    let (f, g, hv) = hvp(std::slice::from_ref(&w), std::slice::from_ref(&v), move |t, p| {
-        p[0].matmul(t.constant(xx.clone())).square().sum().scale(0.5)
-    });
+    let (f, g, hv) = hvp(
+        std::slice::from_ref(&w),
+        std::slice::from_ref(&v),
+        move |t, p| {
+            p[0].matmul(t.constant(xx.clone()))
+                .square()
+                .sum()
+                .scale(0.5)
+        },
+    );
     let wx = landscape::tensor::matmul(w.view(), x.view());
     assert!((f - 0.5 * wx.as_slice().iter().map(|a| a * a).sum::<f64>()).abs() < 1e-14);
     let expect_g = landscape::tensor::matmul(wx.view(), x.t());
-    let expect_hv = landscape::tensor::matmul(landscape::tensor::matmul(v.view(), x.view()).view(), x.t());
+    let expect_hv =
+        landscape::tensor::matmul(landscape::tensor::matmul(v.view(), x.view()).view(), x.t());
     assert_eq!(g[0], expect_g);
     assert_eq!(hv[0], expect_hv);
 }
@@ -341,12 +480,22 @@ fn quadratic_closed_form() {
 /// `f = 1/2 ||grad L||^2`, `grad f = H grad L`.
 #[test]
 fn gradient_of_gradient_norm_is_hessian_times_gradient() {
-    let cfg = mlp_config(&[3, 5, 3], Activation::Tanh, true, None, LossKind::CrossEntropy);
+    let cfg = mlp_config(
+        &[3, 5, 3],
+        Activation::Tanh,
+        true,
+        None,
+        LossKind::CrossEntropy,
+    );
     let model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 8).unwrap();
     let mut rng = Rng::new(4);
     let x = random(6, 3, &mut rng);
     let y = labels(6, 3);
-    let params: Vec<Matrix<f64>> = model.named_params().into_iter().map(|(_, m)| m.clone()).collect();
+    let params: Vec<Matrix<f64>> = model
+        .named_params()
+        .into_iter()
+        .map(|(_, m)| m.clone())
+        .collect();
     let tape = Tape::new();
     let vars: Vec<_> = params.iter().map(|p| tape.param(p.clone())).collect();
     let (loss, _) = model.loss_tape(&vars, tape.constant(x.clone()), &y, Mode::Eval);

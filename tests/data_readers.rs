@@ -33,29 +33,54 @@ fn idx_labels(labels: &[u8]) -> Vec<u8> {
 }
 
 fn err_text(spec: &Path, opts: &DataOptions) -> String {
-    load(spec.to_str().unwrap(), opts).expect_err("should fail").to_string()
+    load(spec.to_str().unwrap(), opts)
+        .expect_err("should fail")
+        .to_string()
 }
 
 #[test]
 fn embedded_mnist10k_and_digits() {
     let b = load("mnist10k", &DataOptions::default()).unwrap();
-    assert_eq!((b.train.len(), b.test.as_ref().unwrap().len(), b.features, b.classes), (8000, 2000, 784, 10));
+    assert_eq!(
+        (
+            b.train.len(),
+            b.test.as_ref().unwrap().len(),
+            b.features,
+            b.classes
+        ),
+        (8000, 2000, 784, 10)
+    );
     let mut hist = [0usize; 10];
     for &y in &b.train.y {
         hist[y] += 1;
     }
     assert!(hist.iter().all(|&h| h > 600 && h < 1000), "{hist:?}");
-    let (lo, hi) = b.train.x.as_slice().iter().fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = b
+        .train
+        .x
+        .as_slice()
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
     assert_eq!((lo, hi), (0.0, 1.0));
     let again = load("mnist10k", &DataOptions::default()).unwrap();
     assert_eq!(b.content_hash, again.content_hash);
     assert_eq!(b.content_hash.len(), 64);
-    let d = load("digits", &DataOptions { normalize: Normalize::None, ..Default::default() }).unwrap();
+    let d = load(
+        "digits",
+        &DataOptions {
+            normalize: Normalize::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!((d.train.len(), d.features, d.classes), (1797, 64, 10));
     assert!(d.test.is_none());
     assert_eq!(d.train.x.max_abs(), 16.0);
     // First UCI digit (scikit-learn's digits.data[0]) is a 0 whose first row is 0 0 5 13 9 1 0 0.
-    assert_eq!(&d.train.x.row(0)[..8], &[0.0, 0.0, 5.0, 13.0, 9.0, 1.0, 0.0, 0.0]);
+    assert_eq!(
+        &d.train.x.row(0)[..8],
+        &[0.0, 0.0, 5.0, 13.0, 9.0, 1.0, 0.0, 0.0]
+    );
     assert_eq!(d.train.y[0], 0);
 }
 
@@ -63,40 +88,105 @@ fn embedded_mnist10k_and_digits() {
 fn normalisations_on_a_small_csv() {
     let dir = temp_dir("norm");
     let p = write(&dir, "f.csv", b"a,b,label\n0,10,1\n2,20,0\n4,30,2\n");
-    let get = |n: Normalize| load(p.to_str().unwrap(), &DataOptions { normalize: n, ..Default::default() }).unwrap();
+    let get = |n: Normalize| {
+        load(
+            p.to_str().unwrap(),
+            &DataOptions {
+                normalize: n,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
     let none = get(Normalize::None);
     assert_eq!(none.train.x.as_slice(), &[0.0, 10.0, 2.0, 20.0, 4.0, 30.0]);
     assert_eq!(none.train.y, vec![1, 0, 2]);
     assert_eq!(none.classes, 3);
     // Unit and symmetric use the global min/max (0, 30) of a generic CSV.
     let unit = get(Normalize::Unit);
-    assert_eq!(unit.train.x.as_slice(), &[0.0, 1.0 / 3.0, 2.0 / 30.0, 2.0 / 3.0, 4.0 / 30.0, 1.0]);
+    assert_eq!(
+        unit.train.x.as_slice(),
+        &[0.0, 1.0 / 3.0, 2.0 / 30.0, 2.0 / 3.0, 4.0 / 30.0, 1.0]
+    );
     let sym = get(Normalize::Symmetric);
-    assert!((sym.train.x.get(0, 0) + 1.0).abs() < 1e-15 && (sym.train.x.get(2, 1) - 1.0).abs() < 1e-15);
+    assert!(
+        (sym.train.x.get(0, 0) + 1.0).abs() < 1e-15 && (sym.train.x.get(2, 1) - 1.0).abs() < 1e-15
+    );
     // Standardise per feature: mean (2, 20), population std (sqrt(8/3), sqrt(200/3)).
     let st = get(Normalize::Standardize);
     let s0 = (8.0f64 / 3.0).sqrt();
     assert!((st.train.x.get(0, 0) + 2.0 / s0).abs() < 1e-14);
     assert!((st.train.x.get(1, 1)).abs() < 1e-14);
     // Images use their known range: digits symmetric is x / 16 * 2 - 1.
-    let d = load("digits", &DataOptions { normalize: Normalize::Symmetric, ..Default::default() }).unwrap();
+    let d = load(
+        "digits",
+        &DataOptions {
+            normalize: Normalize::Symmetric,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(&d.train.x.row(0)[..3], &[-1.0, -1.0, 5.0 / 8.0 - 1.0]);
 }
 
 #[test]
 fn subsets_and_splits() {
-    let first = load("digits", &DataOptions { train_subset: Subset::First(10), ..Default::default() }).unwrap();
+    let first = load(
+        "digits",
+        &DataOptions {
+            train_subset: Subset::First(10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let all = load("digits", &DataOptions::default()).unwrap();
-    assert_eq!(first.train.x.as_slice(), all.train.x.rows_view(0, 10).to_owned().as_slice());
-    let r1 = load("digits", &DataOptions { train_subset: Subset::Random { n: 50, seed: 3 }, ..Default::default() }).unwrap();
-    let r2 = load("digits", &DataOptions { train_subset: Subset::Random { n: 50, seed: 3 }, ..Default::default() }).unwrap();
+    assert_eq!(
+        first.train.x.as_slice(),
+        all.train.x.rows_view(0, 10).to_owned().as_slice()
+    );
+    let r1 = load(
+        "digits",
+        &DataOptions {
+            train_subset: Subset::Random { n: 50, seed: 3 },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r2 = load(
+        "digits",
+        &DataOptions {
+            train_subset: Subset::Random { n: 50, seed: 3 },
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(r1.train, r2.train);
     assert_ne!(r1.train.x, first.train.x);
-    let split = load("digits", &DataOptions { test_split: 0.2, split_seed: 1, ..Default::default() }).unwrap();
+    let split = load(
+        "digits",
+        &DataOptions {
+            test_split: 0.2,
+            split_seed: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(split.train.len() + split.test.as_ref().unwrap().len(), 1797);
     assert_eq!(split.test.as_ref().unwrap().len(), 359);
-    for bad in [Subset::First(0), Subset::First(5000), Subset::Random { n: 0, seed: 1 }] {
-        let e = load("digits", &DataOptions { train_subset: bad, ..Default::default() }).unwrap_err().to_string();
+    for bad in [
+        Subset::First(0),
+        Subset::First(5000),
+        Subset::Random { n: 0, seed: 1 },
+    ] {
+        let e = load(
+            "digits",
+            &DataOptions {
+                train_subset: bad,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("subset") || e.contains("requested"), "{e}");
     }
 }
@@ -114,37 +204,86 @@ fn idx_reader_bad_inputs() {
     let t = write(&dir, "trunc-images-idx3-ubyte", &idx_images(3, 2, 2, 11));
     write(&dir, "trunc-labels-idx1-ubyte", &idx_labels(&[1, 2, 3]));
     let e = err_text(&t, &opts);
-    assert!(e.contains("trunc-images-idx3-ubyte") && e.contains("truncated") && e.contains("byte 27"), "{e}");
+    assert!(
+        e.contains("trunc-images-idx3-ubyte") && e.contains("truncated") && e.contains("byte 27"),
+        "{e}"
+    );
 
     let mut bad_magic = idx_images(3, 2, 2, 12);
     bad_magic[3] = 9;
     let m = write(&dir, "magic-images-idx3-ubyte", &bad_magic);
-    let e = load(m.to_str().unwrap(), &DataOptions { format: Format::Idx, ..Default::default() }).unwrap_err().to_string();
-    assert!(e.contains("magic-images-idx3-ubyte") && e.contains("wrong magic") && e.contains("byte 0"), "{e}");
+    let e = load(
+        m.to_str().unwrap(),
+        &DataOptions {
+            format: Format::Idx,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("magic-images-idx3-ubyte") && e.contains("wrong magic") && e.contains("byte 0"),
+        "{e}"
+    );
 
     let d = write(&dir, "dims-images-idx3-ubyte", &idx_images(3, 0, 2, 0));
     write(&dir, "dims-labels-idx1-ubyte", &idx_labels(&[1, 2, 3]));
     let e = err_text(&d, &opts);
-    assert!(e.contains("dims-images-idx3-ubyte") && e.contains("wrong dimensions") && e.contains("byte 8"), "{e}");
+    assert!(
+        e.contains("dims-images-idx3-ubyte")
+            && e.contains("wrong dimensions")
+            && e.contains("byte 8"),
+        "{e}"
+    );
 
     let l = write(&dir, "lab-images-idx3-ubyte", &idx_images(3, 2, 2, 12));
     write(&dir, "lab-labels-idx1-ubyte", &idx_labels(&[1, 12, 3]));
     let e = err_text(&l, &opts);
-    assert!(e.contains("lab-labels-idx1-ubyte") && e.contains("label 12 is out of range") && e.contains("byte 9"), "{e}");
+    assert!(
+        e.contains("lab-labels-idx1-ubyte")
+            && e.contains("label 12 is out of range")
+            && e.contains("byte 9"),
+        "{e}"
+    );
 
     let c = write(&dir, "count-images-idx3-ubyte", &idx_images(3, 2, 2, 12));
     write(&dir, "count-labels-idx1-ubyte", &idx_labels(&[1, 2]));
     let e = err_text(&c, &opts);
-    assert!(e.contains("count-labels-idx1-ubyte") && e.contains("2 labels for 3 images"), "{e}");
+    assert!(
+        e.contains("count-labels-idx1-ubyte") && e.contains("2 labels for 3 images"),
+        "{e}"
+    );
 
     let empty = write(&dir, "empty-images-idx3-ubyte", b"");
-    let e = load(empty.to_str().unwrap(), &DataOptions { format: Format::Idx, ..Default::default() }).unwrap_err().to_string();
-    assert!(e.contains("empty-images-idx3-ubyte") && e.contains("empty file") && e.contains("byte 0"), "{e}");
+    let e = load(
+        empty.to_str().unwrap(),
+        &DataOptions {
+            format: Format::Idx,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("empty-images-idx3-ubyte") && e.contains("empty file") && e.contains("byte 0"),
+        "{e}"
+    );
 
     // Corrupt gzip.
     let gz = write(&dir, "gz-images-idx3-ubyte.gz", &[0x1f, 0x8b, 8, 0, 0, 0]);
-    let e = load(gz.to_str().unwrap(), &DataOptions { format: Format::Idx, ..Default::default() }).unwrap_err().to_string();
-    assert!(e.contains("gz-images-idx3-ubyte.gz") && e.contains("gzip"), "{e}");
+    let e = load(
+        gz.to_str().unwrap(),
+        &DataOptions {
+            format: Format::Idx,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("gz-images-idx3-ubyte.gz") && e.contains("gzip"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -159,56 +298,153 @@ fn cifar_reader_bad_inputs() {
     good.extend(rec(9));
     let p = write(&dir, "data_batch_1.bin", &good);
     let b = load(p.to_str().unwrap(), &DataOptions::default()).unwrap();
-    assert_eq!((b.train.len(), b.features, b.classes, b.train.y.clone()), (2, 3072, 10, vec![3, 9]));
+    assert_eq!(
+        (b.train.len(), b.features, b.classes, b.train.y.clone()),
+        (2, 3072, 10, vec![3, 9])
+    );
 
     let t = write(&dir, "trunc.bin", &good[..3073 + 100]);
-    let e = load(t.to_str().unwrap(), &DataOptions { format: Format::Cifar10, ..Default::default() }).unwrap_err().to_string();
-    assert!(e.contains("trunc.bin") && e.contains("truncated record") && e.contains("record 1, byte 3073"), "{e}");
+    let e = load(
+        t.to_str().unwrap(),
+        &DataOptions {
+            format: Format::Cifar10,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("trunc.bin")
+            && e.contains("truncated record")
+            && e.contains("record 1, byte 3073"),
+        "{e}"
+    );
 
     let mut bad = rec(3);
     bad.extend(rec(42));
     let l = write(&dir, "label.bin", &bad);
-    let e = load(l.to_str().unwrap(), &DataOptions { format: Format::Cifar10, ..Default::default() }).unwrap_err().to_string();
-    assert!(e.contains("label.bin") && e.contains("label 42 is out of range") && e.contains("record 1, byte 3073"), "{e}");
+    let e = load(
+        l.to_str().unwrap(),
+        &DataOptions {
+            format: Format::Cifar10,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("label.bin")
+            && e.contains("label 42 is out of range")
+            && e.contains("record 1, byte 3073"),
+        "{e}"
+    );
 
     // CIFAR-100: fine label is the second byte; 100 classes.
     let mut c100 = vec![1u8, 57];
     c100.extend(std::iter::repeat_n(0u8, 3072));
     let c = write(&dir, "train100.bin", &c100);
-    let b = load(c.to_str().unwrap(), &DataOptions { format: Format::Cifar100, ..Default::default() }).unwrap();
+    let b = load(
+        c.to_str().unwrap(),
+        &DataOptions {
+            format: Format::Cifar100,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!((b.classes, b.train.y.clone()), (100, vec![57]));
 
-    let e = load(write(&dir, "empty.bin", b"").to_str().unwrap(), &DataOptions { format: Format::Cifar10, ..Default::default() })
-        .unwrap_err()
-        .to_string();
+    let e = load(
+        write(&dir, "empty.bin", b"").to_str().unwrap(),
+        &DataOptions {
+            format: Format::Cifar10,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("empty.bin") && e.contains("empty file"), "{e}");
     // Wrong dimensions for the format: a size that is no multiple of either record.
-    let e = load(write(&dir, "odd.bin", &[0u8; 5000]).to_str().unwrap(), &DataOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("odd.bin") && e.contains("cannot tell the format"), "{e}");
+    let e = load(
+        write(&dir, "odd.bin", &[0u8; 5000]).to_str().unwrap(),
+        &DataOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("odd.bin") && e.contains("cannot tell the format"),
+        "{e}"
+    );
 }
 
 #[test]
 fn csv_reader_bad_inputs() {
     let dir = temp_dir("csv");
     let cases: [(&str, &[u8], &str, &str); 6] = [
-        ("ragged.csv", b"1,2,0\n3,4\n", "row has 2 columns, expected 3", "line 2"),
-        ("text.csv", b"x,y,label\n1,2,0\n1,abc,1\n", "cell 'abc' is not a number", "line 3, column 2"),
-        ("nan.csv", b"1,NaN,0\n", "non-finite value 'NaN'", "line 1, column 2"),
-        ("neg.csv", b"1,2,0\n1,2,-1\n", "label '-1' is not a non-negative integer", "line 2, column 3"),
-        ("frac.csv", b"1,2,0.5\n", "label '0.5' is not a non-negative integer", "line 1, column 3"),
+        (
+            "ragged.csv",
+            b"1,2,0\n3,4\n",
+            "row has 2 columns, expected 3",
+            "line 2",
+        ),
+        (
+            "text.csv",
+            b"x,y,label\n1,2,0\n1,abc,1\n",
+            "cell 'abc' is not a number",
+            "line 3, column 2",
+        ),
+        (
+            "nan.csv",
+            b"1,NaN,0\n",
+            "non-finite value 'NaN'",
+            "line 1, column 2",
+        ),
+        (
+            "neg.csv",
+            b"1,2,0\n1,2,-1\n",
+            "label '-1' is not a non-negative integer",
+            "line 2, column 3",
+        ),
+        (
+            "frac.csv",
+            b"1,2,0.5\n",
+            "label '0.5' is not a non-negative integer",
+            "line 1, column 3",
+        ),
         ("empty.csv", b"", "empty file", "line 1"),
     ];
     for (name, body, what, at) in cases {
         let p = write(&dir, name, body);
         let e = err_text(&p, &DataOptions::default());
-        assert!(e.contains(name) && e.contains(what) && e.contains(at), "{name}: {e}");
+        assert!(
+            e.contains(name) && e.contains(what) && e.contains(at),
+            "{name}: {e}"
+        );
     }
     // Label out of range with an explicit class count; header detection; label column choice.
     let p = write(&dir, "range.csv", b"f1,f2,y\n1,2,0\n1,2,5\n");
-    let e = err_text(&p, &DataOptions { classes: Some(3), ..Default::default() });
-    assert!(e.contains("range.csv") && e.contains("label 5 is out of range for 3 classes") && e.contains("line 3"), "{e}");
+    let e = err_text(
+        &p,
+        &DataOptions {
+            classes: Some(3),
+            ..Default::default()
+        },
+    );
+    assert!(
+        e.contains("range.csv")
+            && e.contains("label 5 is out of range for 3 classes")
+            && e.contains("line 3"),
+        "{e}"
+    );
     let p = write(&dir, "first.csv", b"2,0.5,1.5\n0,1.0,2.0\n");
-    let b = load(p.to_str().unwrap(), &DataOptions { label_column: Some(0), normalize: Normalize::None, ..Default::default() }).unwrap();
+    let b = load(
+        p.to_str().unwrap(),
+        &DataOptions {
+            label_column: Some(0),
+            normalize: Normalize::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(b.train.y, vec![2, 0]);
     assert_eq!(b.train.x.as_slice(), &[0.5, 1.5, 1.0, 2.0]);
     // A missing file is an I/O error naming the path.

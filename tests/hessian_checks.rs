@@ -4,7 +4,9 @@
 
 use landscape::autodiff::hvp as tape_hvp;
 use landscape::hessian::small_eig::jacobi_eigenvalues;
-use landscape::hessian::{dense_hessian, hessian_block, hvp, per_sample_gn_norms, BatchStructure, ParamLayout, Part};
+use landscape::hessian::{
+    dense_hessian, hessian_block, hvp, per_sample_gn_norms, BatchStructure, ParamLayout, Part,
+};
 use landscape::nn::backprop::loss_and_grad_analytic;
 use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Mode};
 use landscape::rng::Rng;
@@ -57,7 +59,12 @@ fn rel_frobenius(a: &Matrix<f64>, b: &Matrix<f64>) -> f64 {
 }
 
 fn rel_vec(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(u, v)| (u - v).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(u, v)| (u - v).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = b.iter().map(|v| v * v).sum::<f64>().sqrt();
     num / den.max(1e-300)
 }
@@ -72,7 +79,10 @@ fn data_away_from_kinks(model: &Mlp<f64>, n: usize, seed: u64) -> (Matrix<f64>, 
         let y: Vec<usize> = (0..n).map(|i| (i * 3 + attempt as usize) % k).collect();
         let pre = model.forward(&x).unwrap().pre;
         let hidden = &pre[..pre.len() - 1];
-        if hidden.iter().all(|z| z.as_slice().iter().all(|v| v.abs() > 1e-3)) {
+        if hidden
+            .iter()
+            .all(|z| z.as_slice().iter().all(|v| v.abs() > 1e-3))
+        {
             return (x, y);
         }
     }
@@ -102,7 +112,10 @@ fn dense_hessian_matches_finite_differences() {
                     let h = dense_hessian(&model, &x, &y, Part::Full, BUDGET).unwrap();
                     let fd = fd_hessian(&model, &x, &y, 1e-5);
                     let e = rel_frobenius(&h, &fd);
-                    assert!(e <= 1e-6, "L={l} {act:?} bias={bias} {loss:?}: rel Frobenius error {e:.2e}");
+                    assert!(
+                        e <= 1e-6,
+                        "L={l} {act:?} bias={bias} {loss:?}: rel Frobenius error {e:.2e}"
+                    );
                     // Symmetric, and GN + Hterm = H.
                     assert_eq!(h, h.transpose());
                     let gn = dense_hessian(&model, &x, &y, Part::Gn, BUDGET).unwrap();
@@ -119,7 +132,12 @@ fn dense_hessian_matches_finite_differences() {
 fn analytic_hvps_match_dense_and_double_backward() {
     let mut seed = 100;
     for l in 1..=4 {
-        for act in [Activation::Relu, Activation::Tanh, Activation::LeakyRelu, Activation::Identity] {
+        for act in [
+            Activation::Relu,
+            Activation::Tanh,
+            Activation::LeakyRelu,
+            Activation::Identity,
+        ] {
             for bias in [true, false] {
                 for loss in [LossKind::CrossEntropy, LossKind::Mse] {
                     seed += 1;
@@ -134,29 +152,47 @@ fn analytic_hvps_match_dense_and_double_backward() {
                     let v: Vec<f64> = (0..p).map(|_| rng.normal()).collect();
                     let full = hvp(&model, &x, &y, Part::Full, &v).unwrap();
                     // Double backward through the tape.
-                    let params: Vec<Matrix<f64>> = model.named_params().into_iter().map(|(_, m)| m.clone()).collect();
+                    let params: Vec<Matrix<f64>> = model
+                        .named_params()
+                        .into_iter()
+                        .map(|(_, m)| m.clone())
+                        .collect();
                     let mut off = 0;
                     let vm: Vec<Matrix<f64>> = params
                         .iter()
                         .map(|m| {
-                            let t = Matrix::from_vec(m.rows(), m.cols(), v[off..off + m.len()].to_vec());
+                            let t = Matrix::from_vec(
+                                m.rows(),
+                                m.cols(),
+                                v[off..off + m.len()].to_vec(),
+                            );
                             off += m.len();
                             t
                         })
                         .collect();
                     let (_, _, hv) = tape_hvp(&params, &vm, |t, vars| {
-                        model.loss_tape(vars, t.constant(x.clone()), &y, Mode::Eval).0
+                        model
+                            .loss_tape(vars, t.constant(x.clone()), &y, Mode::Eval)
+                            .0
                     });
                     let hv: Vec<f64> = hv.iter().flat_map(|m| m.as_slice().to_vec()).collect();
                     let e = rel_vec(&full, &hv);
-                    assert!(e <= 1e-10, "L={l} {act:?} bias={bias} {loss:?}: analytic vs double-backward {e:.2e}");
+                    assert!(
+                        e <= 1e-10,
+                        "L={l} {act:?} bias={bias} {loss:?}: analytic vs double-backward {e:.2e}"
+                    );
                     // Against the dense matrices, part by part.
                     for part in [Part::Full, Part::Gn, Part::Hterm] {
                         let dense = dense_hessian(&model, &x, &y, part, BUDGET).unwrap();
-                        let hv_dense: Vec<f64> = (0..p).map(|i| dense.row(i).iter().zip(&v).map(|(a, b)| a * b).sum()).collect();
+                        let hv_dense: Vec<f64> = (0..p)
+                            .map(|i| dense.row(i).iter().zip(&v).map(|(a, b)| a * b).sum())
+                            .collect();
                         let hv_free = hvp(&model, &x, &y, part, &v).unwrap();
                         let e = rel_vec(&hv_free, &hv_dense);
-                        assert!(e <= 1e-11, "L={l} {act:?} {part:?}: matrix-free vs dense {e:.2e}");
+                        assert!(
+                            e <= 1e-11,
+                            "L={l} {act:?} {part:?}: matrix-free vs dense {e:.2e}"
+                        );
                     }
                 }
             }
@@ -166,21 +202,34 @@ fn analytic_hvps_match_dense_and_double_backward() {
 
 #[test]
 fn relu_hterm_is_traceless_with_zero_same_layer_blocks() {
-    for (i, widths) in [vec![4, 5, 3], vec![3, 4, 5, 3], vec![2, 3, 7, 2, 3]].into_iter().enumerate() {
+    for (i, widths) in [vec![4, 5, 3], vec![3, 4, 5, 3], vec![2, 3, 7, 2, 3]]
+        .into_iter()
+        .enumerate()
+    {
         for bias in [true, false] {
             let cfg = config(&widths, Activation::Relu, bias, LossKind::CrossEntropy);
             let model = Mlp::<f64>::init(cfg, Init::Kaiming, 1.0, i as u64).unwrap();
             let (x, y) = data_away_from_kinks(&model, 7, i as u64 + 50);
             let ht = dense_hessian(&model, &x, &y, Part::Hterm, BUDGET).unwrap();
             let tr: f64 = (0..ht.rows()).map(|j| ht.get(j, j)).sum();
-            assert!(tr.abs() < 1e-14 * ht.frobenius_norm().max(1.0), "trace {tr}");
+            assert!(
+                tr.abs() < 1e-14 * ht.frobenius_norm().max(1.0),
+                "trace {tr}"
+            );
             for l in 0..widths.len() - 1 {
                 let b = hessian_block(&model, &x, &y, Part::Hterm, l, l).unwrap();
-                assert_eq!(b.max_abs(), 0.0, "same-layer block {l} of the ReLU H-term is not zero");
+                assert_eq!(
+                    b.max_abs(),
+                    0.0,
+                    "same-layer block {l} of the ReLU H-term is not zero"
+                );
             }
             // Indefinite: a cross block is nonzero, so eigenvalues of both signs.
             let ev = jacobi_eigenvalues(&ht);
-            assert!(ev[0] < -1e-8 && *ev.last().unwrap() > 1e-8, "H-term should be indefinite");
+            assert!(
+                ev[0] < -1e-8 && *ev.last().unwrap() > 1e-8,
+                "H-term should be indefinite"
+            );
             // Rows of the last layer's bias are zero.
             if bias {
                 let lay = ParamLayout::of(&model);
@@ -210,7 +259,11 @@ fn per_sample_structure_facts_and_k_by_k_norms() {
                 let ev = jacobi_eigenvalues(&gn_i);
                 let top = *ev.last().unwrap();
                 let rel = (norms.norms[i] - top).abs() / top;
-                assert!(rel <= 1e-12, "K x K norm {} vs dense {top}: {rel:.1e}", norms.norms[i]);
+                assert!(
+                    rel <= 1e-12,
+                    "K x K norm {} vs dense {top}: {rel:.1e}",
+                    norms.norms[i]
+                );
                 // rank(GN_i) <= K - 1 = 3.
                 let rank = ev.iter().filter(|&&e| e > 1e-10 * top).count();
                 assert!(rank <= 3, "rank {rank}");
@@ -218,7 +271,11 @@ fn per_sample_structure_facts_and_k_by_k_norms() {
                 assert!(norms.a_norms[i] <= 0.5 + 1e-15);
                 // GN_i = F^T A F with F materialised.
                 let f = st.jacobian(i);
-                let (_, a) = landscape::hessian::structure::loss_derivatives(LossKind::CrossEntropy, st.logits(i), y[i]);
+                let (_, a) = landscape::hessian::structure::loss_derivatives(
+                    LossKind::CrossEntropy,
+                    st.logits(i),
+                    y[i],
+                );
                 let af = landscape::tensor::matmul(a.view(), f.view());
                 let ftaf = landscape::tensor::matmul(f.t(), af.view());
                 assert!(rel_frobenius(&ftaf, &gn_i) < 1e-13);

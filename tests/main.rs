@@ -1,6 +1,7 @@
 //! One integration-test binary (nalgebra style); each concern in its own module.
 
 mod autodiff_checks;
+mod cli;
 mod data_readers;
 mod hessian_checks;
 mod model_files;

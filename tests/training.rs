@@ -22,7 +22,9 @@ fn config(widths: &[usize], act: Activation, bias: bool, loss: LossKind) -> MlpC
 /// Two Gaussian blobs per class in `d` dimensions.
 fn blobs(n: usize, d: usize, k: usize, seed: u64) -> (Matrix<f64>, Vec<usize>) {
     let mut rng = Rng::new(seed);
-    let centres: Vec<Vec<f64>> = (0..k).map(|_| (0..d).map(|_| 2.0 * rng.normal()).collect()).collect();
+    let centres: Vec<Vec<f64>> = (0..k)
+        .map(|_| (0..d).map(|_| 2.0 * rng.normal()).collect())
+        .collect();
     let y: Vec<usize> = (0..n).map(|i| i % k).collect();
     let x = Matrix::from_fn(n, d, |i, j| centres[y[i]][j] + 0.5 * rng.normal());
     (x, y)
@@ -31,8 +33,22 @@ fn blobs(n: usize, d: usize, k: usize, seed: u64) -> (Matrix<f64>, Vec<usize>) {
 #[test]
 fn analytic_gradient_equals_tape_gradient() {
     // Sizes straddle the sample block so the blocked, parallel reduction is exercised.
-    for (i, n) in [1usize, 7, SAMPLE_BLOCK, SAMPLE_BLOCK + 1, 3 * SAMPLE_BLOCK + 5].into_iter().enumerate() {
-        for act in [Activation::Relu, Activation::Tanh, Activation::LeakyRelu, Activation::Identity] {
+    for (i, n) in [
+        1usize,
+        7,
+        SAMPLE_BLOCK,
+        SAMPLE_BLOCK + 1,
+        3 * SAMPLE_BLOCK + 5,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for act in [
+            Activation::Relu,
+            Activation::Tanh,
+            Activation::LeakyRelu,
+            Activation::Identity,
+        ] {
             for bias in [true, false] {
                 for loss in [LossKind::CrossEntropy, LossKind::Mse] {
                     let cfg = config(&[6, 9, 5, 3], act, bias, loss);
@@ -40,12 +56,18 @@ fn analytic_gradient_equals_tape_gradient() {
                     let (x, y) = blobs(n, 6, 3, 10 + i as u64);
                     let (l_a, g_a) = loss_and_grad_analytic(&m, &x, &y).unwrap();
                     let (l_t, g_t, _) = loss_and_grad(&m, &x, &y, Mode::Train);
-                    assert!((l_a - l_t).abs() <= 1e-12 * l_t.abs().max(1.0), "loss {l_a} vs {l_t}");
+                    assert!(
+                        (l_a - l_t).abs() <= 1e-12 * l_t.abs().max(1.0),
+                        "loss {l_a} vs {l_t}"
+                    );
                     for (a, t) in g_a.iter().zip(&g_t) {
                         assert_eq!(a.shape(), t.shape());
                         let scale = t.max_abs().max(1e-8);
                         let diff = a.zip_map(t, |u, v| u - v).max_abs();
-                        assert!(diff <= 1e-12 * scale.max(1.0), "{act:?} bias={bias} {loss:?} n={n}: {diff:e}");
+                        assert!(
+                            diff <= 1e-12 * scale.max(1.0),
+                            "{act:?} bias={bias} {loss:?} n={n}: {diff:e}"
+                        );
                     }
                 }
             }
@@ -63,7 +85,10 @@ fn analytic_gradient_rejects_batchnorm_and_bad_shapes() {
     cfg.batchnorm = Some(Default::default());
     let m = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 0).unwrap();
     let (x, y) = blobs(5, 4, 2, 0);
-    assert!(matches!(loss_and_grad_analytic(&m, &x, &y), Err(Error::Unsupported(_))));
+    assert!(matches!(
+        loss_and_grad_analytic(&m, &x, &y),
+        Err(Error::Unsupported(_))
+    ));
 }
 
 /// One SGD step with momentum and weight decay, two steps, checked by hand:
@@ -77,7 +102,11 @@ fn sgd_momentum_matches_hand_computation() {
     let tc = TrainConfig {
         epochs: 1,
         batch_size: 4,
-        optimizer: Optimizer::Sgd { lr, momentum: mu, weight_decay: wd },
+        optimizer: Optimizer::Sgd {
+            lr,
+            momentum: mu,
+            weight_decay: wd,
+        },
         seed: 0,
     };
     let mut m = m0.clone();
@@ -90,13 +119,17 @@ fn sgd_momentum_matches_hand_computation() {
         let mut mm = m0.clone();
         mm.set_param_vector(w).unwrap();
         let (_, gr) = loss_and_grad_analytic(&mm, &x, &y).unwrap();
-        gr.iter().flat_map(|t| t.as_slice().to_vec()).collect::<Vec<f64>>()
+        gr.iter()
+            .flat_map(|t| t.as_slice().to_vec())
+            .collect::<Vec<f64>>()
     };
     let g1 = g(&w0);
     let v1: Vec<f64> = g1.iter().zip(&w0).map(|(g, w)| g + wd * w).collect();
     let w1: Vec<f64> = w0.iter().zip(&v1).map(|(w, v)| w - lr * v).collect();
     let g2 = g(&w1);
-    let v2: Vec<f64> = (0..w1.len()).map(|i| mu * v1[i] + g2[i] + wd * w1[i]).collect();
+    let v2: Vec<f64> = (0..w1.len())
+        .map(|i| mu * v1[i] + g2[i] + wd * w1[i])
+        .collect();
     let w2: Vec<f64> = (0..w1.len()).map(|i| w1[i] - lr * v2[i]).collect();
     for (a, b) in m.param_vector().iter().zip(&w2) {
         assert!((a - b).abs() < 1e-12, "{a} vs {b}");
@@ -114,7 +147,13 @@ fn adam_first_step_is_sign_like() {
     let tc = TrainConfig {
         epochs: 1,
         batch_size: 6,
-        optimizer: Optimizer::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        optimizer: Optimizer::Adam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
         seed: 0,
     };
     let mut m = m0.clone();
@@ -136,17 +175,36 @@ fn training_is_bit_reproducible_and_learns() {
         let tc = TrainConfig {
             epochs: 5,
             batch_size: 32,
-            optimizer: Optimizer::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 },
+            optimizer: Optimizer::Adam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 1e-4,
+            },
             seed: 4,
         };
-        let h = train(&mut m, &x, &y, Some((&tx, &ty)), &tc, |_, _, _| {}, |_, _| Ok(())).unwrap();
+        let h = train(
+            &mut m,
+            &x,
+            &y,
+            Some((&tx, &ty)),
+            &tc,
+            |_, _, _| {},
+            |_, _| Ok(()),
+        )
+        .unwrap();
         (m.param_vector(), h)
     };
     let (p1, h1) = run();
     let (p2, h2) = run();
     assert_eq!(p1, p2);
     assert_eq!(h1, h2);
-    assert!(h1.last().unwrap().test_error.unwrap() < 0.05, "{:?}", h1.last());
+    assert!(
+        h1.last().unwrap().test_error.unwrap() < 0.05,
+        "{:?}",
+        h1.last()
+    );
     assert!(h1.last().unwrap().train_loss < h1[0].train_loss);
 }
 
@@ -159,7 +217,11 @@ fn batchnorm_model_trains_and_updates_running_stats() {
     let tc = TrainConfig {
         epochs: 3,
         batch_size: 16,
-        optimizer: Optimizer::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 0.0 },
+        optimizer: Optimizer::Sgd {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        },
         seed: 2,
     };
     let h = train(&mut m, &x, &y, None, &tc, |_, _, _| {}, |_, _| Ok(())).unwrap();
@@ -176,7 +238,11 @@ fn divergence_stops_with_epoch_and_step() {
     let tc = TrainConfig {
         epochs: 50,
         batch_size: 8,
-        optimizer: Optimizer::Sgd { lr: 1e3, momentum: 0.0, weight_decay: 0.0 },
+        optimizer: Optimizer::Sgd {
+            lr: 1e3,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
         seed: 0,
     };
     let e = train(&mut m, &x, &y, None, &tc, |_, _, _| {}, |_, _| Ok(())).unwrap_err();
@@ -193,16 +259,37 @@ fn bad_training_options_are_errors() {
     let mut tc = TrainConfig {
         epochs: 1,
         batch_size: 0,
-        optimizer: Optimizer::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+        optimizer: Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
         seed: 0,
     };
     assert!(train(&mut m, &x, &y, None, &tc, |_, _, _| {}, |_, _| Ok(())).is_err());
     tc.batch_size = 4;
-    tc.optimizer = Optimizer::Sgd { lr: -1.0, momentum: 0.0, weight_decay: 0.0 };
+    tc.optimizer = Optimizer::Sgd {
+        lr: -1.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
     let e = train(&mut m, &x, &y, None, &tc, |_, _, _| {}, |_, _| Ok(())).unwrap_err();
     assert!(e.to_string().contains("learning rate"), "{e}");
-    tc.optimizer = Optimizer::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 };
+    tc.optimizer = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
     let bad_labels = vec![0, 1, 2, 0, 1, 0, 1, 0];
-    let e = train(&mut m, &x, &bad_labels, None, &tc, |_, _, _| {}, |_, _| Ok(())).unwrap_err();
+    let e = train(
+        &mut m,
+        &x,
+        &bad_labels,
+        None,
+        &tc,
+        |_, _, _| {},
+        |_, _| Ok(()),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("label 2 is out of range"), "{e}");
 }

@@ -23,7 +23,12 @@ pub fn one_hot<T: Scalar>(labels: &[usize], classes: usize) -> Matrix<T> {
 pub fn softmax_cross_entropy<'t, T: Scalar>(z: Var<'t, T>, labels: &[usize]) -> Var<'t, T> {
     let tape = z.tape();
     let (n, k) = z.shape();
-    assert_eq!(n, labels.len(), "cross-entropy: {n} logit rows, {} labels", labels.len());
+    assert_eq!(
+        n,
+        labels.len(),
+        "cross-entropy: {n} logit rows, {} labels",
+        labels.len()
+    );
     let row_max = {
         let zv = z.value();
         Matrix::col_vector(

@@ -147,7 +147,11 @@ impl<T: Scalar> Tape<T> {
     /// The result is recorded on the tape, so it can be differentiated again.
     /// Inputs that `y` does not depend on get a zero matrix of their shape.
     pub fn grad<'t>(&'t self, y: Var<'t, T>, wrt: &[Var<'t, T>]) -> Vec<Var<'t, T>> {
-        assert_eq!(self.shape(y.id), (1, 1), "grad: output must be a 1 x 1 scalar");
+        assert_eq!(
+            self.shape(y.id),
+            (1, 1),
+            "grad: output must be a 1 x 1 scalar"
+        );
         let seed = self.constant(Matrix::filled(1, 1, T::ONE));
         self.vjp(y, seed, wrt)
     }
@@ -179,8 +183,8 @@ impl<T: Scalar> Tape<T> {
                 if on_path[i] {
                     continue;
                 }
-                on_path[i] = nodes[i].requires_grad
-                    && inputs_of(&nodes[i].op).iter().any(|&j| on_path[j]);
+                on_path[i] =
+                    nodes[i].requires_grad && inputs_of(&nodes[i].op).iter().any(|&j| on_path[j]);
             }
         }
         let mut grads: Vec<Option<Var<'t, T>>> = vec![None; n];
@@ -402,10 +406,11 @@ impl<'t, T: Scalar> Var<'t, T> {
     /// Elementwise product with a constant.
     pub fn mul_const(self, c: Rc<Matrix<T>>) -> Self {
         let cc = c.clone();
-        self.tape.unary(self.id, Op::MulConst(self.id, c), move |a| {
-            check_same_shape("mul_const", a.shape(), cc.shape());
-            a.zip_map(&cc, |x, y| x * y)
-        })
+        self.tape
+            .unary(self.id, Op::MulConst(self.id, c), move |a| {
+                check_same_shape("mul_const", a.shape(), cc.shape());
+                a.zip_map(&cc, |x, y| x * y)
+            })
     }
 
     pub fn scale(self, s: T) -> Self {
@@ -428,11 +433,13 @@ impl<'t, T: Scalar> Var<'t, T> {
     }
 
     pub fn exp(self) -> Self {
-        self.tape.unary(self.id, Op::Exp(self.id), |a| a.map(|x| x.exp()))
+        self.tape
+            .unary(self.id, Op::Exp(self.id), |a| a.map(|x| x.exp()))
     }
 
     pub fn ln(self) -> Self {
-        self.tape.unary(self.id, Op::Log(self.id), |a| a.map(|x| x.ln()))
+        self.tape
+            .unary(self.id, Op::Log(self.id), |a| a.map(|x| x.ln()))
     }
 
     pub fn tanh(self) -> Self {
@@ -497,13 +504,17 @@ impl<'t, T: Scalar> Var<'t, T> {
 
     /// ReLU as a product with the constant mask `[z > 0]` (second derivative 0).
     pub fn relu(self) -> Self {
-        let mask = self.value().map(|z| if z > T::ZERO { T::ONE } else { T::ZERO });
+        let mask = self
+            .value()
+            .map(|z| if z > T::ZERO { T::ONE } else { T::ZERO });
         self.mul_const(Rc::new(mask))
     }
 
     /// LeakyReLU as a product with the constant slope mask (`1` or `slope`).
     pub fn leaky_relu(self, slope: T) -> Self {
-        let mask = self.value().map(|z| if z > T::ZERO { T::ONE } else { slope });
+        let mask = self
+            .value()
+            .map(|z| if z > T::ZERO { T::ONE } else { slope });
         self.mul_const(Rc::new(mask))
     }
 }
@@ -517,7 +528,11 @@ pub fn hvp<T: Scalar>(
     v: &[Matrix<T>],
     build: impl for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Var<'t, T>,
 ) -> (T, Vec<Matrix<T>>, Vec<Matrix<T>>) {
-    assert_eq!(params.len(), v.len(), "hvp: one direction per parameter tensor");
+    assert_eq!(
+        params.len(),
+        v.len(),
+        "hvp: one direction per parameter tensor"
+    );
     let tape = Tape::new();
     let vars: Vec<Var<T>> = params.iter().map(|p| tape.param(p.clone())).collect();
     let f = build(&tape, &vars);

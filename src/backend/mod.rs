@@ -48,7 +48,11 @@ pub trait Backend<T: Scalar> {
 
 /// Logits of `x` (rows are samples) through `backend`, evaluation mode.
 /// BatchNorm layers are applied in their folded evaluation form.
-pub fn mlp_logits<T: Scalar, B: Backend<T>>(backend: &B, model: &Mlp<T>, x: &Matrix<T>) -> Result<Matrix<T>> {
+pub fn mlp_logits<T: Scalar, B: Backend<T>>(
+    backend: &B,
+    model: &Mlp<T>,
+    x: &Matrix<T>,
+) -> Result<Matrix<T>> {
     model.check_input(x)?;
     let nl = model.num_layers();
     let slope = T::from_f64(model.config.leaky_slope);
@@ -73,7 +77,10 @@ pub fn mlp_logits<T: Scalar, B: Backend<T>>(backend: &B, model: &Mlp<T>, x: &Mat
 }
 
 /// `(W', b')` with `W' x + b' = BN_eval(W x + b)`.
-fn fold_batchnorm<T: Scalar>(layer: &crate::nn::Layer<T>, eps: f64) -> (Matrix<T>, Option<Matrix<T>>) {
+fn fold_batchnorm<T: Scalar>(
+    layer: &crate::nn::Layer<T>,
+    eps: f64,
+) -> (Matrix<T>, Option<Matrix<T>>) {
     let Some(bn) = &layer.bn else {
         return (layer.weight.clone(), layer.bias.clone());
     };
@@ -84,7 +91,9 @@ fn fold_batchnorm<T: Scalar>(layer: &crate::nn::Layer<T>, eps: f64) -> (Matrix<T
             g / (bn.running_var.as_slice()[j] + T::from_f64(eps)).sqrt()
         })
         .collect();
-    let w = Matrix::from_fn(out, layer.weight.cols(), |i, k| layer.weight.get(i, k) * scale[i]);
+    let w = Matrix::from_fn(out, layer.weight.cols(), |i, k| {
+        layer.weight.get(i, k) * scale[i]
+    });
     let b = Matrix::from_fn(1, out, |_, j| {
         let b0 = layer.bias.as_ref().map_or(T::ZERO, |b| b.as_slice()[j]);
         let beta = bn.beta.as_ref().map_or(T::ZERO, |b| b.as_slice()[j]);

@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "landscape", version, about = "Exact curvature of neural-network loss landscapes")]
+#[command(
+    name = "landscape",
+    version,
+    about = "Exact curvature of neural-network loss landscapes"
+)]
 struct Cli {
     /// Worker threads (default: all cores). Results are reproducible for a given seed and thread count.
     #[arg(long, global = true)]
@@ -339,7 +343,8 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         "dtype": a.dtype,
         "data": bundle.summary_json(),
     });
-    let model = Mlp::<f64>::init(config, a.init, a.init_scale, a.seed).map_err(|e| e.to_string())?;
+    let model =
+        Mlp::<f64>::init(config, a.init, a.init_scale, a.seed).map_err(|e| e.to_string())?;
     let mut meta = BTreeMap::new();
     meta.insert("training".to_string(), full_config.to_string());
     if let Some(dir) = &a.checkpoint_dir {
@@ -371,12 +376,20 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
             m.train_loss,
             100.0 * m.train_error,
             match (m.test_loss, m.test_error) {
-                (Some(l), Some(e)) => format!(", test loss {l:.4}, test accuracy {:.2}%", 100.0 * (1.0 - e)),
+                (Some(l), Some(e)) => format!(
+                    ", test loss {l:.4}, test accuracy {:.2}%",
+                    100.0 * (1.0 - e)
+                ),
                 _ => String::new(),
             }
         );
     }
-    let prov = Provenance::new(command_line, Some(a.seed), Some(bundle.summary_json()), full_config);
+    let prov = Provenance::new(
+        command_line,
+        Some(a.seed),
+        Some(bundle.summary_json()),
+        full_config,
+    );
     let results = json!({
         "epochs": history,
         "final": last,
@@ -425,12 +438,23 @@ fn run_training<T: Scalar>(
     Ok((history, model.cast::<f64>()))
 }
 
-fn split_metrics(model: &Mlp<f64>, bundle: &DataBundle, split: Split) -> Result<serde_json::Value, String> {
+fn split_metrics(
+    model: &Mlp<f64>,
+    bundle: &DataBundle,
+    split: Split,
+) -> Result<serde_json::Value, String> {
     let mut out = serde_json::Map::new();
     let mut eval_one = |name: &str, d: &data::Dataset| -> Result<(), String> {
         let (loss, err) = evaluate(model, &d.x, &d.y).map_err(|e| e.to_string())?;
-        eprintln!("{name}: loss {loss:.6}, error {:.2}%, n = {}", 100.0 * err, d.y.len());
-        out.insert(name.to_string(), json!({"loss": loss, "error": err, "accuracy": 1.0 - err, "n": d.y.len()}));
+        eprintln!(
+            "{name}: loss {loss:.6}, error {:.2}%, n = {}",
+            100.0 * err,
+            d.y.len()
+        );
+        out.insert(
+            name.to_string(),
+            json!({"loss": loss, "error": err, "accuracy": 1.0 - err, "n": d.y.len()}),
+        );
         Ok(())
     };
     if matches!(split, Split::Train | Split::Both) {
@@ -440,7 +464,10 @@ fn split_metrics(model: &Mlp<f64>, bundle: &DataBundle, split: Split) -> Result<
         match &bundle.test {
             Some(t) => eval_one("test", t)?,
             None if split == Split::Test => {
-                return Err(format!("dataset {} has no test set (see --test-split)", bundle.name))
+                return Err(format!(
+                    "dataset {} has no test set (see --test-split)",
+                    bundle.name
+                ))
             }
             None => {}
         }
@@ -526,13 +553,22 @@ fn cmd_info(a: InfoArgs, command_line: &str) -> Result<(), String> {
         dataset = Some(s);
     }
     let prov = Provenance::new(command_line, None, dataset, json!({}));
-    write_results(a.json.as_deref(), "info", serde_json::Value::Object(results), &prov)
+    write_results(
+        a.json.as_deref(),
+        "info",
+        serde_json::Value::Object(results),
+        &prov,
+    )
 }
 
 fn cmd_export(a: ExportArgs, command_line: &str) -> Result<(), String> {
     let model = a.model.load()?;
     landscape::io::npy::export_model(&model, &a.out, a.format).map_err(|e| e.to_string())?;
-    eprintln!("exported {} parameters to {}", model.num_params(), a.out.display());
+    eprintln!(
+        "exported {} parameters to {}",
+        model.num_params(),
+        a.out.display()
+    );
     let prov = Provenance::new(
         command_line,
         None,

@@ -53,7 +53,10 @@ pub enum Subset {
     /// The first `n`.
     First(usize),
     /// `n` without replacement: `Rng::new(seed).permutation(len)`, truncated to `n`, sorted.
-    Random { n: usize, seed: u64 },
+    Random {
+        n: usize,
+        seed: u64,
+    },
 }
 
 /// How to load a dataset.
@@ -157,11 +160,29 @@ impl DataBundle {
     }
 }
 
-const MNIST_TRAIN_IMAGES: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist10k/train-images-idx3-ubyte.gz"));
-const MNIST_TRAIN_LABELS: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist10k/train-labels-idx1-ubyte.gz"));
-const MNIST_TEST_IMAGES: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist10k/t10k-images-idx3-ubyte.gz"));
-const MNIST_TEST_LABELS: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist10k/t10k-labels-idx1-ubyte.gz"));
-const DIGITS_CSV: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/uci-digits/digits.csv.gz"));
+const MNIST_TRAIN_IMAGES: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/mnist10k/train-images-idx3-ubyte.gz"
+));
+const MNIST_TRAIN_LABELS: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/mnist10k/train-labels-idx1-ubyte.gz"
+));
+const MNIST_TEST_IMAGES: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/mnist10k/t10k-images-idx3-ubyte.gz"
+));
+const MNIST_TEST_LABELS: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/mnist10k/t10k-labels-idx1-ubyte.gz"
+));
+const DIGITS_CSV: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/uci-digits/digits.csv.gz"
+));
+
+/// One file's contents: features and labels, image shape, known value range, default class count.
+type Loaded = (Raw, Option<[usize; 3]>, Option<(f64, f64)>, Option<usize>);
 
 /// A loaded source before normalisation: features, labels and the known value range.
 struct Source {
@@ -187,20 +208,31 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// Loads `spec` (`mnist10k`, `digits`, or a file path).
 pub fn load(spec: &str, opts: &DataOptions) -> Result<DataBundle> {
     if !(0.0..1.0).contains(&opts.test_split) {
-        return Err(Error::InvalidArgument(format!("--test-split must be in [0, 1), got {}", opts.test_split)));
+        return Err(Error::InvalidArgument(format!(
+            "--test-split must be in [0, 1), got {}",
+            opts.test_split
+        )));
     }
     if opts.classes == Some(0) {
-        return Err(Error::InvalidArgument("the number of classes must be positive".into()));
+        return Err(Error::InvalidArgument(
+            "the number of classes must be positive".into(),
+        ));
     }
     let src = match spec {
         "mnist10k" => {
             let p = |n: &str| PathBuf::from(format!("embedded:mnist10k/{n}"));
-            let (train_x, shape) = parse_idx_images(&p("train-images-idx3-ubyte.gz"), MNIST_TRAIN_IMAGES)?;
+            let (train_x, shape) =
+                parse_idx_images(&p("train-images-idx3-ubyte.gz"), MNIST_TRAIN_IMAGES)?;
             let train_y = parse_idx_labels(&p("train-labels-idx1-ubyte.gz"), MNIST_TRAIN_LABELS)?;
             let (test_x, _) = parse_idx_images(&p("t10k-images-idx3-ubyte.gz"), MNIST_TEST_IMAGES)?;
             let test_y = parse_idx_labels(&p("t10k-labels-idx1-ubyte.gz"), MNIST_TEST_LABELS)?;
             let mut hashed = Vec::new();
-            for b in [MNIST_TRAIN_IMAGES, MNIST_TRAIN_LABELS, MNIST_TEST_IMAGES, MNIST_TEST_LABELS] {
+            for b in [
+                MNIST_TRAIN_IMAGES,
+                MNIST_TRAIN_LABELS,
+                MNIST_TEST_IMAGES,
+                MNIST_TEST_LABELS,
+            ] {
                 hashed.extend_from_slice(b);
             }
             Source {
@@ -214,7 +246,11 @@ pub fn load(spec: &str, opts: &DataOptions) -> Result<DataBundle> {
             }
         }
         "digits" => {
-            let raw = parse_csv(Path::new("embedded:uci-digits/digits.csv.gz"), DIGITS_CSV, None)?;
+            let raw = parse_csv(
+                Path::new("embedded:uci-digits/digits.csv.gz"),
+                DIGITS_CSV,
+                None,
+            )?;
             Source {
                 train: raw,
                 test: None,
@@ -239,7 +275,12 @@ fn detect_format(path: &Path, bytes: &[u8], forced: Format) -> Result<Format> {
         return Ok(Format::Csv);
     }
     let head = readers::maybe_gunzip(path, bytes)?;
-    if head.len() >= 4 && head[0] == 0 && head[1] == 0 && head[2] == 0x08 && (head[3] == 1 || head[3] == 3) {
+    if head.len() >= 4
+        && head[0] == 0
+        && head[1] == 0
+        && head[2] == 0x08
+        && (head[3] == 1 || head[3] == 3)
+    {
         return Ok(Format::Idx);
     }
     if name.ends_with(".bin") {
@@ -260,11 +301,19 @@ fn detect_format(path: &Path, bytes: &[u8], forced: Format) -> Result<Format> {
 /// The IDX label file beside an image file: `images-idx3` -> `labels-idx1` in the name.
 fn idx_label_path(images: &Path) -> Option<PathBuf> {
     let name = images.file_name()?.to_string_lossy().to_string();
-    let swapped = name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1");
+    let swapped = name
+        .replace("images-idx3", "labels-idx1")
+        .replace("images.idx3", "labels.idx1");
     (swapped != name).then(|| images.with_file_name(swapped))
 }
 
-fn load_one(path: &Path, labels: Option<&Path>, format: Format, opts: &DataOptions, hashed: &mut Vec<u8>) -> Result<(Raw, Option<[usize; 3]>, Option<(f64, f64)>, Option<usize>)> {
+fn load_one(
+    path: &Path,
+    labels: Option<&Path>,
+    format: Format,
+    opts: &DataOptions,
+    hashed: &mut Vec<u8>,
+) -> Result<Loaded> {
     let bytes = read_file(path)?;
     hashed.extend_from_slice(&bytes);
     match format {
@@ -282,11 +331,31 @@ fn load_one(path: &Path, labels: Option<&Path>, format: Format, opts: &DataOptio
             let lbytes = read_file(&lpath)?;
             hashed.extend_from_slice(&lbytes);
             let y = parse_idx_labels(&lpath, &lbytes)?;
-            Ok((Raw::pair(&lpath, x, y)?, Some([1, shape.0, shape.1]), Some((0.0, 255.0)), Some(10)))
+            Ok((
+                Raw::pair(&lpath, x, y)?,
+                Some([1, shape.0, shape.1]),
+                Some((0.0, 255.0)),
+                Some(10),
+            ))
         }
-        Format::Cifar10 => Ok((parse_cifar(path, &bytes, false)?, Some([3, 32, 32]), Some((0.0, 255.0)), Some(10))),
-        Format::Cifar100 => Ok((parse_cifar(path, &bytes, true)?, Some([3, 32, 32]), Some((0.0, 255.0)), Some(100))),
-        Format::Csv => Ok((parse_csv(path, &bytes, opts.label_column)?, None, None, None)),
+        Format::Cifar10 => Ok((
+            parse_cifar(path, &bytes, false)?,
+            Some([3, 32, 32]),
+            Some((0.0, 255.0)),
+            Some(10),
+        )),
+        Format::Cifar100 => Ok((
+            parse_cifar(path, &bytes, true)?,
+            Some([3, 32, 32]),
+            Some((0.0, 255.0)),
+            Some(100),
+        )),
+        Format::Csv => Ok((
+            parse_csv(path, &bytes, opts.label_column)?,
+            None,
+            None,
+            None,
+        )),
     }
 }
 
@@ -294,7 +363,8 @@ fn load_path(path: &Path, opts: &DataOptions) -> Result<Source> {
     let bytes = read_file(path)?;
     let format = detect_format(path, &bytes, opts.format)?;
     let mut hashed = Vec::new();
-    let (train, image_shape, range, default_classes) = load_one(path, opts.labels.as_deref(), format, opts, &mut hashed)?;
+    let (train, image_shape, range, default_classes) =
+        load_one(path, opts.labels.as_deref(), format, opts, &mut hashed)?;
     let test = match &opts.test {
         Some(t) => Some(load_one(t, opts.test_labels.as_deref(), format, opts, &mut hashed)?.0),
         None => None,
@@ -303,7 +373,10 @@ fn load_path(path: &Path, opts: &DataOptions) -> Result<Source> {
         Some(c) => c,
         None => {
             let max_train = train.y.iter().max().copied().unwrap_or(0);
-            let max_test = test.as_ref().and_then(|t| t.y.iter().max().copied()).unwrap_or(0);
+            let max_test = test
+                .as_ref()
+                .and_then(|t| t.y.iter().max().copied())
+                .unwrap_or(0);
             max_train.max(max_test) + 1
         }
     };
@@ -311,7 +384,15 @@ fn load_path(path: &Path, opts: &DataOptions) -> Result<Source> {
     if let Some(t) = &opts.test {
         source.push_str(&format!(" + {}", t.display()));
     }
-    Ok(Source { train, test, classes, range, image_shape, hashed, source })
+    Ok(Source {
+        train,
+        test,
+        classes,
+        range,
+        image_shape,
+        hashed,
+        source,
+    })
 }
 
 fn check_labels(raw: &Raw, classes: usize) -> Result<()> {
@@ -328,8 +409,12 @@ fn check_labels(raw: &Raw, classes: usize) -> Result<()> {
 fn pick(n: usize, subset: &Subset, what: &str) -> Result<Option<Vec<usize>>> {
     match *subset {
         Subset::All => Ok(None),
-        Subset::First(k) | Subset::Random { n: k, .. } if k == 0 => Err(Error::InvalidArgument(format!("empty subset: 0 {what} samples requested"))),
-        Subset::First(k) | Subset::Random { n: k, .. } if k > n => Err(Error::InvalidArgument(format!("{k} {what} samples requested but the set has {n}"))),
+        Subset::First(k) | Subset::Random { n: k, .. } if k == 0 => Err(Error::InvalidArgument(
+            format!("empty subset: 0 {what} samples requested"),
+        )),
+        Subset::First(k) | Subset::Random { n: k, .. } if k > n => Err(Error::InvalidArgument(
+            format!("{k} {what} samples requested but the set has {n}"),
+        )),
         Subset::First(k) => Ok(Some((0..k).collect())),
         Subset::Random { n: k, seed } => {
             let mut idx = Rng::new(seed).permutation(n);
@@ -346,19 +431,31 @@ fn finish(name: &str, src: Source, opts: &DataOptions) -> Result<DataBundle> {
     if let Some(t) = &src.test {
         check_labels(t, classes)?;
         if t.x.cols() != src.train.x.cols() {
-            return Err(Error::Shape(format!("the test set has {} features, the training set {}", t.x.cols(), src.train.x.cols())));
+            return Err(Error::Shape(format!(
+                "the test set has {} features, the training set {}",
+                t.x.cols(),
+                src.train.x.cols()
+            )));
         }
     }
-    let mut train = Dataset { x: src.train.x, y: src.train.y };
+    let mut train = Dataset {
+        x: src.train.x,
+        y: src.train.y,
+    };
     let mut test = src.test.map(|t| Dataset { x: t.x, y: t.y });
     if train.is_empty() {
-        return Err(Error::InvalidArgument(format!("{name}: the training set is empty")));
+        return Err(Error::InvalidArgument(format!(
+            "{name}: the training set is empty"
+        )));
     }
     if test.is_none() && opts.test_split > 0.0 {
         let n = train.len();
         let n_test = ((n as f64) * opts.test_split).round() as usize;
         if n_test == 0 || n_test >= n {
-            return Err(Error::InvalidArgument(format!("--test-split {} leaves an empty split of {n} samples", opts.test_split)));
+            return Err(Error::InvalidArgument(format!(
+                "--test-split {} leaves an empty split of {n} samples",
+                opts.test_split
+            )));
         }
         let perm = Rng::new(opts.split_seed).permutation(n);
         let mut te: Vec<usize> = perm[..n_test].to_vec();
@@ -393,17 +490,29 @@ fn finish(name: &str, src: Source, opts: &DataOptions) -> Result<DataBundle> {
 }
 
 /// Applies the normalisation; statistics come from the training set.
-fn normalize(train: &mut Dataset, test: Option<&mut Dataset>, how: Normalize, range: Option<(f64, f64)>) {
+fn normalize(
+    train: &mut Dataset,
+    test: Option<&mut Dataset>,
+    how: Normalize,
+    range: Option<(f64, f64)>,
+) {
     let d = train.x.cols();
     let affine: Vec<(f64, f64)> = match how {
         Normalize::None => return,
         Normalize::Unit | Normalize::Symmetric => {
             let (lo, hi) = range.unwrap_or_else(|| {
                 let s = train.x.as_slice();
-                (s.iter().copied().fold(f64::INFINITY, f64::min), s.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+                (
+                    s.iter().copied().fold(f64::INFINITY, f64::min),
+                    s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                )
             });
             let span = if hi > lo { hi - lo } else { 1.0 };
-            let (scale, shift) = if how == Normalize::Unit { (1.0 / span, -lo / span) } else { (2.0 / span, -2.0 * lo / span - 1.0) };
+            let (scale, shift) = if how == Normalize::Unit {
+                (1.0 / span, -lo / span)
+            } else {
+                (2.0 / span, -2.0 * lo / span - 1.0)
+            };
             vec![(scale, shift); d]
         }
         Normalize::Standardize => {
@@ -411,7 +520,10 @@ fn normalize(train: &mut Dataset, test: Option<&mut Dataset>, how: Normalize, ra
             (0..d)
                 .map(|j| {
                     let mean = (0..train.len()).map(|i| train.x.get(i, j)).sum::<f64>() / n;
-                    let var = (0..train.len()).map(|i| (train.x.get(i, j) - mean).powi(2)).sum::<f64>() / n;
+                    let var = (0..train.len())
+                        .map(|i| (train.x.get(i, j) - mean).powi(2))
+                        .sum::<f64>()
+                        / n;
                     let sd = var.sqrt();
                     if sd > 0.0 {
                         (1.0 / sd, -mean / sd)

@@ -55,8 +55,12 @@ impl Raw {
     /// Human-readable location of label `i`.
     pub fn label_location(&self, i: usize) -> String {
         match &self.origin {
-            LabelOrigin::Bytes { base, stride } if *stride == 1 => format!("byte {}, label {i}", base + i),
-            LabelOrigin::Bytes { base, stride } => format!("record {i}, byte {}", base + i * stride),
+            LabelOrigin::Bytes { base, stride } if *stride == 1 => {
+                format!("byte {}, label {i}", base + i)
+            }
+            LabelOrigin::Bytes { base, stride } => {
+                format!("record {i}, byte {}", base + i * stride)
+            }
             LabelOrigin::Lines(lines) => format!("line {}", lines[i]),
         }
     }
@@ -68,26 +72,51 @@ pub fn maybe_gunzip(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(bytes)
             .read_to_end(&mut out)
-            .map_err(|e| Error::malformed(path, format!("corrupt gzip stream: {e}"), format!("gzip stream (decompressed {} bytes)", out.len())))?;
+            .map_err(|e| {
+                Error::malformed(
+                    path,
+                    format!("corrupt gzip stream: {e}"),
+                    format!("gzip stream (decompressed {} bytes)", out.len()),
+                )
+            })?;
         Ok(out)
     } else {
         Ok(bytes.to_vec())
     }
 }
 
-fn idx_header(path: &Path, data: &[u8], magic: u32, ndims: usize, what: &str) -> Result<Vec<usize>> {
+fn idx_header(
+    path: &Path,
+    data: &[u8],
+    magic: u32,
+    ndims: usize,
+    what: &str,
+) -> Result<Vec<usize>> {
     if data.is_empty() {
         return Err(Error::malformed(path, "empty file", "byte 0"));
     }
     let header = 4 + 4 * ndims;
     if data.len() < header {
-        return Err(Error::malformed(path, format!("truncated header: {} bytes, an IDX {what} header has {header}", data.len()), format!("byte {}", data.len())));
+        return Err(Error::malformed(
+            path,
+            format!(
+                "truncated header: {} bytes, an IDX {what} header has {header}",
+                data.len()
+            ),
+            format!("byte {}", data.len()),
+        ));
     }
     let got = BigEndian::read_u32(&data[0..4]);
     if got != magic {
-        return Err(Error::malformed(path, format!("wrong magic 0x{got:08x}: expected 0x{magic:08x} (IDX {what})"), "byte 0"));
+        return Err(Error::malformed(
+            path,
+            format!("wrong magic 0x{got:08x}: expected 0x{magic:08x} (IDX {what})"),
+            "byte 0",
+        ));
     }
-    Ok((0..ndims).map(|d| BigEndian::read_u32(&data[4 + 4 * d..8 + 4 * d]) as usize).collect())
+    Ok((0..ndims)
+        .map(|d| BigEndian::read_u32(&data[4 + 4 * d..8 + 4 * d]) as usize)
+        .collect())
 }
 
 /// IDX image file → `(n x rows*cols` features, `(rows, cols))`.
@@ -96,12 +125,29 @@ pub fn parse_idx_images(path: &Path, bytes: &[u8]) -> Result<(Matrix<f64>, (usiz
     let dims = idx_header(path, &data, 0x0000_0803, 3, "unsigned-byte 3-D images")?;
     let (n, r, c) = (dims[0], dims[1], dims[2]);
     if r == 0 || c == 0 {
-        return Err(Error::malformed(path, format!("wrong dimensions: images of {r} x {c} pixels"), "byte 8"));
+        return Err(Error::malformed(
+            path,
+            format!("wrong dimensions: images of {r} x {c} pixels"),
+            "byte 8",
+        ));
     }
-    let expected = n.checked_mul(r).and_then(|v| v.checked_mul(c)).ok_or_else(|| Error::malformed(path, format!("dimensions {n} x {r} x {c} overflow"), "byte 4"))?;
+    let expected = n
+        .checked_mul(r)
+        .and_then(|v| v.checked_mul(c))
+        .ok_or_else(|| {
+            Error::malformed(
+                path,
+                format!("dimensions {n} x {r} x {c} overflow"),
+                "byte 4",
+            )
+        })?;
     let payload = data.len() - 16;
     if payload != expected {
-        let what = if payload < expected { "truncated" } else { "trailing bytes" };
+        let what = if payload < expected {
+            "truncated"
+        } else {
+            "trailing bytes"
+        };
         return Err(Error::malformed(
             path,
             format!("{what}: payload is {payload} bytes, {n} images of {r} x {c} need {expected}"),
@@ -119,8 +165,16 @@ pub fn parse_idx_labels(path: &Path, bytes: &[u8]) -> Result<Vec<usize>> {
     let n = dims[0];
     let payload = data.len() - 8;
     if payload != n {
-        let what = if payload < n { "truncated" } else { "trailing bytes" };
-        return Err(Error::malformed(path, format!("{what}: {payload} label bytes, the header says {n}"), format!("byte {}", 8 + payload.min(n))));
+        let what = if payload < n {
+            "truncated"
+        } else {
+            "trailing bytes"
+        };
+        return Err(Error::malformed(
+            path,
+            format!("{what}: {payload} label bytes, the header says {n}"),
+            format!("byte {}", 8 + payload.min(n)),
+        ));
     }
     Ok(data[8..].iter().map(|&b| b as usize).collect())
 }
@@ -137,7 +191,11 @@ pub fn parse_cifar(path: &Path, bytes: &[u8], hundred: bool) -> Result<Raw> {
         let full = data.len() / rec;
         return Err(Error::malformed(
             path,
-            format!("truncated record: {} bytes is not a multiple of the {rec}-byte {} record", data.len(), if hundred { "CIFAR-100" } else { "CIFAR-10" }),
+            format!(
+                "truncated record: {} bytes is not a multiple of the {rec}-byte {} record",
+                data.len(),
+                if hundred { "CIFAR-100" } else { "CIFAR-10" }
+            ),
             format!("record {full}, byte {}", full * rec),
         ));
     }
@@ -153,14 +211,19 @@ pub fn parse_cifar(path: &Path, bytes: &[u8], hundred: bool) -> Result<Raw> {
         x: Matrix::from_vec(n, 3072, x),
         y,
         label_path: path.to_path_buf(),
-        origin: LabelOrigin::Bytes { base: label_bytes - 1, stride: rec },
+        origin: LabelOrigin::Bytes {
+            base: label_bytes - 1,
+            stride: rec,
+        },
     })
 }
 
 /// CSV of numeric features and an integer label column.
 pub fn parse_csv(path: &Path, bytes: &[u8], label_column: Option<usize>) -> Result<Raw> {
     let data = maybe_gunzip(path, bytes)?;
-    let text = std::str::from_utf8(&data).map_err(|e| Error::malformed(path, "not UTF-8 text", format!("byte {}", e.valid_up_to())))?;
+    let text = std::str::from_utf8(&data).map_err(|e| {
+        Error::malformed(path, "not UTF-8 text", format!("byte {}", e.valid_up_to()))
+    })?;
     let rows: Vec<(usize, Vec<&str>)> = text
         .lines()
         .enumerate()
@@ -172,32 +235,66 @@ pub fn parse_csv(path: &Path, bytes: &[u8], label_column: Option<usize>) -> Resu
     }
     let ncols = rows[0].1.len();
     if ncols < 2 {
-        return Err(Error::malformed(path, format!("{ncols} column: need at least one feature and a label"), format!("line {}", rows[0].0)));
+        return Err(Error::malformed(
+            path,
+            format!("{ncols} column: need at least one feature and a label"),
+            format!("line {}", rows[0].0),
+        ));
     }
     let lc = label_column.unwrap_or(ncols - 1);
     if lc >= ncols {
-        return Err(Error::malformed(path, format!("label column {lc} does not exist ({ncols} columns)"), format!("line {}", rows[0].0)));
+        return Err(Error::malformed(
+            path,
+            format!("label column {lc} does not exist ({ncols} columns)"),
+            format!("line {}", rows[0].0),
+        ));
     }
-    let is_header = rows[0].1.iter().enumerate().any(|(j, c)| j != lc && c.parse::<f64>().is_err());
+    let is_header = rows[0]
+        .1
+        .iter()
+        .enumerate()
+        .any(|(j, c)| j != lc && c.parse::<f64>().is_err());
     let body = if is_header { &rows[1..] } else { &rows[..] };
     if body.is_empty() {
-        return Err(Error::malformed(path, "no data rows after the header", format!("line {}", rows[0].0 + 1)));
+        return Err(Error::malformed(
+            path,
+            "no data rows after the header",
+            format!("line {}", rows[0].0 + 1),
+        ));
     }
     let mut x = Vec::with_capacity(body.len() * (ncols - 1));
     let mut y = Vec::with_capacity(body.len());
     let mut lines = Vec::with_capacity(body.len());
     for (line, cells) in body {
         if cells.len() != ncols {
-            return Err(Error::malformed(path, format!("row has {} columns, expected {ncols}", cells.len()), format!("line {line}")));
+            return Err(Error::malformed(
+                path,
+                format!("row has {} columns, expected {ncols}", cells.len()),
+                format!("line {line}"),
+            ));
         }
         for (j, c) in cells.iter().enumerate() {
-            let v: f64 = c.parse().map_err(|_| Error::malformed(path, format!("cell '{c}' is not a number"), format!("line {line}, column {}", j + 1)))?;
+            let v: f64 = c.parse().map_err(|_| {
+                Error::malformed(
+                    path,
+                    format!("cell '{c}' is not a number"),
+                    format!("line {line}, column {}", j + 1),
+                )
+            })?;
             if !v.is_finite() {
-                return Err(Error::malformed(path, format!("non-finite value '{c}'"), format!("line {line}, column {}", j + 1)));
+                return Err(Error::malformed(
+                    path,
+                    format!("non-finite value '{c}'"),
+                    format!("line {line}, column {}", j + 1),
+                ));
             }
             if j == lc {
                 if v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
-                    return Err(Error::malformed(path, format!("label '{c}' is not a non-negative integer"), format!("line {line}, column {}", j + 1)));
+                    return Err(Error::malformed(
+                        path,
+                        format!("label '{c}' is not a non-negative integer"),
+                        format!("line {line}, column {}", j + 1),
+                    ));
                 }
                 y.push(v as usize);
             } else {

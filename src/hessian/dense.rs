@@ -70,7 +70,9 @@ impl<'a> Context<'a> {
     fn new(model: &'a Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) -> Result<Self> {
         check_model(model)?;
         if x.rows() == 0 {
-            return Err(Error::InvalidArgument("no samples: the Hessian of an empty subset is undefined".into()));
+            return Err(Error::InvalidArgument(
+                "no samples: the Hessian of an empty subset is undefined".into(),
+            ));
         }
         let mut chunks = Vec::new();
         for start in (0..x.rows()).step_by(SAMPLE_CHUNK) {
@@ -106,7 +108,15 @@ fn partial_g(model: &Mlp<f64>, st: &BatchStructure, s: usize, i: usize) -> Vec<M
 }
 
 /// `M_i(q, p)` (`d_q x d_p`) for one sample: Gauss-Newton and/or smooth-activation parts.
-fn curvature_core(ctx: &Context, st: &BatchStructure, labels: &[usize], part: Part, q: usize, p: usize, i: usize) -> Matrix<f64> {
+fn curvature_core(
+    ctx: &Context,
+    st: &BatchStructure,
+    labels: &[usize],
+    part: Part,
+    q: usize,
+    p: usize,
+    i: usize,
+) -> Matrix<f64> {
     let model = ctx.model;
     let nl = st.num_layers();
     let mut m = Matrix::zeros(st.widths[q + 1], st.widths[p + 1]);
@@ -228,7 +238,11 @@ fn cross_block(ctx: &Context, q: usize, p: usize) -> Matrix<f64> {
             for b in 0..nq {
                 let r = lay.weight_index(q, a, b) - lay.offsets[q];
                 for c in 0..dp {
-                    block.set(r, lay.augmented_index(p, c, e) - lay.offsets[p], src[b * dp + c]);
+                    block.set(
+                        r,
+                        lay.augmented_index(p, c, e) - lay.offsets[p],
+                        src[b * dp + c],
+                    );
                 }
             }
         }
@@ -238,11 +252,20 @@ fn cross_block(ctx: &Context, q: usize, p: usize) -> Matrix<f64> {
 
 /// Block `(q, p)` (rows: layer `q`'s parameters, columns: layer `p`'s) of the
 /// mean Hessian part over the rows of `x`, in parameter order.
-pub fn hessian_block(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, q: usize, p: usize) -> Result<Matrix<f64>> {
+pub fn hessian_block(
+    model: &Mlp<f64>,
+    x: &Matrix<f64>,
+    labels: &[usize],
+    part: Part,
+    q: usize,
+    p: usize,
+) -> Result<Matrix<f64>> {
     let ctx = Context::new(model, x, labels)?;
     let nl = ctx.layout.num_layers();
     if q >= nl || p >= nl {
-        return Err(Error::InvalidArgument(format!("layer index out of range: the model has {nl} layers")));
+        return Err(Error::InvalidArgument(format!(
+            "layer index out of range: the model has {nl} layers"
+        )));
     }
     let mut b = block_of(&ctx, part, q, p);
     let s = 1.0 / ctx.m_total as f64;
@@ -269,7 +292,13 @@ fn block_of(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64> {
 /// The dense mean Hessian part over the rows of `x` (`P x P`, parameter order).
 ///
 /// Fails before allocating if it needs more than `budget_bytes`.
-pub fn dense_hessian(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, budget_bytes: usize) -> Result<Matrix<f64>> {
+pub fn dense_hessian(
+    model: &Mlp<f64>,
+    x: &Matrix<f64>,
+    labels: &[usize],
+    part: Part,
+    budget_bytes: usize,
+) -> Result<Matrix<f64>> {
     let layout = ParamLayout::of(model);
     let need = dense_bytes(&layout);
     if need > budget_bytes {

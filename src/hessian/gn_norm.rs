@@ -73,7 +73,11 @@ pub fn per_sample_gn_norms(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) 
     }
     let kind = model.config.loss;
     let blocks = sample_blocks(x.rows(), GN_NORM_BLOCK);
-    let par = if blocks.len() == 1 { Par::Rayon } else { Par::Seq };
+    let par = if blocks.len() == 1 {
+        Par::Rayon
+    } else {
+        Par::Seq
+    };
     type Row = (f64, usize, f64, f64);
     let parts: Vec<Result<Vec<Row>>> = blocks
         .into_par_iter()
@@ -89,16 +93,27 @@ pub fn per_sample_gn_norms(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) 
                     congruence(&c, &m, &mut scratch);
                     let ev = sym_eigenvalues_in_place(&mut scratch, k);
                     let top = *ev.last().expect("K >= 1");
-                    let rank = ev.iter().filter(|&&e| e > 1e-12 * top.abs().max(f64::MIN_POSITIVE)).count();
+                    let rank = ev
+                        .iter()
+                        .filter(|&&e| e > 1e-12 * top.abs().max(f64::MIN_POSITIVE))
+                        .count();
                     let a = matmul(c.view(), c.t());
                     let mut a_scratch = a.into_vec();
-                    let a_norm = sym_eigenvalues_in_place(&mut a_scratch, k).last().copied().unwrap_or(0.0);
+                    let a_norm = sym_eigenvalues_in_place(&mut a_scratch, k)
+                        .last()
+                        .copied()
+                        .unwrap_or(0.0);
                     (top.max(0.0), rank, a_norm, st.losses[i])
                 })
                 .collect())
         })
         .collect();
-    let mut out = GnNorms { norms: vec![], ranks: vec![], a_norms: vec![], losses: vec![] };
+    let mut out = GnNorms {
+        norms: vec![],
+        ranks: vec![],
+        a_norms: vec![],
+        losses: vec![],
+    };
     for p in parts {
         for (n, r, a, l) in p? {
             out.norms.push(n);

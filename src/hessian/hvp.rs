@@ -10,7 +10,6 @@
 //! `R{g_z(p-1)} = act'(z(p-1)) .* (R{g_z(p)} W(p))`. The H-term is the difference.
 #![allow(clippy::needless_range_loop)] // index loops mirror the formulas above
 
-
 use super::dense::Part;
 use super::structure::{check_model, softmax, ParamLayout};
 use crate::error::{Error, Result};
@@ -41,12 +40,24 @@ fn scale_rows_by(m: &mut Matrix<f64>, d: &Matrix<f64>) {
 }
 
 /// `H v` (or `GN v`, `Hterm v`) of the mean loss over the rows of `x`; `v` in parameter order.
-pub fn hvp(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, v: &[f64]) -> Result<Vec<f64>> {
+pub fn hvp(
+    model: &Mlp<f64>,
+    x: &Matrix<f64>,
+    labels: &[usize],
+    part: Part,
+    v: &[f64],
+) -> Result<Vec<f64>> {
     HessianOperator::new(model, x, labels, part)?.apply(v)
 }
 
 /// HVPs for several vectors at once (the forward pass is shared).
-pub fn hvp_multi(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part, vs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+pub fn hvp_multi(
+    model: &Mlp<f64>,
+    x: &Matrix<f64>,
+    labels: &[usize],
+    part: Part,
+    vs: &[Vec<f64>],
+) -> Result<Vec<Vec<f64>>> {
     HessianOperator::new(model, x, labels, part)?.apply_multi(vs)
 }
 
@@ -73,10 +84,17 @@ impl<'a> HessianOperator<'a> {
         check_model(model)?;
         model.check_input(x)?;
         if x.rows() == 0 || labels.len() != x.rows() {
-            return Err(Error::InvalidArgument(format!("HVP needs samples: {} rows, {} labels", x.rows(), labels.len())));
+            return Err(Error::InvalidArgument(format!(
+                "HVP needs samples: {} rows, {} labels",
+                x.rows(),
+                labels.len()
+            )));
         }
         if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
-            return Err(Error::Shape(format!("label {y} is out of range for a model with {} outputs", model.config.classes)));
+            return Err(Error::Shape(format!(
+                "label {y} is out of range for a model with {} outputs",
+                model.config.classes
+            )));
         }
         let act = model.config.activation;
         let slope = model.config.leaky_slope;
@@ -86,8 +104,15 @@ impl<'a> HessianOperator<'a> {
             .map(|r| {
                 let xb = x.rows_view(r.start, r.end).to_owned();
                 let fwd = model.forward_owned(xb, Par::Seq)?;
-                let dact = fwd.pre[..nl - 1].iter().map(|z| z.map(|t| act.derivative(t, slope))).collect();
-                Ok(BlockState { fwd, labels: labels[r].to_vec(), dact })
+                let dact = fwd.pre[..nl - 1]
+                    .iter()
+                    .map(|z| z.map(|t| act.derivative(t, slope)))
+                    .collect();
+                Ok(BlockState {
+                    fwd,
+                    labels: labels[r].to_vec(),
+                    dact,
+                })
             })
             .collect();
         Ok(Self {
@@ -118,18 +143,33 @@ impl<'a> HessianOperator<'a> {
     pub fn apply_multi(&self, vs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
         for v in vs {
             if v.len() != self.layout.total {
-                return Err(Error::Shape(format!("vector of length {} for a model with {} parameters", v.len(), self.layout.total)));
+                return Err(Error::Shape(format!(
+                    "vector of length {} for a model with {} parameters",
+                    v.len(),
+                    self.layout.total
+                )));
             }
             if !v.iter().all(|x| x.is_finite()) {
-                return Err(Error::NonFiniteInput("HVP direction contains NaN or Inf".into()));
+                return Err(Error::NonFiniteInput(
+                    "HVP direction contains NaN or Inf".into(),
+                ));
             }
         }
         let splits: Vec<_> = vs.iter().map(|v| split(&self.layout, v)).collect();
-        let par = if self.blocks.len() == 1 { Par::Rayon } else { Par::Seq };
+        let par = if self.blocks.len() == 1 {
+            Par::Rayon
+        } else {
+            Par::Seq
+        };
         let parts: Vec<Vec<Vec<f64>>> = self
             .blocks
             .par_iter()
-            .map(|b| splits.iter().map(|vp| block_hvp(self.model, &self.layout, b, self.part, vp, par)).collect())
+            .map(|b| {
+                splits
+                    .iter()
+                    .map(|vp| block_hvp(self.model, &self.layout, b, self.part, vp, par))
+                    .collect()
+            })
             .collect();
         let mut acc = vec![vec![0.0; self.layout.total]; vs.len()];
         for part_res in parts {
@@ -204,31 +244,36 @@ fn block_hvp(
             LossKind::Mse => {
                 for j in 0..k {
                     a_rz.set(i, j, 2.0 * u[j]);
-                    r.set(i, j, 2.0 * (logits.get(i, j) - if j == y { 1.0 } else { 0.0 }));
+                    r.set(
+                        i,
+                        j,
+                        2.0 * (logits.get(i, j) - if j == y { 1.0 } else { 0.0 }),
+                    );
                 }
             }
         }
     }
     let mut out = vec![0.0; layout.total];
-    let mut add_grads = |rg: &Matrix<f64>, gz_rx: Option<(&Matrix<f64>, &Matrix<f64>)>, p: usize, sign: f64| {
-        let w = &model.layers[p].weight;
-        let mut dw = Matrix::zeros(w.rows(), w.cols());
-        gemm_par(par, 1.0, rg.t(), fwd.inputs[p].view(), 0.0, &mut dw);
-        if let Some((gz, rxp)) = gz_rx {
-            gemm_par(par, 1.0, gz.t(), rxp.view(), 1.0, &mut dw);
-        }
-        let o = layout.offsets[p];
-        for (t, &val) in out[o..o + dw.len()].iter_mut().zip(dw.as_slice()) {
-            *t += sign * val;
-        }
-        if layout.bias {
-            let db = rg.sum_rows();
-            let ob = o + dw.len();
-            for (t, &val) in out[ob..ob + db.len()].iter_mut().zip(db.as_slice()) {
+    let mut add_grads =
+        |rg: &Matrix<f64>, gz_rx: Option<(&Matrix<f64>, &Matrix<f64>)>, p: usize, sign: f64| {
+            let w = &model.layers[p].weight;
+            let mut dw = Matrix::zeros(w.rows(), w.cols());
+            gemm_par(par, 1.0, rg.t(), fwd.inputs[p].view(), 0.0, &mut dw);
+            if let Some((gz, rxp)) = gz_rx {
+                gemm_par(par, 1.0, gz.t(), rxp.view(), 1.0, &mut dw);
+            }
+            let o = layout.offsets[p];
+            for (t, &val) in out[o..o + dw.len()].iter_mut().zip(dw.as_slice()) {
                 *t += sign * val;
             }
-        }
-    };
+            if layout.bias {
+                let db = rg.sum_rows();
+                let ob = o + dw.len();
+                for (t, &val) in out[ob..ob + db.len()].iter_mut().zip(db.as_slice()) {
+                    *t += sign * val;
+                }
+            }
+        };
     // Gauss-Newton stream (for GN, and subtracted for the H-term).
     if matches!(part, Part::Gn | Part::Hterm) {
         let sign = if part == Part::Gn { 1.0 } else { -1.0 };
@@ -266,7 +311,8 @@ fn block_hvp(
                     let d1 = dact[p - 1].as_slice()[idx];
                     let d2 = act.second_derivative(zv);
                     new_rg.as_mut_slice()[idx] =
-                        d2 * rz[p - 1].as_slice()[idx] * gx.as_slice()[idx] + d1 * rgx.as_slice()[idx];
+                        d2 * rz[p - 1].as_slice()[idx] * gx.as_slice()[idx]
+                            + d1 * rgx.as_slice()[idx];
                     new_gz.as_mut_slice()[idx] *= d1;
                 }
                 rg = new_rg;

@@ -7,7 +7,6 @@
 //! accurate to a few ulps of `||A||`; used as a cross-check.
 #![allow(clippy::needless_range_loop)] // index loops mirror the formulas above
 
-
 use crate::tensor::Matrix;
 
 /// Eigenvalues (ascending) of a symmetric `n x n` matrix given row-major in `a`
@@ -60,7 +59,9 @@ pub fn sym_eigenvalues_in_place(a: &mut [f64], n: usize) -> Vec<f64> {
         }
     }
     let mut d: Vec<f64> = (0..n).map(|i| a[i * n + i]).collect();
-    let mut e: Vec<f64> = (0..n).map(|i| if i + 1 < n { a[(i + 1) * n + i] } else { 0.0 }).collect();
+    let mut e: Vec<f64> = (0..n)
+        .map(|i| if i + 1 < n { a[(i + 1) * n + i] } else { 0.0 })
+        .collect();
     tridiagonal_ql(&mut d, &mut e);
     d.sort_by(|x, y| x.total_cmp(y));
     d
@@ -126,7 +127,11 @@ fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) {
 
 /// Eigenvalues (ascending) of a symmetric matrix (fast path, see module docs).
 pub fn sym_eigenvalues(a: &Matrix<f64>) -> Vec<f64> {
-    assert_eq!(a.rows(), a.cols(), "sym_eigenvalues: square matrix required");
+    assert_eq!(
+        a.rows(),
+        a.cols(),
+        "sym_eigenvalues: square matrix required"
+    );
     let mut scratch = a.as_slice().to_vec();
     sym_eigenvalues_in_place(&mut scratch, a.rows())
 }
@@ -195,7 +200,9 @@ mod tests {
         // Repeated eigenvalues and a zero matrix.
         let ev = sym_eigenvalues(&Matrix::identity(5));
         assert!(ev.iter().all(|&e| (e - 1.0).abs() < 1e-15));
-        assert!(sym_eigenvalues(&Matrix::<f64>::zeros(4, 4)).iter().all(|&e| e == 0.0));
+        assert!(sym_eigenvalues(&Matrix::<f64>::zeros(4, 4))
+            .iter()
+            .all(|&e| e == 0.0));
     }
 
     #[test]

@@ -36,7 +36,13 @@ pub fn loss_derivatives(kind: LossKind, z: &[f64], y: usize) -> (Vec<f64>, Matri
             let p = softmax(z);
             let mut r = p.clone();
             r[y] -= 1.0;
-            let a = Matrix::from_fn(k, k, |i, j| if i == j { p[i] - p[i] * p[j] } else { -p[i] * p[j] });
+            let a = Matrix::from_fn(k, k, |i, j| {
+                if i == j {
+                    p[i] - p[i] * p[j]
+                } else {
+                    -p[i] * p[j]
+                }
+            });
             (r, a)
         }
         LossKind::Mse => {
@@ -71,7 +77,13 @@ pub fn curvature_factor(kind: LossKind, z: &[f64]) -> Matrix<f64> {
             let s: Vec<f64> = p.iter().map(|v| v.sqrt()).collect();
             Matrix::from_fn(k, k, |i, j| if i == j { s[i] } else { 0.0 } - p[i] * s[j])
         }
-        LossKind::Mse => Matrix::from_fn(k, k, |i, j| if i == j { std::f64::consts::SQRT_2 } else { 0.0 }),
+        LossKind::Mse => Matrix::from_fn(k, k, |i, j| {
+            if i == j {
+                std::f64::consts::SQRT_2
+            } else {
+                0.0
+            }
+        }),
     }
 }
 
@@ -106,11 +118,20 @@ impl BatchStructure {
     }
 
     /// [`BatchStructure::new`] taking ownership of the inputs (no copy).
-    pub fn from_owned(model: &Mlp<f64>, x: Matrix<f64>, labels: &[usize], par: Par) -> Result<Self> {
+    pub fn from_owned(
+        model: &Mlp<f64>,
+        x: Matrix<f64>,
+        labels: &[usize],
+        par: Par,
+    ) -> Result<Self> {
         check_model(model)?;
         model.check_input(&x)?;
         if labels.len() != x.rows() {
-            return Err(Error::Shape(format!("{} samples but {} labels", x.rows(), labels.len())));
+            return Err(Error::Shape(format!(
+                "{} samples but {} labels",
+                x.rows(),
+                labels.len()
+            )));
         }
         if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
             return Err(Error::Shape(format!(
@@ -210,7 +231,11 @@ impl BatchStructure {
     pub fn b_of(&self, model: &Mlp<f64>, q: usize, p: usize, i: usize) -> Matrix<f64> {
         assert!(p < q && q < self.num_layers(), "B(q, p) needs p < q < L");
         let dp = self.widths[p + 1];
-        let mut b = Matrix::from_fn(dp, dp, |r, c| if r == c { self.dact[p].get(i, r) } else { 0.0 });
+        let mut b = Matrix::from_fn(
+            dp,
+            dp,
+            |r, c| if r == c { self.dact[p].get(i, r) } else { 0.0 },
+        );
         for s in p + 1..q {
             let w = &model.layers[s].weight;
             let mut next = crate::tensor::matmul(w.view(), b.view());

@@ -21,7 +21,11 @@ use rayon::prelude::*;
 pub const SAMPLE_BLOCK: usize = 64;
 
 /// Residuals `r = dl/dz` (one row per sample) and the summed per-sample losses of logits `z`.
-pub fn loss_residuals<T: Scalar>(kind: LossKind, z: &Matrix<T>, labels: &[usize]) -> (Matrix<T>, f64) {
+pub fn loss_residuals<T: Scalar>(
+    kind: LossKind,
+    z: &Matrix<T>,
+    labels: &[usize],
+) -> (Matrix<T>, f64) {
     let mut r = z.clone();
     let mut loss = 0.0;
     for (i, &y) in labels.iter().enumerate() {
@@ -119,12 +123,30 @@ fn block_grad<T: Scalar>(
     for p in (0..nl).rev() {
         let layer = &model.layers[p];
         let mut dw = Matrix::zeros(layer.weight.rows(), layer.weight.cols());
-        gemm_par(par, T::ONE, delta.t(), cache.inputs[p].view(), T::ZERO, &mut dw);
+        gemm_par(
+            par,
+            T::ONE,
+            delta.t(),
+            cache.inputs[p].view(),
+            T::ZERO,
+            &mut dw,
+        );
         let db = layer.bias.as_ref().map(|_| delta.sum_rows());
         if p > 0 {
             let mut below = Matrix::zeros(delta.rows(), layer.weight.cols());
-            gemm_par(par, T::ONE, delta.view(), layer.weight.view(), T::ZERO, &mut below);
-            for (d, &z) in below.as_mut_slice().iter_mut().zip(cache.pre[p - 1].as_slice()) {
+            gemm_par(
+                par,
+                T::ONE,
+                delta.view(),
+                layer.weight.view(),
+                T::ZERO,
+                &mut below,
+            );
+            for (d, &z) in below
+                .as_mut_slice()
+                .iter_mut()
+                .zip(cache.pre[p - 1].as_slice())
+            {
                 *d *= act.derivative(z, slope);
             }
             delta = below;

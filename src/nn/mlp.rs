@@ -186,7 +186,8 @@ impl<T: Scalar> Mlp<T> {
                     }
                 }
             };
-            let weight = Matrix::from_fn(fan_out, fan_in, |_, _| T::from_f64(scale * draw(&mut rng)));
+            let weight =
+                Matrix::from_fn(fan_out, fan_in, |_, _| T::from_f64(scale * draw(&mut rng)));
             let bias = config.bias.then(|| {
                 Matrix::from_fn(1, fan_out, |_, _| match init {
                     Init::Torch => {

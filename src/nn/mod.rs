@@ -8,7 +8,7 @@ pub mod loss;
 pub mod mlp;
 
 pub use activation::Activation;
+pub use graph::Mode;
 pub use init::Init;
 pub use loss::LossKind;
-pub use graph::Mode;
 pub use mlp::{BatchNorm, BatchNormConfig, ForwardCache, Layer, Mlp, MlpConfig};

@@ -62,7 +62,12 @@ pub fn spectral_norm(w: &Matrix<f64>) -> f64 {
     } else {
         matmul(w.t(), w.view())
     };
-    sym_eigenvalues(&gram).last().copied().unwrap_or(0.0).max(0.0).sqrt()
+    sym_eigenvalues(&gram)
+        .last()
+        .copied()
+        .unwrap_or(0.0)
+        .max(0.0)
+        .sqrt()
 }
 
 /// The constants the bounds are stated in.
@@ -94,12 +99,20 @@ impl Constants {
         if x.rows() == 0 {
             return Err(Error::InvalidArgument("no samples".into()));
         }
-        let weight_norms: Vec<f64> = model.layers.iter().map(|l| spectral_norm(&l.weight)).collect();
+        let weight_norms: Vec<f64> = model
+            .layers
+            .iter()
+            .map(|l| spectral_norm(&l.weight))
+            .collect();
         let m_w = weight_norms.iter().copied().fold(0.0, f64::max);
         let m_x = (0..x.rows())
             .map(|i| x.row(i).iter().map(|v| v * v).sum::<f64>().sqrt())
             .fold(0.0, f64::max);
-        let w_abs_max = model.layers.iter().map(|l| l.weight.max_abs()).fold(0.0, f64::max);
+        let w_abs_max = model
+            .layers
+            .iter()
+            .map(|l| l.weight.max_abs())
+            .fold(0.0, f64::max);
         let b_abs_max = model
             .layers
             .iter()

@@ -1,0 +1,76 @@
+//! Exact-Hessian workloads of issue "Exact Hessians of MLPs" (f64, CPU), the
+//! same as `benches/peers/jax_hessian.py`:
+//! (a) dense full Hessian of a 64-32-32-10 ReLU MLP with biases over all 1,797 digits;
+//! (b) exact per-sample GN norms of a 784-64-64-10 MLP over all 10,000 mnist10k samples;
+//! (c) full-Hessian HVPs of the 784-64-64-10 MLP on a batch of 1,000 samples
+//!     (cold: forward included, as jax.jvp(jax.grad) does; cached: the operator's
+//!     forward pass reused, as Lanczos uses it).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use landscape::data::{load, DataOptions};
+use landscape::hessian::{dense_hessian, hvp, per_sample_gn_norms, HessianOperator, Part};
+use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
+use landscape::rng::Rng;
+use landscape::Matrix;
+use std::hint::black_box;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn mlp(widths: &[usize]) -> Mlp<f64> {
+    let cfg = MlpConfig {
+        input_dim: widths[0],
+        hidden: widths[1..widths.len() - 1].to_vec(),
+        classes: *widths.last().unwrap(),
+        activation: Activation::Relu,
+        leaky_slope: 0.01,
+        bias: true,
+        batchnorm: None,
+        loss: LossKind::CrossEntropy,
+    };
+    Mlp::init(cfg, Init::Torch, 1.0, 0).unwrap()
+}
+
+fn all_samples(name: &str) -> (Matrix<f64>, Vec<usize>) {
+    let b = load(name, &DataOptions::default()).unwrap();
+    let mut x = b.train.x.clone();
+    let mut y = b.train.y.clone();
+    if let Some(t) = &b.test {
+        let mut data = x.into_vec();
+        data.extend_from_slice(t.x.as_slice());
+        y.extend_from_slice(&t.y);
+        x = Matrix::from_vec(y.len(), b.features, data);
+    }
+    (x, y)
+}
+
+fn bench_hessian(c: &mut Criterion) {
+    let (dx, dy) = all_samples("digits");
+    let small = mlp(&[64, 32, 32, 10]);
+    let mut g = c.benchmark_group("hessian");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function("dense_full_64-32-32-10_digits1797", |b| {
+        b.iter(|| black_box(dense_hessian(&small, &dx, &dy, Part::Full, 1 << 33).unwrap()))
+    });
+    let (mx, my) = all_samples("mnist10k");
+    let big = mlp(&[784, 64, 64, 10]);
+    g.bench_function("gn_norms_784-64-64-10_mnist10000", |b| {
+        b.iter(|| black_box(per_sample_gn_norms(&big, &mx, &my).unwrap()))
+    });
+    let xb = mx.rows_view(0, 1000).to_owned();
+    let yb = my[..1000].to_vec();
+    let mut rng = Rng::new(1);
+    let v: Vec<f64> = (0..big.num_params()).map(|_| rng.normal()).collect();
+    g.bench_function("hvp_full_784-64-64-10_b1000_cold", |b| {
+        b.iter(|| black_box(hvp(&big, &xb, &yb, Part::Full, &v).unwrap()))
+    });
+    let op = HessianOperator::new(&big, &xb, &yb, Part::Full).unwrap();
+    g.bench_function("hvp_full_784-64-64-10_b1000_cached", |b| {
+        b.iter(|| black_box(op.apply(&v).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_hessian);
+criterion_main!(benches);
