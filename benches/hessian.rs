@@ -72,5 +72,10 @@ fn bench_hessian(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_hessian);
+// No HTML plots: the crate's plotters build (bundled font only) cannot serve criterion's.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = bench_hessian
+}
 criterion_main!(benches);

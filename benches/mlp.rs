@@ -54,5 +54,10 @@ fn bench_forward_backward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_forward_backward);
+// No HTML plots: the crate's plotters build (bundled font only) cannot serve criterion's.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = bench_forward_backward
+}
 criterion_main!(benches);

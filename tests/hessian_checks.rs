@@ -5,7 +5,8 @@
 use landscape::autodiff::hvp as tape_hvp;
 use landscape::hessian::small_eig::jacobi_eigenvalues;
 use landscape::hessian::{
-    dense_hessian, hessian_block, hvp, per_sample_gn_norms, BatchStructure, ParamLayout, Part,
+    dense_hessian, hessian_block, hvp, per_sample_gn_norms, per_sample_gn_norms_with_curvature,
+    BatchStructure, ParamLayout, Part,
 };
 use landscape::nn::backprop::loss_and_grad_analytic;
 use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Mode};
@@ -251,7 +252,10 @@ fn per_sample_structure_facts_and_k_by_k_norms() {
             let mut rng = Rng::new(9);
             let x = Matrix::from_fn(6, 5, |_, _| rng.normal());
             let y = vec![0, 1, 2, 3, 0, 1];
-            let norms = per_sample_gn_norms(&model, &x, &y).unwrap();
+            let norms = per_sample_gn_norms_with_curvature(&model, &x, &y).unwrap();
+            let fast = per_sample_gn_norms(&model, &x, &y).unwrap();
+            assert_eq!(fast.norms, norms.norms);
+            assert!(fast.a_norms.is_empty());
             let st = BatchStructure::new(&model, &x, &y, Par::Seq).unwrap();
             for i in 0..6 {
                 let xi = x.rows_view(i, i + 1).to_owned();

@@ -22,7 +22,7 @@ pub struct GnNorms {
     pub norms: Vec<f64>,
     /// Numerical rank of `GN_i` (eigenvalues above `1e-12 * lambda_max`; at most `K - 1` for CE).
     pub ranks: Vec<usize>,
-    /// `||A_i||_2` (at most 1/2 for softmax cross-entropy).
+    /// `||A_i||_2` (at most 1/2 for softmax cross-entropy); empty unless requested.
     pub a_norms: Vec<f64>,
     /// Per-sample losses.
     pub losses: Vec<f64>,
@@ -66,8 +66,27 @@ fn congruence(c: &Matrix<f64>, m: &Matrix<f64>, out: &mut [f64]) {
     }
 }
 
-/// Exact `||GN_i||_2`, rank and `||A_i||` for every row of `x`.
+/// Exact `||GN_i||_2` and rank for every row of `x`.
 pub fn per_sample_gn_norms(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) -> Result<GnNorms> {
+    gn_norms_impl(model, x, labels, false)
+}
+
+/// [`per_sample_gn_norms`] plus the exact `||A_i||_2` of every sample (one more
+/// `K x K` eigenproblem each; used by the structural checks).
+pub fn per_sample_gn_norms_with_curvature(
+    model: &Mlp<f64>,
+    x: &Matrix<f64>,
+    labels: &[usize],
+) -> Result<GnNorms> {
+    gn_norms_impl(model, x, labels, true)
+}
+
+fn gn_norms_impl(
+    model: &Mlp<f64>,
+    x: &Matrix<f64>,
+    labels: &[usize],
+    with_a: bool,
+) -> Result<GnNorms> {
     if x.rows() == 0 {
         return Err(Error::InvalidArgument("no samples".into()));
     }
@@ -97,12 +116,15 @@ pub fn per_sample_gn_norms(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) 
                         .iter()
                         .filter(|&&e| e > 1e-12 * top.abs().max(f64::MIN_POSITIVE))
                         .count();
-                    let a = matmul(c.view(), c.t());
-                    let mut a_scratch = a.into_vec();
-                    let a_norm = sym_eigenvalues_in_place(&mut a_scratch, k)
-                        .last()
-                        .copied()
-                        .unwrap_or(0.0);
+                    let a_norm = if with_a {
+                        let mut a_scratch = matmul(c.view(), c.t()).into_vec();
+                        sym_eigenvalues_in_place(&mut a_scratch, k)
+                            .last()
+                            .copied()
+                            .unwrap_or(0.0)
+                    } else {
+                        f64::NAN
+                    };
                     (top.max(0.0), rank, a_norm, st.losses[i])
                 })
                 .collect())
@@ -118,7 +140,9 @@ pub fn per_sample_gn_norms(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) 
         for (n, r, a, l) in p? {
             out.norms.push(n);
             out.ranks.push(r);
-            out.a_norms.push(a);
+            if with_a {
+                out.a_norms.push(a);
+            }
             out.losses.push(l);
         }
     }

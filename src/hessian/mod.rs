@@ -15,6 +15,6 @@ pub mod small_eig;
 pub mod structure;
 
 pub use dense::{dense_hessian, hessian_block, Part};
-pub use gn_norm::{per_sample_gn_norms, GnNorms};
+pub use gn_norm::{per_sample_gn_norms, per_sample_gn_norms_with_curvature, GnNorms};
 pub use hvp::{hvp, hvp_multi, HessianOperator};
 pub use structure::{BatchStructure, ParamLayout};

@@ -90,7 +90,7 @@ fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) {
                 break;
             }
             let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let mut r = g.hypot(1.0);
+            let mut r = (g * g + 1.0).sqrt();
             g = d[m] - d[l] + e[l] / (g + r.copysign(g));
             let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
             let mut deflated = false;
@@ -99,7 +99,9 @@ fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) {
                 i -= 1;
                 let f = s * e[i];
                 let b = c * e[i];
-                r = f.hypot(g);
+                // sqrt(f^2 + g^2) without libm's overflow-safe hypot: entries here are
+                // far from 1e154, and hypot dominated the per-sample K x K cost.
+                r = (f * f + g * g).sqrt();
                 e[i + 1] = r;
                 if r == 0.0 {
                     d[i + 1] -= p;
