@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod hessian;
 pub mod io;
+pub mod linalg;
 pub mod nn;
 pub mod plot;
 pub mod rng;

@@ -177,3 +177,101 @@ fn bad_input_gives_one_line_errors() {
         "at epoch 1, step",
     );
 }
+
+#[test]
+fn hessian_command_end_to_end() {
+    let d = temp_dir("hessian");
+    let m = d.join("m.safetensors");
+    let o = run(&[
+        "train",
+        "--data",
+        "digits",
+        "--hidden",
+        "6",
+        "--epochs",
+        "2",
+        "--out",
+        m.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ms = m.to_str().unwrap();
+    let json = d.join("h.json");
+    let dense = d.join("H.safetensors");
+    let o = run(&[
+        "hessian",
+        "--model",
+        ms,
+        "--data",
+        "digits",
+        "--samples",
+        "200",
+        "--dense",
+        dense.to_str().unwrap(),
+        "--top",
+        "2",
+        "--bottom",
+        "1",
+        "--trace",
+        "--probes",
+        "30",
+        "--gn-norms",
+        d.join("gn.csv").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &j["results"];
+    assert_eq!(r["num_samples"], 200);
+    // Lanczos against the exact trace and the dense file's size (P = 64*6 + 6 + 6*10 + 10 = 460).
+    assert_eq!(r["num_params"], 460);
+    assert!(std::fs::metadata(&dense).unwrap().len() as usize > 460 * 460 * 8);
+    let exact = r["trace"]["exact"].as_f64().unwrap();
+    let lo = r["trace"]["hutchinson"]["ci95"][0].as_f64().unwrap();
+    let hi = r["trace"]["hutchinson"]["ci95"][1].as_f64().unwrap();
+    assert!(lo < hi && exact.is_finite());
+    for res in r["eigenvalues"]["residuals"].as_array().unwrap() {
+        assert!(res.as_f64().unwrap() < 1e-6);
+    }
+    let csv = std::fs::read_to_string(d.join("gn.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 201);
+    // Bad input: sample out of range, empty subset, a budget too small for dense.
+    assert_clean_failure(
+        &run(&[
+            "hessian", "--model", ms, "--data", "digits", "--sample", "5000", "--top", "1",
+        ]),
+        "out of range",
+    );
+    assert_clean_failure(
+        &run(&[
+            "hessian",
+            "--model",
+            ms,
+            "--data",
+            "digits",
+            "--samples",
+            "0",
+            "--top",
+            "1",
+        ]),
+        "empty subset",
+    );
+    assert_clean_failure(
+        &run(&[
+            "hessian",
+            "--model",
+            ms,
+            "--data",
+            "digits",
+            "--dense",
+            dense.to_str().unwrap(),
+            "--memory-budget",
+            "0.0001",
+        ]),
+        "matrix-free",
+    );
+    assert_clean_failure(
+        &run(&["hessian", "--model", ms, "--data", "mnist10k", "--top", "1"]),
+        "input features",
+    );
+}

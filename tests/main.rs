@@ -4,6 +4,7 @@ mod autodiff_checks;
 mod cli;
 mod data_readers;
 mod hessian_checks;
+mod linalg_checks;
 mod model_files;
 mod plot_checks;
 mod training;

@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing, progress bars, JSON results.
 //! Library errors come back as one-line messages.
 
+mod hessian;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use landscape::data::{self, DataBundle, DataOptions, Format, Normalize, Subset};
@@ -39,6 +41,8 @@ enum Command {
     Info(InfoArgs),
     /// Export a model's parameters as .npy files (flat vector and per tensor) for numpy/torch/jax.
     Export(ExportArgs),
+    /// Exact Hessian of a model on data: dense matrix, extreme eigenvalues, trace, density, per-sample GN norms.
+    Hessian(hessian::HessianArgs),
 }
 
 #[derive(Args, Clone)]
@@ -270,6 +274,7 @@ pub fn run() -> Result<(), String> {
         Command::Eval(a) => cmd_eval(a, &command_line),
         Command::Info(a) => cmd_info(a, &command_line),
         Command::Export(a) => cmd_export(a, &command_line),
+        Command::Hessian(a) => hessian::cmd_hessian(a, &command_line),
     }
 }
 

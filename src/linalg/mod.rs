@@ -1,0 +1,473 @@
+//! Spectra of symmetric operators: Lanczos with full reorthogonalisation (Ritz
+//! values, vectors and *true* residuals), Hutchinson and Hutch++ trace
+//! estimates with confidence intervals, stochastic Lanczos quadrature, and
+//! exact trace/diagonal by unit vectors. All randomness is seeded
+//! ([`crate::rng::Rng`]), so every result is reproducible.
+
+mod tridiagonal;
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::tensor::{dot, Matrix};
+use serde::Serialize;
+
+pub use tridiagonal::tridiagonal_eigen;
+
+/// A symmetric linear operator `v -> A v` on `R^dim`.
+pub trait SymOp: Sync {
+    fn dim(&self) -> usize;
+    /// `out = A v` (`out` has length `dim`).
+    fn apply(&self, v: &[f64], out: &mut [f64]);
+}
+
+/// A dense symmetric matrix as an operator.
+pub struct DenseSym<'a>(pub &'a Matrix<f64>);
+
+impl SymOp for DenseSym<'_> {
+    fn dim(&self) -> usize {
+        self.0.rows()
+    }
+    fn apply(&self, v: &[f64], out: &mut [f64]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = dot(self.0.row(i), v);
+        }
+    }
+}
+
+fn norm(v: &[f64]) -> f64 {
+    dot(v, v).sqrt()
+}
+
+fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
+    for (u, &v) in y.iter_mut().zip(x) {
+        *u += a * v;
+    }
+}
+
+/// Removes the components along `basis` (twice: classical Gram-Schmidt repeated).
+fn orthogonalize(w: &mut [f64], basis: &[Vec<f64>]) {
+    for _ in 0..2 {
+        for b in basis {
+            let c = dot(b, w);
+            axpy(w, -c, b);
+        }
+    }
+}
+
+fn random_unit(dim: usize, rng: &mut Rng, basis: &[Vec<f64>]) -> Option<Vec<f64>> {
+    for _ in 0..5 {
+        let mut v: Vec<f64> = (0..dim).map(|_| rng.normal()).collect();
+        orthogonalize(&mut v, basis);
+        let n = norm(&v);
+        if n > 1e-8 {
+            v.iter_mut().for_each(|x| *x /= n);
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Which end(s) of the spectrum to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    Largest(usize),
+    Smallest(usize),
+    BothEnds { largest: usize, smallest: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct LanczosOptions {
+    /// Maximum Krylov dimension.
+    pub max_iter: usize,
+    /// Stop when every wanted Ritz pair has `||A y - l y|| <= tol * ||A||_est`.
+    pub tol: f64,
+    pub seed: u64,
+    /// Check convergence every this many iterations.
+    pub check_every: usize,
+}
+
+impl Default for LanczosOptions {
+    fn default() -> Self {
+        Self {
+            max_iter: 300,
+            tol: 1e-10,
+            seed: 0,
+            check_every: 5,
+        }
+    }
+}
+
+/// Ritz pairs from [`lanczos`], wanted ones only, largest first then smallest ascending.
+#[derive(Clone, Debug, Serialize)]
+pub struct LanczosResult {
+    pub values: Vec<f64>,
+    #[serde(skip)]
+    pub vectors: Vec<Vec<f64>>,
+    /// True residual norms `||A y - l y||`, recomputed with the operator.
+    pub residuals: Vec<f64>,
+    /// Operator applications.
+    pub iterations: usize,
+    pub converged: bool,
+    /// `max |Ritz value|`, the estimate of `||A||` used in the tolerance.
+    pub norm_estimate: f64,
+}
+
+impl LanczosResult {
+    /// `|l_i| - residual_i`: a floating-point lower bound on the magnitude of an
+    /// eigenvalue of `A` (an eigenvalue lies within `residual` of `l`), so
+    /// `certified_lower_bound(i) > bound` proves `||A|| > bound`.
+    pub fn certified_lower_bound(&self, i: usize) -> f64 {
+        self.values[i].abs() - self.residuals[i]
+    }
+}
+
+fn wanted(which: Which, k: usize) -> Vec<usize> {
+    // Indices into ascending eigenvalues of T_k.
+    let (l, s) = match which {
+        Which::Largest(l) => (l, 0),
+        Which::Smallest(s) => (0, s),
+        Which::BothEnds { largest, smallest } => (largest, smallest),
+    };
+    let mut idx: Vec<usize> = (0..l.min(k)).map(|i| k - 1 - i).collect();
+    for i in 0..s.min(k) {
+        if !idx.contains(&i) {
+            idx.push(i);
+        }
+    }
+    idx
+}
+
+/// Lanczos with full reorthogonalisation.
+pub fn lanczos(op: &dyn SymOp, which: Which, opts: &LanczosOptions) -> Result<LanczosResult> {
+    let n = op.dim();
+    let count = match which {
+        Which::Largest(l) | Which::Smallest(l) => l,
+        // The two ends may overlap in small dimensions; each end must fit.
+        Which::BothEnds { largest, smallest } => largest.max(smallest),
+    };
+    if n == 0 {
+        return Err(Error::InvalidArgument(
+            "Lanczos on an empty operator".into(),
+        ));
+    }
+    if count == 0 {
+        return Err(Error::InvalidArgument(
+            "Lanczos: ask for at least one eigenvalue".into(),
+        ));
+    }
+    if count > n {
+        return Err(Error::InvalidArgument(format!(
+            "asked for {count} eigenvalues of a {n} x {n} operator"
+        )));
+    }
+    if opts.tol.is_nan() || opts.tol <= 0.0 {
+        return Err(Error::InvalidArgument(
+            "Lanczos tolerance must be positive".into(),
+        ));
+    }
+    let max_iter = opts.max_iter.clamp(count, n);
+    let mut rng = Rng::new(opts.seed);
+    let mut basis: Vec<Vec<f64>> =
+        vec![random_unit(n, &mut rng, &[]).expect("nonzero random vector")];
+    let (mut alpha, mut beta) = (Vec::<f64>::new(), Vec::<f64>::new());
+    let mut w = vec![0.0; n];
+    let mut matvecs = 0;
+    let mut done = false;
+    loop {
+        let j = basis.len() - 1;
+        op.apply(&basis[j], &mut w);
+        matvecs += 1;
+        if !w.iter().all(|x| x.is_finite()) {
+            return Err(Error::NonFiniteInput(
+                "the operator returned NaN or Inf".into(),
+            ));
+        }
+        let a = dot(&basis[j], &w);
+        alpha.push(a);
+        orthogonalize(&mut w, &basis);
+        let b = norm(&w);
+        let k = alpha.len();
+        let check =
+            k == max_iter || k % opts.check_every.max(1) == 0 || b <= 1e-12 * a.abs().max(1e-300);
+        if check && k >= count {
+            let (vals, vecs) = tridiagonal_eigen(&alpha, &beta);
+            let anorm = vals.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let ok = wanted(which, k)
+                .iter()
+                .all(|&i| b * vecs.get(k - 1, i).abs() <= opts.tol * anorm.max(1e-300));
+            if ok || k == max_iter {
+                done = ok;
+                break;
+            }
+        }
+        if k == max_iter {
+            break;
+        }
+        if b <= 1e-12 * a.abs().max(1.0) {
+            // Invariant subspace: continue with a fresh direction orthogonal to the basis.
+            match random_unit(n, &mut rng, &basis) {
+                Some(v) => {
+                    beta.push(0.0);
+                    basis.push(v);
+                }
+                None => break,
+            }
+        } else {
+            beta.push(b);
+            basis.push(w.iter().map(|x| x / b).collect());
+        }
+    }
+    let k = alpha.len();
+    let (vals, vecs) = tridiagonal_eigen(&alpha, &beta[..k - 1]);
+    let anorm = vals.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let mut values = Vec::new();
+    let mut vectors = Vec::new();
+    let mut residuals = Vec::new();
+    let mut conv = done;
+    let mut av = vec![0.0; n];
+    for i in wanted(which, k) {
+        let mut y = vec![0.0; n];
+        for (t, b) in basis.iter().take(k).enumerate() {
+            axpy(&mut y, vecs.get(t, i), b);
+        }
+        let yn = norm(&y);
+        y.iter_mut().for_each(|x| *x /= yn);
+        op.apply(&y, &mut av);
+        matvecs += 1;
+        let l = vals[i];
+        let r = av
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - l * b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        conv &= r <= opts.tol.max(1e-14) * anorm.max(1e-300) * 10.0;
+        values.push(l);
+        vectors.push(y);
+        residuals.push(r);
+    }
+    Ok(LanczosResult {
+        values,
+        vectors,
+        residuals,
+        iterations: matvecs,
+        converged: conv,
+        norm_estimate: anorm,
+    })
+}
+
+/// A trace estimate with a 95% confidence interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceEstimate {
+    pub estimate: f64,
+    pub std_error: f64,
+    pub ci95: (f64, f64),
+    pub matvecs: usize,
+    pub method: String,
+}
+
+/// Two-sided 97.5% Student-t quantile for `df` degrees of freedom.
+pub fn t_quantile_975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => T[df - 1],
+        31..=60 => 2.042 - (df - 30) as f64 * (2.042 - 2.000) / 30.0,
+        61..=120 => 2.000 - (df - 60) as f64 * (2.000 - 1.980) / 60.0,
+        _ => 1.96,
+    }
+}
+
+fn rademacher(n: usize, rng: &mut Rng) -> Vec<f64> {
+    (0..n)
+        .map(|_| if rng.next_u64() >> 63 == 1 { 1.0 } else { -1.0 })
+        .collect()
+}
+
+fn mean_ci(samples: &[f64], shift: f64, scale: f64, method: &str, matvecs: usize) -> TraceEstimate {
+    let m = samples.len();
+    let mean = samples.iter().sum::<f64>() / m as f64;
+    let var = if m > 1 {
+        samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (m - 1) as f64
+    } else {
+        f64::INFINITY
+    };
+    let se = scale * (var / m as f64).sqrt();
+    let est = shift + scale * mean;
+    let t = t_quantile_975(m.saturating_sub(1));
+    TraceEstimate {
+        estimate: est,
+        std_error: se,
+        ci95: (est - t * se, est + t * se),
+        matvecs,
+        method: method.into(),
+    }
+}
+
+/// Hutchinson's estimator with `probes` Rademacher vectors: `tr A ~ mean z^T A z`.
+pub fn hutchinson(op: &dyn SymOp, probes: usize, seed: u64) -> Result<TraceEstimate> {
+    if probes < 2 {
+        return Err(Error::InvalidArgument(
+            "Hutchinson needs at least 2 probes for an interval".into(),
+        ));
+    }
+    let n = op.dim();
+    let mut rng = Rng::new(seed);
+    let mut az = vec![0.0; n];
+    let samples: Vec<f64> = (0..probes)
+        .map(|_| {
+            let z = rademacher(n, &mut rng);
+            op.apply(&z, &mut az);
+            dot(&z, &az)
+        })
+        .collect();
+    Ok(mean_ci(&samples, 0.0, 1.0, "hutchinson", probes))
+}
+
+/// Hutch++ (Meyer, Musco, Musco, Woodruff 2021) with about `matvecs` products:
+/// `Q = orth(A S)` from `s = matvecs/3` sketch vectors, `tr(Q^T A Q)` exactly, plus
+/// Hutchinson on `(I - QQ^T) A (I - QQ^T)`; the interval comes from the residual part.
+pub fn hutch_pp(op: &dyn SymOp, matvecs: usize, seed: u64) -> Result<TraceEstimate> {
+    let n = op.dim();
+    let s = (matvecs / 3).max(1).min(n);
+    let g = matvecs.saturating_sub(2 * s).max(2);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut q: Vec<Vec<f64>> = Vec::with_capacity(s);
+    let mut buf = vec![0.0; n];
+    for _ in 0..s {
+        let z = rademacher(n, &mut rng);
+        op.apply(&z, &mut buf);
+        let mut v = buf.clone();
+        orthogonalize(&mut v, &q);
+        let nv = norm(&v);
+        if nv > 1e-10 * norm(&buf).max(1e-300) {
+            v.iter_mut().for_each(|x| *x /= nv);
+            q.push(v);
+        }
+    }
+    let mut exact = 0.0;
+    for v in &q {
+        op.apply(v, &mut buf);
+        exact += dot(v, &buf);
+    }
+    let samples: Vec<f64> = (0..g)
+        .map(|_| {
+            let mut z = rademacher(n, &mut rng);
+            orthogonalize(&mut z, &q);
+            op.apply(&z, &mut buf);
+            dot(&z, &buf)
+        })
+        .collect();
+    Ok(mean_ci(&samples, exact, 1.0, "hutch++", 2 * q.len() + g))
+}
+
+/// Exact trace by `dim` unit-vector products.
+pub fn exact_trace(op: &dyn SymOp) -> f64 {
+    exact_diag(op).iter().sum()
+}
+
+/// Exact diagonal by `dim` unit-vector products.
+pub fn exact_diag(op: &dyn SymOp) -> Vec<f64> {
+    let n = op.dim();
+    let mut e = vec![0.0; n];
+    let mut out = vec![0.0; n];
+    (0..n)
+        .map(|i| {
+            e[i] = 1.0;
+            op.apply(&e, &mut out);
+            e[i] = 0.0;
+            out[i]
+        })
+        .collect()
+}
+
+/// Stochastic Lanczos quadrature: per probe, the Ritz values (nodes) and squared
+/// first eigenvector components (weights) of the Lanczos tridiagonal.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpectralDensity {
+    pub nodes: Vec<Vec<f64>>,
+    pub weights: Vec<Vec<f64>>,
+}
+
+impl SpectralDensity {
+    /// Gaussian-smoothed density on `grid` (integrates to about 1).
+    pub fn density(&self, grid: &[f64], sigma: f64) -> Vec<f64> {
+        let c = 1.0 / (sigma * (2.0 * std::f64::consts::PI).sqrt() * self.nodes.len() as f64);
+        grid.iter()
+            .map(|&x| {
+                self.nodes
+                    .iter()
+                    .zip(&self.weights)
+                    .map(|(ns, ws)| {
+                        ns.iter()
+                            .zip(ws)
+                            .map(|(n, w)| w * (-(x - n).powi(2) / (2.0 * sigma * sigma)).exp())
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>()
+                    * c
+            })
+            .collect()
+    }
+    /// `dim * mean_probe sum_i w_i l_i`.
+    pub fn estimated_trace(&self, dim: usize) -> f64 {
+        let per: Vec<f64> = self
+            .nodes
+            .iter()
+            .zip(&self.weights)
+            .map(|(n, w)| n.iter().zip(w).map(|(a, b)| a * b).sum())
+            .collect();
+        dim as f64 * per.iter().sum::<f64>() / per.len() as f64
+    }
+    /// Smallest and largest node.
+    pub fn range(&self) -> (f64, f64) {
+        let all = self.nodes.iter().flatten();
+        all.clone()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            })
+    }
+}
+
+/// SLQ with `probes` Rademacher start vectors and `steps` Lanczos steps each.
+pub fn slq(op: &dyn SymOp, probes: usize, steps: usize, seed: u64) -> Result<SpectralDensity> {
+    let n = op.dim();
+    if probes == 0 || steps == 0 {
+        return Err(Error::InvalidArgument(
+            "SLQ needs at least one probe and one step".into(),
+        ));
+    }
+    let steps = steps.min(n);
+    let mut rng = Rng::new(seed ^ 0x51c);
+    let mut out = SpectralDensity {
+        nodes: vec![],
+        weights: vec![],
+    };
+    let mut w = vec![0.0; n];
+    for _ in 0..probes {
+        let z = rademacher(n, &mut rng);
+        let nz = norm(&z);
+        let mut basis = vec![z.iter().map(|x| x / nz).collect::<Vec<f64>>()];
+        let (mut alpha, mut beta) = (vec![], vec![]);
+        for j in 0..steps {
+            op.apply(&basis[j], &mut w);
+            alpha.push(dot(&basis[j], &w));
+            orthogonalize(&mut w, &basis);
+            let b = norm(&w);
+            if j + 1 == steps || b <= 1e-12 * alpha[j].abs().max(1e-300) {
+                break;
+            }
+            beta.push(b);
+            basis.push(w.iter().map(|x| x / b).collect());
+        }
+        let (vals, vecs) = tridiagonal_eigen(&alpha, &beta);
+        out.weights
+            .push((0..vals.len()).map(|i| vecs.get(0, i).powi(2)).collect());
+        out.nodes.push(vals);
+    }
+    Ok(out)
+}
