@@ -197,10 +197,10 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         let mut f = std::fs::File::create(csv)
             .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
         let mut text = String::from("sample,label,loss,gn_norm,gn_rank,a_norm\n");
-        for i in 0..g.norms.len() {
+        for (i, label) in y.iter().enumerate() {
             text.push_str(&format!(
-                "{i},{},{:e},{:e},{},{:e}\n",
-                y[i], g.losses[i], g.norms[i], g.ranks[i], g.a_norms[i]
+                "{i},{label},{:e},{:e},{},{:e}\n",
+                g.losses[i], g.norms[i], g.ranks[i], g.a_norms[i]
             ));
         }
         f.write_all(text.as_bytes())
