@@ -76,6 +76,21 @@ fn bench_hessian(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = bench_hessian
+    targets = bench_hessian, bench_dgemm
 }
 criterion_main!(benches);
+
+/// The machine's dgemm rate on a large square product (the reference for the
+/// "time the flop count needs" ratio of the dense assembly).
+fn bench_dgemm(c: &mut Criterion) {
+    let n = 1536;
+    let a = Matrix::from_fn(n, n, |i, j| ((i * 7 + j) % 13) as f64 - 6.0);
+    let b = Matrix::from_fn(n, n, |i, j| ((i + 3 * j) % 11) as f64 - 5.0);
+    let mut out = Matrix::zeros(n, n);
+    let mut g = c.benchmark_group("machine");
+    g.sample_size(10);
+    g.bench_function("dgemm_1536", |bch| {
+        bch.iter(|| landscape::tensor::gemm(1.0, a.view(), b.view(), 0.0, &mut out))
+    });
+    g.finish();
+}

@@ -154,13 +154,9 @@ impl BatchStructure {
             .map(|z| z.map(|v| act.second_derivative(v)))
             .collect();
         let logits = cache.logits();
-        let mut residual = Matrix::zeros(m, k);
-        let mut losses = Vec::with_capacity(m);
-        for (i, &y) in labels.iter().enumerate() {
-            let (r, _) = loss_derivatives(model.config.loss, logits.row(i), y);
-            residual.row_mut(i).copy_from_slice(&r);
-        }
-        losses.extend(model.config.loss.per_sample(logits, labels));
+        // r = dl/dz and the losses in one pass (no K x K curvature needed here).
+        let (residual, _) = crate::nn::backprop::loss_residuals(model.config.loss, logits, labels);
+        let losses = model.config.loss.per_sample(logits, labels);
         // G(p): stacked top-down, G(p) = G(p+1) W(p+1) D(p).
         let mut g = vec![Matrix::zeros(0, 0); nl];
         g[nl - 1] = Matrix::from_fn(m * k, k, |r, c| if r % k == c { 1.0 } else { 0.0 });
