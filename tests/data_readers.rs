@@ -451,3 +451,33 @@ fn csv_reader_bad_inputs() {
     let e = err_text(&dir.join("missing.csv"), &DataOptions::default());
     assert!(e.contains("missing.csv"), "{e}");
 }
+
+mod never_panic {
+    use landscape::data::{parse_cifar, parse_csv, parse_idx_images, parse_idx_labels};
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Arbitrary bytes (and IDX-looking headers with random dims) give errors, never panics.
+        #[test]
+        fn readers_reject_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..400), dims in proptest::collection::vec(any::<u32>(), 3)) {
+            let p = Path::new("fuzz.bin");
+            let _ = parse_idx_images(p, &bytes);
+            let _ = parse_idx_labels(p, &bytes);
+            let _ = parse_cifar(p, &bytes, false);
+            let _ = parse_cifar(p, &bytes, true);
+            let _ = parse_csv(p, &bytes, None);
+            let _ = parse_csv(p, &bytes, Some(3));
+            let mut idx = vec![0u8, 0, 8, 3];
+            for d in &dims {
+                idx.extend_from_slice(&d.to_be_bytes());
+            }
+            idx.extend_from_slice(&bytes);
+            let _ = parse_idx_images(p, &idx);
+            let mut gz = vec![0x1f, 0x8b];
+            gz.extend_from_slice(&bytes);
+            let _ = parse_idx_labels(p, &gz);
+        }
+    }
+}
