@@ -7,4 +7,5 @@ mod hessian_checks;
 mod linalg_checks;
 mod model_files;
 mod plot_checks;
+mod theory_checks;
 mod training;

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing, progress bars, JSON results.
 //! Library errors come back as one-line messages.
 
+mod bounds;
 mod hessian;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -43,6 +44,8 @@ enum Command {
     Export(ExportArgs),
     /// Exact Hessian of a model on data: dense matrix, extreme eigenvalues, trace, density, per-sample GN norms.
     Hessian(hessian::HessianArgs),
+    /// Check the per-sample Hessian-norm bounds of "Unraveling the Hessian" against exact values.
+    Bounds(bounds::BoundsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -275,6 +278,7 @@ pub fn run() -> Result<(), String> {
         Command::Info(a) => cmd_info(a, &command_line),
         Command::Export(a) => cmd_export(a, &command_line),
         Command::Hessian(a) => hessian::cmd_hessian(a, &command_line),
+        Command::Bounds(a) => bounds::cmd_bounds(a, &command_line),
     }
 }
 

@@ -6,6 +6,8 @@
 //! spectral norms), `M_x = max_i ||x_i||_2`, `M_l = max_i l_i`, `h` the largest
 //! hidden width, `|w|max` the largest absolute weight.
 
+pub mod validate;
+
 use crate::error::{Error, Result};
 use crate::hessian::small_eig::sym_eigenvalues;
 use crate::nn::Mlp;

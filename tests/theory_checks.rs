@@ -1,0 +1,135 @@
+//! Integration tests: the bounds lab against independent dense eigenvalues and
+//! the counterexample of DESIGN.md section 4.
+
+use landscape::hessian::small_eig::jacobi_eigenvalues;
+use landscape::hessian::{dense_hessian, Part};
+use landscape::io::model_file::save_mlp;
+use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
+use landscape::rng::Rng;
+use landscape::theory::validate::evaluate_bounds;
+use landscape::theory::{theorem1_printed, tight_form};
+use landscape::Matrix;
+use std::collections::BTreeMap;
+use std::process::Command;
+
+fn spectral_abs_max(m: &Matrix<f64>) -> f64 {
+    jacobi_eigenvalues(m)
+        .iter()
+        .fold(0.0f64, |a, e| a.max(e.abs()))
+}
+
+#[test]
+fn reported_norms_and_ratios_match_dense_eigendecomposition() {
+    let cfg = MlpConfig {
+        input_dim: 6,
+        hidden: vec![5, 4],
+        classes: 3,
+        activation: Activation::Relu,
+        leaky_slope: 0.01,
+        bias: false,
+        batchnorm: None,
+        loss: LossKind::CrossEntropy,
+    };
+    let model = Mlp::<f64>::init(cfg, Init::Kaiming, 1.3, 7).unwrap();
+    let mut rng = Rng::new(2);
+    let x = Matrix::from_fn(30, 6, |_, _| rng.normal());
+    let y: Vec<usize> = (0..30).map(|i| i % 3).collect();
+    let full: Vec<usize> = (0..12).collect();
+    let rep = evaluate_bounds(&model, &x, &y, &full, 1e-12, 0).unwrap();
+    for i in 0..12 {
+        let xi = x.rows_view(i, i + 1).to_owned();
+        let gn =
+            spectral_abs_max(&dense_hessian(&model, &xi, &y[i..i + 1], Part::Gn, 1 << 28).unwrap());
+        let h = spectral_abs_max(
+            &dense_hessian(&model, &xi, &y[i..i + 1], Part::Full, 1 << 28).unwrap(),
+        );
+        assert!(
+            (rep.gn_norms[i] - gn).abs() <= 1e-10 * gn.max(1e-12),
+            "GN {i}: {} vs {gn}",
+            rep.gn_norms[i]
+        );
+        assert!(
+            (rep.full_norms[i].norm - h).abs() <= 1e-9 * h.max(1e-12),
+            "H {i}: {} vs {h}",
+            rep.full_norms[i].norm
+        );
+    }
+    // Every worst ratio is max(actual) / bound, recomputed independently.
+    let max_gn = rep.gn_norms.iter().copied().fold(0.0, f64::max);
+    let max_full = rep.full_norms.iter().map(|f| f.norm).fold(0.0, f64::max);
+    for c in &rep.checks {
+        let actual = if c.against == "gn" { max_gn } else { max_full };
+        assert!(
+            (c.worst_ratio - actual / c.bound).abs() <= 1e-12 * c.worst_ratio.abs(),
+            "{c:?}"
+        );
+    }
+    assert!(rep.structural.a_norm_at_most_half && rep.structural.gn_rank_at_most_k_minus_1);
+}
+
+#[test]
+fn single_layer_counterexample_through_the_cli() {
+    let dir = std::env::temp_dir().join(format!("landscape-bounds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = MlpConfig {
+        input_dim: 2,
+        hidden: vec![],
+        classes: 2,
+        activation: Activation::Relu,
+        leaky_slope: 0.01,
+        bias: false,
+        batchnorm: None,
+        loss: LossKind::CrossEntropy,
+    };
+    let mut model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 0).unwrap();
+    model.layers[0].weight = Matrix::from_vec(2, 2, vec![0.1, 0.0, 0.0, 0.1]);
+    let mpath = dir.join("cex1.safetensors");
+    save_mlp(&model, &mpath, &BTreeMap::new()).unwrap();
+    let csv = dir.join("x.csv");
+    std::fs::write(&csv, "1,1,0\n").unwrap();
+    let json = dir.join("b.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_landscape"))
+        .args([
+            "bounds",
+            "--model",
+            mpath.to_str().unwrap(),
+            "--data",
+            csv.to_str().unwrap(),
+            "--normalize",
+            "none",
+        ])
+        .args(["--classes", "2", "--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let checks = j["results"]["checks"].as_array().unwrap();
+    let find = |v: &str, against: &str| {
+        checks
+            .iter()
+            .find(|c| c["variant"] == v && c["against"] == against)
+            .unwrap()
+            .clone()
+    };
+    let t1 = find("theorem1_printed", "gn");
+    // ||GN|| = ||H|| = 1 against the printed 0.0424: violated, with a certificate.
+    assert_eq!(t1["holds"], false);
+    let printed = theorem1_printed(1, 2f64.sqrt(), 0.1);
+    assert!((t1["bound"].as_f64().unwrap() - printed).abs() < 1e-15);
+    assert!(t1["certificate"].as_f64().unwrap() > printed);
+    assert!((t1["witness_value"].as_f64().unwrap() - 1.0).abs() < 1e-14);
+    assert_eq!(find("theorem1_printed", "full")["holds"], false);
+    // The thesis and tight forms hold for GN (the tight one with equality).
+    assert_eq!(find("thesis", "gn")["holds"], true);
+    let tight = find("tight", "gn");
+    assert_eq!(tight["holds"], true);
+    assert!(
+        (tight["bound"].as_f64().unwrap() - tight_form(1, 2f64.sqrt(), 0.1, false)).abs() < 1e-15
+    );
+    assert!((tight["worst_ratio"].as_f64().unwrap() - 1.0).abs() < 1e-12);
+    let _ = std::fs::remove_dir_all(&dir);
+}
