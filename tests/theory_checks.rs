@@ -133,3 +133,114 @@ fn single_layer_counterexample_through_the_cli() {
     assert!((tight["worst_ratio"].as_f64().unwrap() - 1.0).abs() < 1e-12);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bounds_bad_input_and_report() {
+    let dir = std::env::temp_dir().join(format!("landscape-bounds-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = env!("CARGO_BIN_EXE_landscape");
+    let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
+    let m = dir.join("m.safetensors");
+    let bn = dir.join("bn.safetensors");
+    assert!(run(&[
+        "train",
+        "--data",
+        "digits",
+        "--hidden",
+        "5",
+        "--no-bias",
+        "--epochs",
+        "1",
+        "--out",
+        m.to_str().unwrap()
+    ])
+    .status
+    .success());
+    assert!(run(&[
+        "train",
+        "--data",
+        "digits",
+        "--hidden",
+        "5",
+        "--batchnorm",
+        "--epochs",
+        "1",
+        "--out",
+        bn.to_str().unwrap()
+    ])
+    .status
+    .success());
+    for (args, needle) in [
+        (
+            vec![
+                "bounds",
+                "--model",
+                m.to_str().unwrap(),
+                "--data",
+                "mnist10k",
+            ],
+            "input features",
+        ),
+        (
+            vec![
+                "bounds",
+                "--model",
+                m.to_str().unwrap(),
+                "--data",
+                "digits",
+                "--samples",
+                "0",
+            ],
+            "empty subset",
+        ),
+        (
+            vec![
+                "bounds",
+                "--model",
+                bn.to_str().unwrap(),
+                "--data",
+                "digits",
+            ],
+            "BatchNorm",
+        ),
+    ] {
+        let o = run(&args);
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && !e.contains("panicked"), "{e}");
+        assert_eq!(
+            e.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{e}"
+        );
+        assert!(e.contains(needle), "{e}");
+    }
+    let rep = dir.join("r.md");
+    let o = run(&[
+        "bounds",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        "digits",
+        "--samples",
+        "100",
+        "--full-samples",
+        "20",
+        "--lemma2",
+        "--orderings",
+        "5",
+        "--report",
+        rep.to_str().unwrap(),
+        "--fig",
+        dir.join("f").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&rep).unwrap();
+    assert!(
+        text.contains("| theorem1_printed | gn |") && text.contains("## Lemma 2"),
+        "{text}"
+    );
+    for f in ["f-norms.png", "f-norms.svg", "f-lemma2.png", "f-lemma2.svg"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,6 +30,24 @@ pub struct BoundsArgs {
     /// Per-sample table: sample, label, loss, GN norm, full-Hessian norm (when computed).
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Also run the Lemma 2 experiment (loss increments over orderings at t* and perturbed points).
+    #[arg(long)]
+    pub lemma2: bool,
+    /// Radii ||t - t*|| for Lemma 2 (0 is the trained point).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.1,1")]
+    pub radii: Vec<f64>,
+    /// Random directions per positive radius.
+    #[arg(long, default_value_t = 3)]
+    pub draws: usize,
+    /// Random orderings of the samples.
+    #[arg(long, default_value_t = 20)]
+    pub orderings: usize,
+    /// Figure prefix: PREFIX-lemma2.{png,svg} (with --lemma2) and PREFIX-norms.{png,svg}.
+    #[arg(long)]
+    pub fig: Option<PathBuf>,
+    /// Write a plain-words report (Markdown) of what held and what failed.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -107,14 +125,123 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
     }
+    let max_full = report.full_norms.iter().map(|f| f.norm).fold(0.0, f64::max);
+    let thm1 = landscape::theory::theorem1_printed(c.layers, c.m_x, c.m_w);
+    let lemma2 = if a.lemma2 {
+        // M_H: the largest exact per-sample full-Hessian norm at t* (the lemma needs a bound
+        // over the ball; at R > 0 this is an estimate, stated as such in the report).
+        let m_h = if report.full_norms.is_empty() {
+            report.gn_norms.iter().copied().fold(0.0, f64::max)
+        } else {
+            max_full
+        };
+        let pts = landscape::theory::lemma2::lemma2_experiment(
+            &model,
+            &x,
+            &y,
+            &a.radii,
+            a.draws,
+            a.orderings,
+            c.m_l,
+            thm1,
+            m_h,
+            a.seed,
+        )
+        .map_err(|e| e.to_string())?;
+        for p in &pts {
+            println!(
+                "lemma 2, R = {}, draw {}: printed bound holds: {}, sharper bound holds: {} (max loss {:.4})",
+                p.radius, p.draw, p.printed_holds, p.sharper_holds, p.max_loss
+            );
+        }
+        Some((pts, m_h))
+    } else {
+        None
+    };
+    let mut figures = Vec::new();
+    if let Some(prefix) = &a.fig {
+        let stem = prefix.display().to_string();
+        let mut series = vec![landscape::plot::Series::new(
+            "per-sample ||GN_i||",
+            (0..report.gn_norms.len()).map(|i| i as f64).collect(),
+            report.gn_norms.clone(),
+        )];
+        if !report.full_norms.is_empty() {
+            series.push(landscape::plot::Series::new(
+                "per-sample ||H_i|| (Lanczos)",
+                report.full_norms.iter().map(|f| f.sample as f64).collect(),
+                report.full_norms.iter().map(|f| f.norm).collect(),
+            ));
+        }
+        for ch in report.checks.iter().filter(|c| c.against == "gn") {
+            let n = report.gn_norms.len() as f64;
+            series.push(landscape::plot::Series::new(
+                format!("{} = {:.3e}", ch.variant, ch.bound),
+                vec![0.0, n],
+                vec![ch.bound, ch.bound],
+            ));
+        }
+        let fig = landscape::plot::LineFigure {
+            title: "Exact per-sample Hessian norms and the bounds".into(),
+            x_label: "sample".into(),
+            y_label: "spectral norm".into(),
+            log_y: true,
+            series,
+            ..Default::default()
+        };
+        figures.extend(
+            landscape::plot::line_plot(&fig, std::path::Path::new(&format!("{stem}-norms")))
+                .map_err(|e| e.to_string())?,
+        );
+        if let Some((pts, _)) = &lemma2 {
+            let mut series = Vec::new();
+            for p in pts.iter().filter(|p| p.draw == 0) {
+                let ks: Vec<f64> = p.ks.iter().map(|&k| k as f64).collect();
+                series.push(landscape::plot::Series::new(
+                    format!("mean |L(k+1)-L(k)|, R = {}", p.radius),
+                    ks.clone(),
+                    p.mean_abs_increment.clone(),
+                ));
+                series.push(landscape::plot::Series::new(
+                    format!("sharper bound, R = {}", p.radius),
+                    ks,
+                    p.sharper_bound.clone(),
+                ));
+            }
+            let fig = landscape::plot::LineFigure {
+                title: "Lemma 2: loss increments over orderings".into(),
+                x_label: "k".into(),
+                y_label: "|L(k+1) - L(k)|".into(),
+                log_x: true,
+                log_y: true,
+                series,
+                ..Default::default()
+            };
+            figures.extend(
+                landscape::plot::line_plot(&fig, std::path::Path::new(&format!("{stem}-lemma2")))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    if let Some(path) = &a.report {
+        let text = report_markdown(
+            &report,
+            n,
+            n_full,
+            lemma2.as_ref().map(|(p, m)| (p.as_slice(), *m)),
+        );
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     let results = json!({
+        "lemma2": lemma2.as_ref().map(|(p, m_h)| json!({"points": p, "m_h": m_h, "thm1": thm1})),
+        "figures": figures.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "constants": report.constants,
         "checks": report.checks,
         "structural": report.structural,
         "num_samples": n,
         "num_full_samples": n_full,
         "max_gn_norm": report.gn_norms.iter().copied().fold(0.0, f64::max),
-        "max_full_norm": report.full_norms.iter().map(|f| f.norm).fold(0.0, f64::max),
+        "max_full_norm": max_full,
         "full_norms_converged": report.full_norms.iter().all(|f| f.converged),
         "seconds": seconds,
     });
@@ -125,4 +252,77 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
         json!({"model_file": a.model.model.display().to_string(), "model": model.config, "samples": n, "full_samples": n_full, "tol": a.tol}),
     );
     write_results(a.json.as_deref(), "bounds", results, &prov)
+}
+
+/// The plain-words report: which statements held on this data, which failed, and the witnesses.
+fn report_markdown(
+    r: &landscape::theory::validate::BoundsReport,
+    n: usize,
+    n_full: usize,
+    lemma2: Option<(&[landscape::theory::lemma2::Lemma2Point], f64)>,
+) -> String {
+    let c = &r.constants;
+    let mut s = String::from("# Hessian-norm bounds: report\n\n");
+    s.push_str(&format!(
+        "Model: L = {} weight matrices, K = {} classes, largest hidden width h = {}, biases: {}. \
+         Constants: M_W = {:.6} (exact spectral norms {:?}), M_x = {:.6}, M_l = {:.6}, |w|max = {:.6}.\n\n",
+        c.layers, c.classes, c.h, c.bias, c.m_w, c.weight_norms, c.m_x, c.m_l, c.w_abs_max
+    ));
+    s.push_str(&format!(
+        "Exact Gauss-Newton norms were computed for {n} samples (K x K route) and exact full-Hessian norms for {n_full} (Lanczos, with residuals).\n\n"
+    ));
+    s.push_str("| statement | against | bound | largest actual / bound | witness sample | verdict |\n|---|---|---|---|---|---|\n");
+    for ch in &r.checks {
+        let verdict = match ch.certificate {
+            Some(v) => format!(
+                "**violated** ({} samples; certified: norm >= {v:.6e})",
+                ch.violations
+            ),
+            None => "holds".to_string(),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {:.6e} | {:.4e} | {} | {verdict} |\n",
+            ch.variant, ch.against, ch.bound, ch.worst_ratio, ch.witness
+        ));
+    }
+    let failed: Vec<&str> = r
+        .checks
+        .iter()
+        .filter(|c| !c.holds)
+        .map(|c| c.variant.as_str())
+        .collect();
+    s.push('\n');
+    if failed.is_empty() {
+        s.push_str("Every bound variant held on this data.\n");
+    } else {
+        s.push_str(&format!("Failed on this data: {}. ", failed.join(", ")));
+        if let Some(worst) = r
+            .checks
+            .iter()
+            .filter(|c| !c.holds)
+            .max_by(|a, b| a.worst_ratio.total_cmp(&b.worst_ratio))
+        {
+            s.push_str(&format!(
+                "The largest violation is {} against the {} norm at sample {}: actual {:.6e} vs bound {:.6e} (ratio {:.4e}).\n",
+                worst.variant, worst.against, worst.witness, worst.witness_value, worst.bound, worst.worst_ratio
+            ));
+        }
+    }
+    let st = &r.structural;
+    s.push_str(&format!(
+        "\nStructural checks: max ||A_i|| = {:.6} (<= 1/2: {}); max rank(GN_i) = {} (<= K-1 for cross-entropy: {}).\n",
+        st.max_a_norm, st.a_norm_at_most_half, st.max_gn_rank, st.gn_rank_at_most_k_minus_1
+    ));
+    if let Some((pts, m_h)) = lemma2 {
+        s.push_str(&format!(
+            "\n## Lemma 2\n\nM_H = {m_h:.6e} (largest exact per-sample Hessian norm at t*; at R > 0 it is an estimate, not a bound over the ball).\n\n| R | draw | printed bound holds | sharper bound holds | max loss |\n|---|---|---|---|---|\n"
+        ));
+        for p in pts {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.4} |\n",
+                p.radius, p.draw, p.printed_holds, p.sharper_holds, p.max_loss
+            ));
+        }
+    }
+    s
 }

@@ -6,6 +6,7 @@
 //! spectral norms), `M_x = max_i ||x_i||_2`, `M_l = max_i l_i`, `h` the largest
 //! hidden width, `|w|max` the largest absolute weight.
 
+pub mod lemma2;
 pub mod validate;
 
 use crate::error::{Error, Result};
