@@ -244,3 +244,52 @@ fn bounds_bad_input_and_report() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bounds_sweep_writes_one_row_per_configuration() {
+    let dir = std::env::temp_dir().join(format!("landscape-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("s.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_landscape"))
+        .args([
+            "bounds-sweep",
+            "--data",
+            "digits",
+            "--widths",
+            "3,5",
+            "--depths",
+            "1,2",
+            "--init-scales",
+            "0.1,1",
+        ])
+        .args([
+            "--epochs",
+            "0",
+            "--samples",
+            "50",
+            "--full-samples",
+            "5",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .args(["--fig", dir.join("sw").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = j["results"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8);
+    // Scaling every weight by 10 multiplies each spectral norm, hence M_W, by 10.
+    let mw = |h: u64, d: u64, s: f64| {
+        rows.iter()
+            .find(|r| r["h"] == h && r["depth"] == d && r["init_scale"].as_f64() == Some(s))
+            .unwrap()["m_w"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!((mw(3, 2, 1.0) / mw(3, 2, 0.1) - 10.0).abs() < 1e-9);
+    for f in ["sw-width.png", "sw-depth.svg"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

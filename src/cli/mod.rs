@@ -3,6 +3,7 @@
 
 mod bounds;
 mod hessian;
+mod sweep;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -46,6 +47,8 @@ enum Command {
     Hessian(hessian::HessianArgs),
     /// Check the per-sample Hessian-norm bounds of "Unraveling the Hessian" against exact values.
     Bounds(bounds::BoundsArgs),
+    /// The bounds across widths, depths and init scales: one table and figures.
+    BoundsSweep(sweep::SweepArgs),
 }
 
 #[derive(Args, Clone)]
@@ -279,6 +282,7 @@ pub fn run() -> Result<(), String> {
         Command::Export(a) => cmd_export(a, &command_line),
         Command::Hessian(a) => hessian::cmd_hessian(a, &command_line),
         Command::Bounds(a) => bounds::cmd_bounds(a, &command_line),
+        Command::BoundsSweep(a) => sweep::cmd_sweep(a, &command_line),
     }
 }
 

@@ -1,0 +1,223 @@
+//! `landscape bounds-sweep`: the bounds against exact norms across widths, depths and
+//! initialisation scales (to cross M_W = 1), in one table with figures.
+
+use super::{progress, write_results, DataArgs};
+use clap::Args;
+use landscape::io::provenance::Provenance;
+use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
+use landscape::plot::{line_plot, LineFigure, Series};
+use landscape::theory::validate::evaluate_bounds;
+use landscape::train::{train, Optimizer, TrainConfig};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Hidden widths h.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
+    pub widths: Vec<usize>,
+    /// Numbers of hidden layers (L = hidden + 1 weight matrices).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub depths: Vec<usize>,
+    /// Initialisation scales (Kaiming init times the scale).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub init_scales: Vec<f64>,
+    /// Training epochs per model (0: evaluate at initialisation).
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Samples for the exact GN norms (first N training samples).
+    #[arg(long, default_value_t = 1000)]
+    pub samples: usize,
+    /// Samples (of those) for the exact full-Hessian norms.
+    #[arg(long, default_value_t = 50)]
+    pub full_samples: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Figure prefix: PREFIX-width.{png,svg}, PREFIX-depth.{png,svg}.
+    #[arg(long)]
+    pub fig: Option<PathBuf>,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
+    let bundle = a.data.load()?;
+    if a.widths.is_empty() || a.depths.is_empty() || a.init_scales.is_empty() {
+        return Err("bounds-sweep: give at least one width, depth and init scale".into());
+    }
+    if a.widths.contains(&0) || a.depths.contains(&0) {
+        return Err("bounds-sweep: widths and depths must be positive".into());
+    }
+    let n = a.samples.min(bundle.train.len());
+    if n == 0 {
+        return Err("bounds-sweep: --samples 0 is an empty subset".into());
+    }
+    let x = bundle.train.x.rows_view(0, n).to_owned();
+    let y = bundle.train.y[..n].to_vec();
+    let full: Vec<usize> = (0..a.full_samples.min(n)).collect();
+    let total = a.widths.len() * a.depths.len() * a.init_scales.len();
+    let pb = progress(total as u64, "sweep");
+    let mut rows = Vec::new();
+    for &depth in &a.depths {
+        for &h in &a.widths {
+            for &scale in &a.init_scales {
+                let cfg = MlpConfig {
+                    input_dim: bundle.features,
+                    hidden: vec![h; depth],
+                    classes: bundle.classes,
+                    activation: Activation::Relu,
+                    leaky_slope: 0.01,
+                    bias: false,
+                    batchnorm: None,
+                    loss: LossKind::CrossEntropy,
+                };
+                let mut model = Mlp::<f64>::init(cfg, Init::Kaiming, scale, a.seed)
+                    .map_err(|e| e.to_string())?;
+                if a.epochs > 0 {
+                    let tc = TrainConfig {
+                        epochs: a.epochs,
+                        batch_size: a.batch_size,
+                        optimizer: Optimizer::Adam {
+                            lr: a.lr,
+                            beta1: 0.9,
+                            beta2: 0.999,
+                            eps: 1e-8,
+                            weight_decay: 0.0,
+                        },
+                        seed: a.seed,
+                    };
+                    train(
+                        &mut model,
+                        &bundle.train.x,
+                        &bundle.train.y,
+                        None,
+                        &tc,
+                        |_, _, _| {},
+                        |_, _| Ok(()),
+                    )
+                    .map_err(|e| format!("h = {h}, depth = {depth}, scale = {scale}: {e}"))?;
+                }
+                let rep = evaluate_bounds(&model, &x, &y, &full, 1e-10, a.seed)
+                    .map_err(|e| e.to_string())?;
+                let checks: Vec<serde_json::Value> = rep
+                    .checks
+                    .iter()
+                    .map(|c| {
+                        let denom = if c.against == "gn" { n } else { full.len().max(1) };
+                        json!({"variant": c.variant, "against": c.against, "bound": c.bound, "worst_ratio": c.worst_ratio,
+                               "violating_fraction": c.violations as f64 / denom as f64, "witness": c.witness, "certificate": c.certificate})
+                    })
+                    .collect();
+                rows.push(json!({"h": h, "depth": depth, "layers": depth + 1, "init_scale": scale, "m_w": rep.constants.m_w,
+                                 "m_x": rep.constants.m_x, "checks": checks}));
+                pb.inc(1);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let mut csv_text = String::from(
+        "h,layers,init_scale,m_w,variant,against,bound,worst_ratio,violating_fraction\n",
+    );
+    for r in &rows {
+        for c in r["checks"].as_array().expect("checks") {
+            csv_text.push_str(&format!(
+                "{},{},{},{:e},{},{},{:e},{:e},{}\n",
+                r["h"],
+                r["layers"],
+                r["init_scale"],
+                r["m_w"].as_f64().unwrap_or(f64::NAN),
+                c["variant"].as_str().unwrap_or(""),
+                c["against"].as_str().unwrap_or(""),
+                c["bound"].as_f64().unwrap_or(f64::NAN),
+                c["worst_ratio"].as_f64().unwrap_or(f64::NAN),
+                c["violating_fraction"]
+            ));
+        }
+    }
+    print!("{csv_text}");
+    if let Some(path) = &a.csv {
+        std::fs::File::create(path)
+            .and_then(|mut f| f.write_all(csv_text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let mut figures = Vec::new();
+    if let Some(prefix) = &a.fig {
+        let stem = prefix.display().to_string();
+        // Worst ratio (against GN) vs h at the deepest depth, and vs L at the widest width (first init scale).
+        let variants = ["theorem1_printed", "thesis", "tight"];
+        let ratio = |r: &serde_json::Value, v: &str| {
+            r["checks"]
+                .as_array()
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c["variant"] == v && c["against"] == "gn")
+                })
+                .and_then(|c| c["worst_ratio"].as_f64())
+        };
+        let s0 = a.init_scales[0];
+        for (axis, fixed_label) in [("width", "h"), ("depth", "L")] {
+            let mut series = Vec::new();
+            for v in variants {
+                let pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r["init_scale"].as_f64() == Some(s0))
+                    .filter(|r| {
+                        if axis == "width" {
+                            r["depth"] == *a.depths.iter().max().expect("depths")
+                        } else {
+                            r["h"] == *a.widths.iter().max().expect("widths")
+                        }
+                    })
+                    .filter_map(|r| {
+                        Some((
+                            if axis == "width" {
+                                r["h"].as_f64()?
+                            } else {
+                                r["layers"].as_f64()?
+                            },
+                            ratio(r, v)?,
+                        ))
+                    })
+                    .collect();
+                series.push(Series::new(
+                    format!("{v} (actual/bound, GN)"),
+                    pts.iter().map(|p| p.0).collect(),
+                    pts.iter().map(|p| p.1).collect(),
+                ));
+            }
+            let fig = LineFigure {
+                title: format!("Bound tightness vs {fixed_label}"),
+                x_label: fixed_label.into(),
+                y_label: "max_i ||GN_i|| / bound".into(),
+                log_y: true,
+                series,
+                ..Default::default()
+            };
+            figures.extend(
+                line_plot(&fig, Path::new(&format!("{stem}-{axis}"))).map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    let prov = Provenance::new(
+        command_line,
+        Some(a.seed),
+        Some(bundle.summary_json()),
+        json!({"widths": a.widths, "depths": a.depths, "init_scales": a.init_scales, "epochs": a.epochs, "lr": a.lr,
+               "batch_size": a.batch_size, "samples": n, "full_samples": full.len()}),
+    );
+    write_results(
+        a.json.as_deref(),
+        "bounds-sweep",
+        json!({"rows": rows, "figures": figures.iter().map(|f| f.display().to_string()).collect::<Vec<_>>()}),
+        &prov,
+    )
+}
