@@ -62,69 +62,9 @@ pub fn sym_eigenvalues_in_place(a: &mut [f64], n: usize) -> Vec<f64> {
     let mut e: Vec<f64> = (0..n)
         .map(|i| if i + 1 < n { a[(i + 1) * n + i] } else { 0.0 })
         .collect();
-    tridiagonal_ql(&mut d, &mut e);
+    crate::linalg::tridiagonal_ql(&mut d, &mut e, None);
     d.sort_by(|x, y| x.total_cmp(y));
     d
-}
-
-/// Implicit QL on the symmetric tridiagonal matrix with diagonal `d` and
-/// off-diagonal `e` (`e[i]` couples `d[i]` and `d[i+1]`); eigenvalues end in `d`.
-fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) {
-    let n = d.len();
-    for l in 0..n {
-        let mut iter = 0;
-        loop {
-            let mut m = l;
-            while m + 1 < n {
-                let dd = d[m].abs() + d[m + 1].abs();
-                if e[m].abs() + dd == dd {
-                    break;
-                }
-                m += 1;
-            }
-            if m == l {
-                break;
-            }
-            iter += 1;
-            if iter > 100 {
-                break;
-            }
-            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let mut r = (g * g + 1.0).sqrt();
-            g = d[m] - d[l] + e[l] / (g + r.copysign(g));
-            let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
-            let mut deflated = false;
-            let mut i = m;
-            while i > l {
-                i -= 1;
-                let f = s * e[i];
-                let b = c * e[i];
-                // sqrt(f^2 + g^2) without libm's overflow-safe hypot: entries here are
-                // far from 1e154, and hypot dominated the per-sample K x K cost.
-                r = (f * f + g * g).sqrt();
-                e[i + 1] = r;
-                if r == 0.0 {
-                    d[i + 1] -= p;
-                    e[m] = 0.0;
-                    deflated = true;
-                    break;
-                }
-                s = f / r;
-                c = g / r;
-                g = d[i + 1] - p;
-                r = (d[i] - g) * s + 2.0 * c * b;
-                p = s * r;
-                d[i + 1] = g + p;
-                g = c * r - b;
-            }
-            if deflated {
-                continue;
-            }
-            d[l] -= p;
-            e[l] = g;
-            e[m] = 0.0;
-        }
-    }
 }
 
 /// Eigenvalues (ascending) of a symmetric matrix (fast path, see module docs).

@@ -4,14 +4,14 @@
 //! exact trace/diagonal by unit vectors. All randomness is seeded
 //! ([`crate::rng::Rng`]), so every result is reproducible.
 
-mod tridiagonal;
+pub mod tridiagonal;
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{dot, Matrix};
 use serde::Serialize;
 
-pub use tridiagonal::tridiagonal_eigen;
+pub use tridiagonal::{tridiagonal_eigen, tridiagonal_ql};
 
 /// A symmetric linear operator `v -> A v` on `R^dim`.
 pub trait SymOp: Sync {

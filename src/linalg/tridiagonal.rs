@@ -3,19 +3,12 @@
 
 use crate::tensor::Matrix;
 
-/// Eigenvalues (ascending) and eigenvectors (columns, same order) of the
-/// symmetric tridiagonal matrix with diagonal `alpha` and off-diagonal `beta`
-/// (`beta[i]` couples `alpha[i]` and `alpha[i+1]`; `beta.len() == alpha.len() - 1`).
-pub fn tridiagonal_eigen(alpha: &[f64], beta: &[f64]) -> (Vec<f64>, Matrix<f64>) {
-    let n = alpha.len();
-    assert_eq!(
-        beta.len() + 1,
-        n.max(1),
-        "tridiagonal_eigen: need n - 1 off-diagonal entries"
-    );
-    let mut d = alpha.to_vec();
-    let mut e: Vec<f64> = beta.iter().copied().chain(std::iter::once(0.0)).collect();
-    let mut z = Matrix::identity(n);
+/// Implicit QL with shifts on the symmetric tridiagonal matrix with diagonal `d`
+/// and off-diagonal `e` (`e[i]` couples `d[i]` and `d[i+1]`; `e` has `n` entries,
+/// the last ignored). Eigenvalues end in `d` (unsorted); when `z` is given
+/// (start from the identity), the rotations are accumulated into its columns.
+pub fn tridiagonal_ql(d: &mut [f64], e: &mut [f64], mut z: Option<&mut Matrix<f64>>) {
+    let n = d.len();
     for l in 0..n {
         let mut iter = 0;
         loop {
@@ -32,7 +25,9 @@ pub fn tridiagonal_eigen(alpha: &[f64], beta: &[f64]) -> (Vec<f64>, Matrix<f64>)
             }
             iter += 1;
             let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let mut r = g.hypot(1.0);
+            // sqrt(x^2 + y^2) rather than libm's overflow-safe hypot: the entries here are
+            // far from 1e154, and hypot dominated the per-sample K x K cost.
+            let mut r = (g * g + 1.0).sqrt();
             g = d[m] - d[l] + e[l] / (g + r.copysign(g));
             let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
             let mut deflated = false;
@@ -41,7 +36,7 @@ pub fn tridiagonal_eigen(alpha: &[f64], beta: &[f64]) -> (Vec<f64>, Matrix<f64>)
                 i -= 1;
                 let f = s * e[i];
                 let b = c * e[i];
-                r = f.hypot(g);
+                r = (f * f + g * g).sqrt();
                 e[i + 1] = r;
                 if r == 0.0 {
                     d[i + 1] -= p;
@@ -56,11 +51,13 @@ pub fn tridiagonal_eigen(alpha: &[f64], beta: &[f64]) -> (Vec<f64>, Matrix<f64>)
                 p = s * r;
                 d[i + 1] = g + p;
                 g = c * r - b;
-                for k in 0..n {
-                    let f = z.get(k, i + 1);
-                    let zi = z.get(k, i);
-                    z.set(k, i + 1, s * zi + c * f);
-                    z.set(k, i, c * zi - s * f);
+                if let Some(z) = z.as_deref_mut() {
+                    for k in 0..n {
+                        let f = z.get(k, i + 1);
+                        let zi = z.get(k, i);
+                        z.set(k, i + 1, s * zi + c * f);
+                        z.set(k, i, c * zi - s * f);
+                    }
                 }
             }
             if deflated {
@@ -71,6 +68,22 @@ pub fn tridiagonal_eigen(alpha: &[f64], beta: &[f64]) -> (Vec<f64>, Matrix<f64>)
             e[m] = 0.0;
         }
     }
+}
+
+/// Eigenvalues (ascending) and eigenvectors (columns, same order) of the
+/// symmetric tridiagonal matrix with diagonal `alpha` and off-diagonal `beta`
+/// (`beta[i]` couples `alpha[i]` and `alpha[i+1]`; `beta.len() == alpha.len() - 1`).
+pub fn tridiagonal_eigen(alpha: &[f64], beta: &[f64]) -> (Vec<f64>, Matrix<f64>) {
+    let n = alpha.len();
+    assert_eq!(
+        beta.len() + 1,
+        n.max(1),
+        "tridiagonal_eigen: need n - 1 off-diagonal entries"
+    );
+    let mut d = alpha.to_vec();
+    let mut e: Vec<f64> = beta.iter().copied().chain(std::iter::once(0.0)).collect();
+    let mut z = Matrix::identity(n);
+    tridiagonal_ql(&mut d, &mut e, Some(&mut z));
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| d[a].total_cmp(&d[b]));
     let vals = order.iter().map(|&i| d[i]).collect();
