@@ -293,3 +293,45 @@ fn bounds_sweep_writes_one_row_per_configuration() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn hessian_increments_match_dense_differences() {
+    let cfg = MlpConfig {
+        input_dim: 4,
+        hidden: vec![5],
+        classes: 3,
+        activation: Activation::Tanh,
+        leaky_slope: 0.01,
+        bias: true,
+        batchnorm: None,
+        loss: LossKind::CrossEntropy,
+    };
+    let model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 3).unwrap();
+    let mut rng = Rng::new(5);
+    let x = Matrix::from_fn(20, 4, |_, _| rng.normal());
+    let y: Vec<usize> = (0..20).map(|i| i % 3).collect();
+    let ks = [1, 3, 10, 19];
+    let inc = landscape::theory::lemma2::hessian_increments(&model, &x, &y, &ks, 9, 1e-12).unwrap();
+    let perm = Rng::derived(9, 0).permutation(20);
+    for (t, &k) in ks.iter().enumerate() {
+        let first = x.select_rows(&perm[..k]);
+        let fy: Vec<usize> = perm[..k].iter().map(|&i| y[i]).collect();
+        let hk = dense_hessian(&model, &first, &fy, Part::Full, 1 << 28).unwrap();
+        let n = perm[k];
+        let hn = dense_hessian(
+            &model,
+            &x.rows_view(n, n + 1).to_owned(),
+            &y[n..n + 1],
+            Part::Full,
+            1 << 28,
+        )
+        .unwrap();
+        let exact = spectral_abs_max(&hn.zip_map(&hk, |a, b| a - b));
+        assert!(
+            (inc[t].norm - exact).abs() <= 1e-9 * exact,
+            "k={k}: {} vs {exact}",
+            inc[t].norm
+        );
+        assert!(inc[t].residual <= 1e-8 * exact);
+    }
+}

@@ -154,7 +154,26 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
                 p.radius, p.draw, p.printed_holds, p.sharper_holds, p.max_loss
             );
         }
-        Some((pts, m_h))
+        // Exact ||H_{k+1} - H(k)||_2 along one ordering, k on a log grid (3 per decade).
+        let ks = landscape::theory::lemma2::log_grid(n, 3);
+        let pb = super::progress(1, "hessian increments");
+        let incs = landscape::theory::lemma2::hessian_increments(
+            &model,
+            &x,
+            &y,
+            &ks,
+            a.seed,
+            a.tol.max(1e-10),
+        )
+        .map_err(|e| e.to_string())?;
+        pb.finish_and_clear();
+        for inc in &incs {
+            println!(
+                "||H_(k+1) - H(k)||_2 at k = {}: {:.6e} (residual {:.1e})",
+                inc.k, inc.norm, inc.residual
+            );
+        }
+        Some((pts, m_h, incs))
     } else {
         None
     };
@@ -193,8 +212,12 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
             landscape::plot::line_plot(&fig, std::path::Path::new(&format!("{stem}-norms")))
                 .map_err(|e| e.to_string())?,
         );
-        if let Some((pts, _)) = &lemma2 {
-            let mut series = Vec::new();
+        if let Some((pts, _, incs)) = &lemma2 {
+            let mut series = vec![landscape::plot::Series::new(
+                "||H_(k+1) - H(k)||_2 (exact, Lanczos)",
+                incs.iter().map(|i| i.k as f64).collect(),
+                incs.iter().map(|i| i.norm).collect(),
+            )];
             for p in pts.iter().filter(|p| p.draw == 0) {
                 let ks: Vec<f64> = p.ks.iter().map(|&k| k as f64).collect();
                 series.push(landscape::plot::Series::new(
@@ -228,12 +251,14 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
             &report,
             n,
             n_full,
-            lemma2.as_ref().map(|(p, m)| (p.as_slice(), *m)),
+            lemma2
+                .as_ref()
+                .map(|(p, m, i)| (p.as_slice(), *m, i.as_slice())),
         );
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     let results = json!({
-        "lemma2": lemma2.as_ref().map(|(p, m_h)| json!({"points": p, "m_h": m_h, "thm1": thm1})),
+        "lemma2": lemma2.as_ref().map(|(p, m_h, incs)| json!({"points": p, "m_h": m_h, "thm1": thm1, "hessian_increments": incs})),
         "figures": figures.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "constants": report.constants,
         "checks": report.checks,
@@ -259,7 +284,11 @@ fn report_markdown(
     r: &landscape::theory::validate::BoundsReport,
     n: usize,
     n_full: usize,
-    lemma2: Option<(&[landscape::theory::lemma2::Lemma2Point], f64)>,
+    lemma2: Option<(
+        &[landscape::theory::lemma2::Lemma2Point],
+        f64,
+        &[landscape::theory::lemma2::HessianIncrement],
+    )>,
 ) -> String {
     let c = &r.constants;
     let mut s = String::from("# Hessian-norm bounds: report\n\n");
@@ -313,7 +342,7 @@ fn report_markdown(
         "\nStructural checks: max ||A_i|| = {:.6} (<= 1/2: {}); max rank(GN_i) = {} (<= K-1 for cross-entropy: {}).\n",
         st.max_a_norm, st.a_norm_at_most_half, st.max_gn_rank, st.gn_rank_at_most_k_minus_1
     ));
-    if let Some((pts, m_h)) = lemma2 {
+    if let Some((pts, m_h, incs)) = lemma2 {
         s.push_str(&format!(
             "\n## Lemma 2\n\nM_H = {m_h:.6e} (largest exact per-sample Hessian norm at t*; at R > 0 it is an estimate, not a bound over the ball).\n\n| R | draw | printed bound holds | sharper bound holds | max loss |\n|---|---|---|---|---|\n"
         ));
@@ -321,6 +350,13 @@ fn report_markdown(
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {:.4} |\n",
                 p.radius, p.draw, p.printed_holds, p.sharper_holds, p.max_loss
+            ));
+        }
+        s.push_str("\nExact ||H_(k+1) - H(k)||_2 along one ordering (Lanczos; every value with its residual):\n\n| k | norm | residual |\n|---|---|---|\n");
+        for i in incs {
+            s.push_str(&format!(
+                "| {} | {:.6e} | {:.1e} |\n",
+                i.k, i.norm, i.residual
             ));
         }
     }

@@ -175,3 +175,92 @@ mod tests {
         assert!(log_grid(1, 10).is_empty());
     }
 }
+
+/// Exact `||H_{pi(k+1)} - H(k)||_2` for one ordering, where `H_i` is the Hessian
+/// of sample `i` and `H(k)` the mean Hessian of the first `k` samples in the order.
+#[derive(Clone, Debug, Serialize)]
+pub struct HessianIncrement {
+    pub k: usize,
+    /// `max(|lambda_max|, |lambda_min|)` of the difference (Lanczos Ritz values).
+    pub norm: f64,
+    /// True residual `||D v - l v||` of the Ritz pair giving the norm.
+    pub residual: f64,
+    pub converged: bool,
+}
+
+struct Difference<'a> {
+    one: crate::hessian::HessianOperator<'a>,
+    mean: crate::hessian::HessianOperator<'a>,
+}
+
+impl crate::linalg::SymOp for Difference<'_> {
+    fn dim(&self) -> usize {
+        self.one.dim()
+    }
+    fn apply(&self, v: &[f64], out: &mut [f64]) {
+        let a = self.one.apply(v).expect("length checked");
+        let b = self.mean.apply(v).expect("length checked");
+        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+            *o = x - y;
+        }
+    }
+}
+
+/// [`HessianIncrement`]s for every `k` in `ks` (each `< x.rows()`), ordering `Rng::derived(seed, 0)`.
+pub fn hessian_increments(
+    model: &Mlp<f64>,
+    x: &Matrix<f64>,
+    labels: &[usize],
+    ks: &[usize],
+    seed: u64,
+    tol: f64,
+) -> Result<Vec<HessianIncrement>> {
+    use crate::hessian::{HessianOperator, Part};
+    use crate::linalg::{lanczos, LanczosOptions, Which};
+    let m = x.rows();
+    if let Some(&k) = ks.iter().find(|&&k| k == 0 || k >= m) {
+        return Err(Error::InvalidArgument(format!(
+            "k = {k} must be in 1..{}",
+            m.saturating_sub(1)
+        )));
+    }
+    let perm = Rng::derived(seed, 0).permutation(m);
+    ks.iter()
+        .map(|&k| {
+            let first = x.select_rows(&perm[..k]);
+            let first_y: Vec<usize> = perm[..k].iter().map(|&i| labels[i]).collect();
+            let next = perm[k];
+            let xn = x.rows_view(next, next + 1).to_owned();
+            let op = Difference {
+                one: HessianOperator::new(model, &xn, &labels[next..next + 1], Part::Full)?,
+                mean: HessianOperator::new(model, &first, &first_y, Part::Full)?,
+            };
+            let opts = LanczosOptions {
+                max_iter: crate::linalg::SymOp::dim(&op).min(300),
+                tol,
+                seed: seed ^ k as u64,
+                ..Default::default()
+            };
+            let r = lanczos(
+                &op,
+                Which::BothEnds {
+                    largest: 1,
+                    smallest: 1,
+                },
+                &opts,
+            )?;
+            let (hi, lo) = (r.values[0], *r.values.last().expect("two ends"));
+            let (norm, residual) = if hi.abs() >= lo.abs() {
+                (hi.abs(), r.residuals[0])
+            } else {
+                (lo.abs(), *r.residuals.last().expect("two ends"))
+            };
+            Ok(HessianIncrement {
+                k,
+                norm,
+                residual,
+                converged: r.converged,
+            })
+        })
+        .collect()
+}
