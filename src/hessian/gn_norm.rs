@@ -35,6 +35,14 @@ pub fn jacobian_gram(st: &BatchStructure, i: usize) -> Matrix<f64> {
     for p in 0..st.num_layers() {
         let x = st.inputs[p].row(i);
         let c = x.iter().map(|v| v * v).sum::<f64>() + if st.bias { 1.0 } else { 0.0 };
+        if p + 1 == st.num_layers() {
+            // G(L-1) = I_K.
+            for a in 0..k {
+                let val = m.get(a, a) + c;
+                m.set(a, a, val);
+            }
+            continue;
+        }
         let g = &st.g[p];
         for a in 0..k {
             let ga = g.row(i * k + a);

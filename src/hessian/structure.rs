@@ -159,11 +159,24 @@ impl BatchStructure {
         let losses = model.config.loss.per_sample(logits, labels);
         // G(p): stacked top-down, G(p) = G(p+1) W(p+1) D(p).
         let mut g = vec![Matrix::zeros(0, 0); nl];
-        g[nl - 1] = Matrix::from_fn(m * k, k, |r, c| if r % k == c { 1.0 } else { 0.0 });
+        let mut eye = Matrix::zeros(m * k, k);
+        for r in 0..m * k {
+            eye.set(r, r % k, 1.0);
+        }
+        g[nl - 1] = eye;
         for p in (0..nl - 1).rev() {
             let w = &model.layers[p + 1].weight;
             let mut gp = Matrix::zeros(m * k, w.cols());
-            gemm_par(par, 1.0, g[p + 1].view(), w.view(), 0.0, &mut gp);
+            if p + 2 == nl {
+                // G(L-2) = I W(L-1) D(L-2): copy W's rows instead of multiplying by I.
+                for i in 0..m {
+                    for a in 0..k {
+                        gp.row_mut(i * k + a).copy_from_slice(w.row(a));
+                    }
+                }
+            } else {
+                gemm_par(par, 1.0, g[p + 1].view(), w.view(), 0.0, &mut gp);
+            }
             for i in 0..m {
                 let d = dact[p].row(i);
                 for row in i * k..(i + 1) * k {
