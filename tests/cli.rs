@@ -1,17 +1,15 @@
 //! Integration tests: the `landscape` binary end to end (exit codes, one-line
 //! errors, reproducible outputs with provenance).
 
-use std::path::PathBuf;
+use crate::common::TempDir;
 use std::process::{Command, Output};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_landscape"))
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("landscape-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("cli-{tag}"))
 }
 
 fn run(args: &[&str]) -> Output {

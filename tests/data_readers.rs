@@ -1,13 +1,12 @@
 //! Integration tests: dataset readers, normalisation, subsets, and a bad-input
 //! test for each reader that asserts the error names the file and the location.
 
+use crate::common::TempDir;
 use landscape::data::{load, DataOptions, Format, Normalize, Subset};
 use std::path::{Path, PathBuf};
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("landscape-data-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("data-{tag}"))
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

@@ -2,6 +2,7 @@
 
 mod autodiff_checks;
 mod cli;
+mod common;
 mod data_readers;
 mod hessian_checks;
 mod linalg_checks;
