@@ -246,3 +246,20 @@ fn lanczos_on_the_hessian_matches_dense_eigenvalues() {
         );
     }
 }
+
+#[test]
+fn non_finite_operators_give_errors_not_panics() {
+    struct Nan;
+    impl SymOp for Nan {
+        fn dim(&self) -> usize {
+            5
+        }
+        fn apply(&self, _: &[f64], out: &mut [f64]) {
+            out.fill(f64::NAN);
+        }
+    }
+    assert!(lanczos(&Nan, Which::Largest(1), &LanczosOptions::default()).is_err());
+    assert!(hutchinson(&Nan, 4, 0).is_err());
+    assert!(hutch_pp(&Nan, 9, 0).is_err());
+    assert!(slq(&Nan, 2, 3, 0).is_err());
+}

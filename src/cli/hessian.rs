@@ -85,11 +85,11 @@ impl SymOp for OperatorAdapter<'_> {
         self.0.dim()
     }
     fn apply(&self, v: &[f64], out: &mut [f64]) {
-        let hv = self
-            .0
-            .apply(v)
-            .expect("the vector length was checked by the caller");
-        out.copy_from_slice(&hv);
+        // A failed product (non-finite input) surfaces as NaN, which every caller rejects.
+        match self.0.apply(v) {
+            Ok(hv) => out.copy_from_slice(&hv),
+            Err(_) => out.fill(f64::NAN),
+        }
     }
 }
 

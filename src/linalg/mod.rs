@@ -282,6 +282,16 @@ pub fn t_quantile_975(df: usize) -> f64 {
     }
 }
 
+fn check_finite(v: &[f64]) -> Result<()> {
+    if v.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::NonFiniteInput(
+            "the operator returned NaN or Inf".into(),
+        ))
+    }
+}
+
 fn rademacher(n: usize, rng: &mut Rng) -> Vec<f64> {
     (0..n)
         .map(|_| if rng.next_u64() >> 63 == 1 { 1.0 } else { -1.0 })
@@ -322,9 +332,10 @@ pub fn hutchinson(op: &dyn SymOp, probes: usize, seed: u64) -> Result<TraceEstim
         .map(|_| {
             let z = rademacher(n, &mut rng);
             op.apply(&z, &mut az);
-            dot(&z, &az)
+            check_finite(&az)?;
+            Ok(dot(&z, &az))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(mean_ci(&samples, 0.0, 1.0, "hutchinson", probes))
 }
 
@@ -341,6 +352,7 @@ pub fn hutch_pp(op: &dyn SymOp, matvecs: usize, seed: u64) -> Result<TraceEstima
     for _ in 0..s {
         let z = rademacher(n, &mut rng);
         op.apply(&z, &mut buf);
+        check_finite(&buf)?;
         let mut v = buf.clone();
         orthogonalize(&mut v, &q);
         let nv = norm(&v);
@@ -352,6 +364,7 @@ pub fn hutch_pp(op: &dyn SymOp, matvecs: usize, seed: u64) -> Result<TraceEstima
     let mut exact = 0.0;
     for v in &q {
         op.apply(v, &mut buf);
+        check_finite(&buf)?;
         exact += dot(v, &buf);
     }
     let samples: Vec<f64> = (0..g)
@@ -359,9 +372,10 @@ pub fn hutch_pp(op: &dyn SymOp, matvecs: usize, seed: u64) -> Result<TraceEstima
             let mut z = rademacher(n, &mut rng);
             orthogonalize(&mut z, &q);
             op.apply(&z, &mut buf);
-            dot(&z, &buf)
+            check_finite(&buf)?;
+            Ok(dot(&z, &buf))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(mean_ci(&samples, exact, 1.0, "hutch++", 2 * q.len() + g))
 }
 
@@ -455,6 +469,7 @@ pub fn slq(op: &dyn SymOp, probes: usize, steps: usize, seed: u64) -> Result<Spe
         let (mut alpha, mut beta) = (vec![], vec![]);
         for j in 0..steps {
             op.apply(&basis[j], &mut w);
+            check_finite(&w)?;
             alpha.push(dot(&basis[j], &w));
             orthogonalize(&mut w, &basis);
             let b = norm(&w);

@@ -198,10 +198,14 @@ impl crate::linalg::SymOp for Difference<'_> {
         self.one.dim()
     }
     fn apply(&self, v: &[f64], out: &mut [f64]) {
-        let a = self.one.apply(v).expect("length checked");
-        let b = self.mean.apply(v).expect("length checked");
-        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-            *o = x - y;
+        // A failed product (non-finite input) surfaces as NaN, which Lanczos rejects.
+        match (self.one.apply(v), self.mean.apply(v)) {
+            (Ok(a), Ok(b)) => {
+                for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+                    *o = x - y;
+                }
+            }
+            _ => out.fill(f64::NAN),
         }
     }
 }

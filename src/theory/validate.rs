@@ -80,7 +80,11 @@ impl SymOp for SingleSample<'_> {
         self.0.dim()
     }
     fn apply(&self, v: &[f64], out: &mut [f64]) {
-        out.copy_from_slice(&self.0.apply(v).expect("length checked"));
+        // A failed product (non-finite input) surfaces as NaN, which Lanczos rejects.
+        match self.0.apply(v) {
+            Ok(hv) => out.copy_from_slice(&hv),
+            Err(_) => out.fill(f64::NAN),
+        }
     }
 }
 
