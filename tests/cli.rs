@@ -273,3 +273,65 @@ fn hessian_command_end_to_end() {
         "input features",
     );
 }
+
+#[test]
+fn hessian_of_a_batchnorm_model_uses_double_backward() {
+    let d = temp_dir("hessian-bn");
+    let m = d.join("bn.safetensors");
+    let o = run(&[
+        "train",
+        "--data",
+        "digits",
+        "--hidden",
+        "4",
+        "--batchnorm",
+        "--epochs",
+        "1",
+        "--out",
+        m.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json = d.join("h.json");
+    let o = run(&[
+        "hessian",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        "digits",
+        "--samples",
+        "50",
+        "--top",
+        "1",
+        "--bottom",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(j["results"]["hvp_method"]
+        .as_str()
+        .unwrap()
+        .contains("double backward"));
+    let vals = j["results"]["eigenvalues"]["ritz_values"]
+        .as_array()
+        .unwrap();
+    assert!(vals[0].as_f64().unwrap() >= vals[1].as_f64().unwrap());
+    for r in j["results"]["eigenvalues"]["residuals"].as_array().unwrap() {
+        assert!(r.as_f64().unwrap() < 1e-6);
+    }
+    assert_clean_failure(
+        &run(&[
+            "hessian",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            "digits",
+            "--part",
+            "gn",
+            "--top",
+            "1",
+        ]),
+        "BatchNorm",
+    );
+}

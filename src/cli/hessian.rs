@@ -78,17 +78,57 @@ pub struct HessianArgs {
 }
 
 /// The analytic operator as a `SymOp` for the Lanczos and trace routines.
-struct OperatorAdapter<'a>(HessianOperator<'a>);
+enum OperatorAdapter<'a> {
+    Analytic(HessianOperator<'a>),
+    /// Double backward through the autodiff tape (BatchNorm in evaluation mode).
+    Tape {
+        model: &'a Mlp<f64>,
+        x: Matrix<f64>,
+        y: Vec<usize>,
+    },
+}
 
 impl SymOp for OperatorAdapter<'_> {
     fn dim(&self) -> usize {
-        self.0.dim()
+        match self {
+            OperatorAdapter::Analytic(op) => op.dim(),
+            OperatorAdapter::Tape { model, .. } => model.num_params(),
+        }
     }
     fn apply(&self, v: &[f64], out: &mut [f64]) {
-        // A failed product (non-finite input) surfaces as NaN, which every caller rejects.
-        match self.0.apply(v) {
-            Ok(hv) => out.copy_from_slice(&hv),
-            Err(_) => out.fill(f64::NAN),
+        match self {
+            // A failed product (non-finite input) surfaces as NaN, which every caller rejects.
+            OperatorAdapter::Analytic(op) => match op.apply(v) {
+                Ok(hv) => out.copy_from_slice(&hv),
+                Err(_) => out.fill(f64::NAN),
+            },
+            OperatorAdapter::Tape { model, x, y } => {
+                let params: Vec<Matrix<f64>> = model
+                    .named_params()
+                    .into_iter()
+                    .map(|(_, m)| m.clone())
+                    .collect();
+                let mut off = 0;
+                let dirs: Vec<Matrix<f64>> = params
+                    .iter()
+                    .map(|m| {
+                        let d =
+                            Matrix::from_vec(m.rows(), m.cols(), v[off..off + m.len()].to_vec());
+                        off += m.len();
+                        d
+                    })
+                    .collect();
+                let (_, _, hv) = landscape::autodiff::hvp(&params, &dirs, |t, vars| {
+                    model
+                        .loss_tape(vars, t.constant(x.clone()), y, landscape::nn::Mode::Eval)
+                        .0
+                });
+                let mut off = 0;
+                for h in hv {
+                    out[off..off + h.len()].copy_from_slice(h.as_slice());
+                    off += h.len();
+                }
+            }
         }
     }
 }
@@ -129,8 +169,9 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     let model: Mlp<f64> = a.model.load()?;
     let bundle = a.data.load()?;
     super::check_model_fits(&model, &bundle)?;
-    if model.layers.iter().any(|l| l.bn.is_some()) {
-        return Err("the hessian command covers MLPs without BatchNorm (the analytic structure); BatchNorm graphs have autodiff HVPs in the library (autodiff::hvp)".into());
+    let batchnorm = model.layers.iter().any(|l| l.bn.is_some());
+    if batchnorm && (a.part != Part::Full || a.dense.is_some() || a.gn_norms.is_some()) {
+        return Err("a BatchNorm model has no analytic G/D/F structure here: use --part full with --top/--bottom/--trace/--density (double-backward HVPs of the evaluation-mode loss)".into());
     }
     let split = match a.split {
         SplitOne::Train => &bundle.train,
@@ -151,6 +192,14 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     results.insert("num_params".into(), json!(p));
     results.insert("num_samples".into(), json!(y.len()));
     results.insert("part".into(), json!(a.part));
+    results.insert(
+        "hvp_method".into(),
+        json!(if batchnorm {
+            "autodiff double backward (BatchNorm, evaluation mode)"
+        } else {
+            "analytic R-operator"
+        }),
+    );
     let mut timing = serde_json::Map::new();
 
     let mut dense: Option<Matrix<f64>> = None;
@@ -228,9 +277,17 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
 
     let need_operator = a.top.is_some() || a.bottom.is_some() || a.trace || a.density.is_some();
     if need_operator {
-        let op = OperatorAdapter(
-            HessianOperator::new(&model, &x, &y, a.part).map_err(|e| e.to_string())?,
-        );
+        let op = if batchnorm {
+            OperatorAdapter::Tape {
+                model: &model,
+                x: x.clone(),
+                y: y.clone(),
+            }
+        } else {
+            OperatorAdapter::Analytic(
+                HessianOperator::new(&model, &x, &y, a.part).map_err(|e| e.to_string())?,
+            )
+        };
         let max_iter = a.max_iter.unwrap_or(p.min(300));
         if a.top.is_some() || a.bottom.is_some() {
             let (largest, smallest) = (a.top.unwrap_or(0), a.bottom.unwrap_or(0));
