@@ -256,6 +256,43 @@ pub fn lanczos(op: &dyn SymOp, which: Which, opts: &LanczosOptions) -> Result<La
     })
 }
 
+/// `||A||_2 = max(|lambda_max|, |lambda_min|)` of a symmetric operator by Lanczos at both ends.
+#[derive(Clone, Debug, Serialize)]
+pub struct OperatorNorm {
+    pub norm: f64,
+    pub lambda_max: f64,
+    pub lambda_min: f64,
+    /// True residual of the Ritz pair that gives the norm; `norm - residual` is a certified lower bound.
+    pub residual: f64,
+    pub converged: bool,
+}
+
+/// [`OperatorNorm`] of `op` (Lanczos with both ends, one Ritz value each).
+pub fn operator_norm(op: &dyn SymOp, opts: &LanczosOptions) -> Result<OperatorNorm> {
+    let r = lanczos(
+        op,
+        Which::BothEnds {
+            largest: 1,
+            smallest: 1,
+        },
+        opts,
+    )?;
+    let (hi, lo) = (r.values[0], *r.values.last().expect("two ends"));
+    let (hi_res, lo_res) = (r.residuals[0], *r.residuals.last().expect("two ends"));
+    let (norm, residual) = if hi.abs() >= lo.abs() {
+        (hi.abs(), hi_res)
+    } else {
+        (lo.abs(), lo_res)
+    };
+    Ok(OperatorNorm {
+        norm,
+        lambda_max: hi,
+        lambda_min: lo,
+        residual,
+        converged: r.converged,
+    })
+}
+
 /// A trace estimate with a 95% confidence interval.
 #[derive(Clone, Debug, Serialize)]
 pub struct TraceEstimate {

@@ -220,7 +220,7 @@ pub fn hessian_increments(
     tol: f64,
 ) -> Result<Vec<HessianIncrement>> {
     use crate::hessian::{HessianOperator, Part};
-    use crate::linalg::{lanczos, LanczosOptions, Which};
+    use crate::linalg::LanczosOptions;
     let m = x.rows();
     if let Some(&k) = ks.iter().find(|&&k| k == 0 || k >= m) {
         return Err(Error::InvalidArgument(format!(
@@ -245,25 +245,12 @@ pub fn hessian_increments(
                 seed: seed ^ k as u64,
                 ..Default::default()
             };
-            let r = lanczos(
-                &op,
-                Which::BothEnds {
-                    largest: 1,
-                    smallest: 1,
-                },
-                &opts,
-            )?;
-            let (hi, lo) = (r.values[0], *r.values.last().expect("two ends"));
-            let (norm, residual) = if hi.abs() >= lo.abs() {
-                (hi.abs(), r.residuals[0])
-            } else {
-                (lo.abs(), *r.residuals.last().expect("two ends"))
-            };
+            let on = crate::linalg::operator_norm(&op, &opts)?;
             Ok(HessianIncrement {
                 k,
-                norm,
-                residual,
-                converged: r.converged,
+                norm: on.norm,
+                residual: on.residual,
+                converged: on.converged,
             })
         })
         .collect()

@@ -10,7 +10,7 @@
 use super::{bound_variants, Constants};
 use crate::error::Result;
 use crate::hessian::{per_sample_gn_norms_with_curvature, HessianOperator, Part};
-use crate::linalg::{lanczos, LanczosOptions, SymOp, Which};
+use crate::linalg::{operator_norm, LanczosOptions, SymOp};
 use crate::nn::Mlp;
 use crate::tensor::Matrix;
 use rayon::prelude::*;
@@ -113,28 +113,15 @@ pub fn full_hessian_norms(
                 seed: seed ^ (i as u64).wrapping_mul(0x9E37_79B9),
                 ..Default::default()
             };
-            let r = lanczos(
-                &op,
-                Which::BothEnds {
-                    largest: 1,
-                    smallest: 1,
-                },
-                &opts,
-            )?;
-            let (hi, lo) = (r.values[0], *r.values.last().expect("two ends"));
-            let (norm, residual) = if hi.abs() >= lo.abs() {
-                (hi.abs(), r.residuals[0])
-            } else {
-                (lo.abs(), *r.residuals.last().expect("two ends"))
-            };
+            let on = operator_norm(&op, &opts)?;
             Ok(FullNorm {
                 sample: i,
-                norm,
-                lambda_max: hi,
-                lambda_min: lo,
-                residual,
-                certified_lower: norm - residual,
-                converged: r.converged,
+                norm: on.norm,
+                lambda_max: on.lambda_max,
+                lambda_min: on.lambda_min,
+                residual: on.residual,
+                certified_lower: on.norm - on.residual,
+                converged: on.converged,
             })
         })
         .collect()
