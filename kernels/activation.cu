@@ -87,3 +87,39 @@ extern "C" __global__ void act_second_deriv_tanh_f64(const double* z, double* ou
         out[i] = -2.0 * t * (1.0 - t * t);
     }
 }
+
+// Forward activations out[i] = act(z[i]) for the backend trait (out may alias z).
+extern "C" __global__ void act_fwd_relu_f32(const float* z, float* out, unsigned long long n)
+{
+    GRID_STRIDE_LOOP(i, n) { out[i] = z[i] > 0.0f ? z[i] : 0.0f; }
+}
+extern "C" __global__ void act_fwd_relu_f64(const double* z, double* out, unsigned long long n)
+{
+    GRID_STRIDE_LOOP(i, n) { out[i] = z[i] > 0.0 ? z[i] : 0.0; }
+}
+extern "C" __global__ void act_fwd_leaky_relu_f32(const float* z, float* out, unsigned long long n,
+                                                  float slope)
+{
+    GRID_STRIDE_LOOP(i, n) { out[i] = z[i] > 0.0f ? z[i] : slope * z[i]; }
+}
+extern "C" __global__ void act_fwd_leaky_relu_f64(const double* z, double* out, unsigned long long n,
+                                                  double slope)
+{
+    GRID_STRIDE_LOOP(i, n) { out[i] = z[i] > 0.0 ? z[i] : slope * z[i]; }
+}
+extern "C" __global__ void act_fwd_tanh_f32(const float* z, float* out, unsigned long long n)
+{
+    GRID_STRIDE_LOOP(i, n) { out[i] = tanhf(z[i]); }
+}
+extern "C" __global__ void act_fwd_tanh_f64(const double* z, double* out, unsigned long long n)
+{
+    GRID_STRIDE_LOOP(i, n) { out[i] = tanh(z[i]); }
+}
+extern "C" __global__ void act_fwd_identity_f32(const float* z, float* out, unsigned long long n)
+{
+    GRID_STRIDE_LOOP(i, n) { out[i] = z[i]; }
+}
+extern "C" __global__ void act_fwd_identity_f64(const double* z, double* out, unsigned long long n)
+{
+    GRID_STRIDE_LOOP(i, n) { out[i] = z[i]; }
+}

@@ -38,6 +38,9 @@ pub enum Error {
     NonFiniteInput(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// No usable CUDA device, or a CUDA driver/NVRTC/cuBLAS call failed.
+    #[error("{0}")]
+    Cuda(String),
 }
 
 impl Error {

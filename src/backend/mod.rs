@@ -3,6 +3,7 @@
 //! crosses the boundary only through `upload`/`download`.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::nn::{Activation, Mlp};
