@@ -3,6 +3,7 @@
 mod autodiff_checks;
 mod cli;
 mod common;
+mod cuda_checks;
 mod data_readers;
 mod hessian_checks;
 mod linalg_checks;

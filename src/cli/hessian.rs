@@ -2,6 +2,8 @@
 
 use super::{progress, write_results, DataArgs, ModelArgs};
 use clap::{Args, ValueEnum};
+use landscape::backend::cuda::{resolve_device, DeviceChoice};
+use landscape::hessian::gpu::{gpu_dense_hessian, gpu_gn_norms, GpuHessianOperator};
 use landscape::hessian::{
     dense_hessian, per_sample_gn_norms_with_curvature, HessianOperator, Part,
 };
@@ -73,13 +75,29 @@ pub struct HessianArgs {
     /// Seed of the random start and probe vectors.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where to compute: `cuda` fails cleanly without a GPU, `auto` falls back to the CPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Precision on the GPU (the CPU path is the f64 reference).
+    #[arg(long, value_enum, default_value = "f64")]
+    pub dtype: Dtype,
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    F32,
+    F64,
 }
 
 /// The analytic operator as a `SymOp` for the Lanczos and trace routines.
 enum OperatorAdapter<'a> {
     Analytic(HessianOperator<'a>),
+    /// Analytic HVPs on a CUDA device.
+    Gpu64(GpuHessianOperator<'a, f64>),
+    Gpu32(GpuHessianOperator<'a, f32>),
     /// Double backward through the autodiff tape (BatchNorm in evaluation mode).
     Tape {
         model: &'a Mlp<f64>,
@@ -92,6 +110,8 @@ impl SymOp for OperatorAdapter<'_> {
     fn dim(&self) -> usize {
         match self {
             OperatorAdapter::Analytic(op) => op.dim(),
+            OperatorAdapter::Gpu64(op) => op.dim(),
+            OperatorAdapter::Gpu32(op) => op.dim(),
             OperatorAdapter::Tape { model, .. } => model.num_params(),
         }
     }
@@ -102,6 +122,8 @@ impl SymOp for OperatorAdapter<'_> {
                 Ok(hv) => out.copy_from_slice(&hv),
                 Err(_) => out.fill(f64::NAN),
             },
+            OperatorAdapter::Gpu64(op) => SymOp::apply(op, v, out),
+            OperatorAdapter::Gpu32(op) => SymOp::apply(op, v, out),
             OperatorAdapter::Tape { model, x, y } => {
                 let params: Vec<Matrix<f64>> = model
                     .named_params()
@@ -187,8 +209,29 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     if !(a.memory_budget > 0.0 && a.memory_budget.is_finite()) {
         return Err("--memory-budget must be a positive number of GiB".into());
     }
+    let (gpu, fallback) = resolve_device(a.device).map_err(|e| e.to_string())?;
+    if let Some(reason) = &fallback {
+        eprintln!("--device auto: using the CPU ({reason})");
+    }
+    if gpu.is_none() && a.dtype == Dtype::F32 {
+        return Err("--dtype f32 is for --device cuda; the CPU path computes in f64".into());
+    }
+    if gpu.is_some() && batchnorm {
+        return Err(
+            "BatchNorm models run on the CPU (double-backward HVPs); use --device cpu".into(),
+        );
+    }
     let p = model.num_params();
     let mut results = serde_json::Map::new();
+    results.insert(
+        "device".into(),
+        json!({
+            "requested": a.device,
+            "used": gpu.as_ref().map_or("cpu".to_string(), |d| format!("cuda: {} ({})", d.name(), d.arch())),
+            "dtype": if gpu.is_some() { a.dtype } else { Dtype::F64 },
+            "fallback_reason": fallback,
+        }),
+    );
     results.insert("num_params".into(), json!(p));
     results.insert("num_samples".into(), json!(y.len()));
     results.insert("part".into(), json!(a.part));
@@ -206,7 +249,16 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     if let Some(path) = &a.dense {
         let t = Instant::now();
         let budget = (a.memory_budget * (1u64 << 30) as f64) as usize;
-        let h = dense_hessian(&model, &x, &y, a.part, budget).map_err(|e| e.to_string())?;
+        let h = match (&gpu, a.dtype) {
+            (None, _) => dense_hessian(&model, &x, &y, a.part, budget),
+            (Some(d), Dtype::F64) => {
+                gpu_dense_hessian::<f64>(d, &model, &x, &y, a.part).map(|r| r.0)
+            }
+            (Some(d), Dtype::F32) => {
+                gpu_dense_hessian::<f32>(d, &model, &x, &y, a.part).map(|r| r.0)
+            }
+        }
+        .map_err(|e| e.to_string())?;
         timing.insert("dense_assembly_s".into(), json!(t.elapsed().as_secs_f64()));
         let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), "landscape-hessian".to_string());
@@ -241,16 +293,28 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
 
     if let Some(csv) = &a.gn_norms {
         let t = Instant::now();
-        let g = per_sample_gn_norms_with_curvature(&model, &x, &y).map_err(|e| e.to_string())?;
+        let g = match (&gpu, a.dtype) {
+            (None, _) => per_sample_gn_norms_with_curvature(&model, &x, &y),
+            (Some(d), Dtype::F64) => gpu_gn_norms::<f64>(d, &model, &x, &y),
+            (Some(d), Dtype::F32) => gpu_gn_norms::<f32>(d, &model, &x, &y),
+        }
+        .map_err(|e| e.to_string())?;
         timing.insert("gn_norms_s".into(), json!(t.elapsed().as_secs_f64()));
         let mut f = std::fs::File::create(csv)
             .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
-        let mut text = String::from("sample,label,loss,gn_norm,gn_rank,a_norm\n");
+        // ||A_i|| is computed on the CPU path only.
+        let with_a = !g.a_norms.is_empty();
+        let mut text = String::from("sample,label,loss,gn_norm,gn_rank");
+        text.push_str(if with_a { ",a_norm\n" } else { "\n" });
         for (i, label) in y.iter().enumerate() {
             text.push_str(&format!(
-                "{i},{label},{:e},{:e},{},{:e}\n",
-                g.losses[i], g.norms[i], g.ranks[i], g.a_norms[i]
+                "{i},{label},{:e},{:e},{}",
+                g.losses[i], g.norms[i], g.ranks[i]
             ));
+            if with_a {
+                text.push_str(&format!(",{:e}", g.a_norms[i]));
+            }
+            text.push('\n');
         }
         f.write_all(text.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
@@ -270,7 +334,7 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
                 "max": max, "argmax": imax,
                 "mean": g.norms.iter().sum::<f64>() / g.norms.len() as f64,
                 "max_rank": g.ranks.iter().max(),
-                "max_a_norm": g.a_norms.iter().copied().fold(0.0, f64::max),
+                "max_a_norm": with_a.then(|| g.a_norms.iter().copied().fold(0.0, f64::max)),
             }),
         );
     }
@@ -284,9 +348,19 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
                 y: y.clone(),
             }
         } else {
-            OperatorAdapter::Analytic(
-                HessianOperator::new(&model, &x, &y, a.part).map_err(|e| e.to_string())?,
-            )
+            match (&gpu, a.dtype) {
+                (None, _) => OperatorAdapter::Analytic(
+                    HessianOperator::new(&model, &x, &y, a.part).map_err(|e| e.to_string())?,
+                ),
+                (Some(d), Dtype::F64) => OperatorAdapter::Gpu64(
+                    GpuHessianOperator::new(d, &model, &x, &y, a.part)
+                        .map_err(|e| e.to_string())?,
+                ),
+                (Some(d), Dtype::F32) => OperatorAdapter::Gpu32(
+                    GpuHessianOperator::new(d, &model, &x, &y, a.part)
+                        .map_err(|e| e.to_string())?,
+                ),
+            }
         };
         let max_iter = a.max_iter.unwrap_or(p.min(300));
         if a.top.is_some() || a.bottom.is_some() {

@@ -15,6 +15,7 @@
 //! `Error::Cuda("no CUDA device found ...")` rather than letting cudarc panic.
 
 pub mod compile;
+pub mod kernels;
 
 use super::Backend;
 use crate::error::{Error, Result};
@@ -101,11 +102,27 @@ pub struct Operand {
     pub rows: usize,
     pub cols: usize,
     pub trans: bool,
+    /// Leading dimension (elements between consecutive rows); `cols` for a dense matrix.
+    pub ld: usize,
 }
 
 impl Operand {
     pub fn new(rows: usize, cols: usize, trans: bool) -> Self {
-        Self { rows, cols, trans }
+        Self {
+            rows,
+            cols,
+            trans,
+            ld: cols,
+        }
+    }
+    /// A `rows x cols` window of a matrix whose rows are `ld` elements apart.
+    pub fn strided(rows: usize, cols: usize, trans: bool, ld: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            trans,
+            ld,
+        }
     }
     /// `(rows, cols)` of `op(X)`.
     fn op_shape(self) -> (usize, usize) {
@@ -358,8 +375,8 @@ impl CudaDevice {
                 n: to_int(m, "GEMM m")?,
                 k: to_int(k.max(1), "GEMM k")?,
                 alpha: if k == 0 { T::ZERO } else { alpha },
-                lda: to_int(bd.cols.max(1), "ldb")?,
-                ldb: to_int(ad.cols.max(1), "lda")?,
+                lda: to_int(bd.ld.max(1), "ldb")?,
+                ldb: to_int(ad.ld.max(1), "lda")?,
                 beta,
                 ldc: to_int(n, "ldc")?,
             },
