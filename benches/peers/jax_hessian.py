@@ -151,6 +151,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--gn-samples", type=int, default=1000)
     ap.add_argument("--json")
+    ap.add_argument("--bench-json", help="also write rows in the `landscape bench --peers` format")
     a = ap.parse_args()
     res = {"peer": "jax", "jax": jax.__version__, "device": str(jax.devices()[0])}
     if a.which in ("dense", "all"):
@@ -163,6 +164,22 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
+    if a.bench_json:
+        rows = []
+        if "dense" in res:
+            rows.append({"workload": "dense_digits", "dtype": "f64", "seconds": res["dense"]["median_s"],
+                         "method": "jax.jit(jax.hessian)"})
+        if "gnnorm" in res:
+            g = res["gnnorm"]
+            rows.append({"workload": "gn_norms", "dtype": "f64", "seconds": 10000 / g["samples_per_s"],
+                         "method": f"vmap(jacrev) + K x K eigvalsh, {g['samples']} samples timed, scaled to 10,000"})
+        if "hvp" in res:
+            rows.append({"workload": "hvp_b1000", "dtype": "f64",
+                         "seconds": min(res["hvp"]["median_ms"], res["hvp"]["linearized_median_ms"]) / 1e3,
+                         "method": "jax.jvp(jax.grad) / jax.linearize, faster of the two"})
+        kind = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+        with open(a.bench_json, "w") as f:
+            json.dump({"peer": f"JAX {jax.__version__}", "device": kind, "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing, progress bars, JSON results.
 //! Library errors come back as one-line messages.
 
+mod bench;
 mod bounds;
 mod hessian;
 mod sweep;
@@ -49,6 +50,8 @@ enum Command {
     Bounds(bounds::BoundsArgs),
     /// The bounds across widths, depths and init scales: one table and figures.
     BoundsSweep(sweep::SweepArgs),
+    /// Time the standard workloads (dense Hessian, GN norms, HVP, training step) on every device, beside peer results.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -283,6 +286,7 @@ pub fn run() -> Result<(), String> {
         Command::Hessian(a) => hessian::cmd_hessian(a, &command_line),
         Command::Bounds(a) => bounds::cmd_bounds(a, &command_line),
         Command::BoundsSweep(a) => sweep::cmd_sweep(a, &command_line),
+        Command::Bench(a) => bench::cmd_bench(a, &command_line),
     }
 }
 

@@ -1019,3 +1019,64 @@ impl<T: CudaScalar> SymOp for GpuHessianOperator<'_, T> {
         }
     }
 }
+
+/// Mean loss and its gradient (parameter order) on the device: one forward pass and
+/// the backward pass `dW(p) = delta(p)^T x(p) / m`, `db(p) = sum_i delta_i(p) / m`.
+/// `x` is `m x n_0` on the device and is copied (the structure consumes its input).
+pub fn gpu_loss_and_grad<T: CudaScalar>(
+    dev: &CudaDevice,
+    gm: &GpuModel<T>,
+    x: &CudaSlice<T>,
+    labels: &CudaSlice<u32>,
+    m: usize,
+) -> Result<(f64, Vec<f64>)> {
+    let xs = dev
+        .stream()
+        .clone_dtod(x)
+        .map_err(crate::backend::cuda::cuda_err("device copy"))?;
+    let ys = dev
+        .stream()
+        .clone_dtod(labels)
+        .map_err(crate::backend::cuda::cuda_err("device copy"))?;
+    let needs = Needs {
+        g: false,
+        cfac: false,
+        delta: true,
+    };
+    let st = GpuStructure::new(dev, gm, xs, ys, m, needs)?;
+    let kern = Kernels::<T>::new(dev);
+    let lay = ParamLayout::new(&gm.widths, gm.bias);
+    let mut grad = dev.zeros_slice::<T>(lay.total)?;
+    let inv = T::from_f64(1.0 / m as f64);
+    for p in 0..gm.num_layers() {
+        let (n, d) = gm.dims(p);
+        let o = lay.offsets[p];
+        {
+            let mut gw = grad.slice_mut(o..o + d * n);
+            dev.gemm(
+                inv,
+                &st.delta[p],
+                Operand::new(m, d, true),
+                &st.inputs[p],
+                Operand::new(m, n, false),
+                T::ZERO,
+                &mut gw,
+                (d, n),
+            )?;
+        }
+        if gm.bias {
+            let ob = o + d * n;
+            kern.column_sums(
+                &st.delta[p].as_view(),
+                m,
+                d,
+                inv,
+                &mut grad.slice_mut(ob..ob + d),
+            )?;
+        }
+    }
+    let losses: Vec<T> = dev.download_slice(&st.losses, m)?;
+    let g: Vec<T> = dev.download_slice(&grad, lay.total)?;
+    let loss = losses.iter().map(|v| v.to_f64()).sum::<f64>() / m as f64;
+    Ok((loss, g.into_iter().map(|v| v.to_f64()).collect()))
+}

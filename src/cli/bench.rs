@@ -1,0 +1,457 @@
+//! `landscape bench`: the standard workloads on every available device, timed, in one
+//! table, beside peer results (JSON written by `benches/peers/*.py` in the same session).
+//!
+//! Workloads (random Kaiming-initialised models, seed 0; timings do not depend on the
+//! weights' values):
+//! * `dense_digits`: dense full Hessian, 64-32-32-10 ReLU with biases (P = 3,466), all
+//!   1,797 UCI digits;
+//! * `dense_mnist`: dense full Hessian, 784-64-64-10 ReLU with biases (P = 55,050), all
+//!   10,000 mnist10k samples (GPU only: it needs 12 GiB in f32, 24 GiB in f64);
+//! * `gn_norms`: exact per-sample GN norms (K x K route), 784-64-64-10, 10,000 samples;
+//! * `hvp_b1000`, `hvp_b10000`: one full-Hessian HVP of the mean loss over 1,000 /
+//!   10,000 samples, 784-64-64-10, forward pass cached (as `jax.linearize` does);
+//! * `train_step`: mean loss and gradient (forward + backward), 784-256-256-10, batch 128.
+//!
+//! Each timing is the median of `--reps` runs after one warm-up run (which also
+//! compiles the CUDA kernels).
+
+use super::{progress, write_results};
+use clap::{Args, ValueEnum};
+use landscape::backend::cuda::{CudaDevice, CudaScalar};
+use landscape::data::{self, DataOptions};
+use landscape::hessian::gpu::{
+    gpu_dense_hessian_device, gpu_gn_norms, gpu_loss_and_grad, GpuHessianOperator, GpuModel,
+};
+use landscape::hessian::{dense_hessian, per_sample_gn_norms, HessianOperator, Part};
+use landscape::io::provenance::Provenance;
+use landscape::nn::backprop::loss_and_grad_analytic;
+use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
+use landscape::Matrix;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum Workload {
+    DenseDigits,
+    DenseMnist,
+    GnNorms,
+    HvpB1000,
+    HvpB10000,
+    TrainStep,
+}
+
+impl Workload {
+    fn key(self) -> &'static str {
+        match self {
+            Workload::DenseDigits => "dense_digits",
+            Workload::DenseMnist => "dense_mnist",
+            Workload::GnNorms => "gn_norms",
+            Workload::HvpB1000 => "hvp_b1000",
+            Workload::HvpB10000 => "hvp_b10000",
+            Workload::TrainStep => "train_step",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum BenchDevices {
+    /// The CPU only.
+    Cpu,
+    /// The GPU only (an error without one).
+    Cuda,
+    /// The CPU, and the GPU when one is present.
+    All,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Workloads to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub workloads: Vec<Workload>,
+    #[arg(long, value_enum, default_value = "all")]
+    pub devices: BenchDevices,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Also run `dense_mnist` on the CPU (minutes, and 24 GiB of memory).
+    #[arg(long)]
+    pub cpu_dense_mnist: bool,
+    /// Peer results to put beside ours (JSON from benches/peers/*.py).
+    #[arg(long, num_args = 1..)]
+    pub peers: Vec<PathBuf>,
+    /// Markdown table output.
+    #[arg(long)]
+    pub table: Option<PathBuf>,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn cfg(widths: &[usize]) -> MlpConfig {
+    MlpConfig {
+        input_dim: widths[0],
+        hidden: widths[1..widths.len() - 1].to_vec(),
+        classes: *widths.last().expect("widths"),
+        activation: Activation::Relu,
+        leaky_slope: 0.01,
+        bias: true,
+        batchnorm: None,
+        loss: LossKind::CrossEntropy,
+    }
+}
+
+/// Rows of `x` and labels of an embedded dataset, train and test concatenated.
+fn dataset(name: &str) -> Result<(Matrix<f64>, Vec<usize>, String), String> {
+    let b = data::load(name, &DataOptions::default()).map_err(|e| e.to_string())?;
+    let mut rows = b.train.x.as_slice().to_vec();
+    let mut y = b.train.y.clone();
+    if let Some(t) = &b.test {
+        rows.extend_from_slice(t.x.as_slice());
+        y.extend_from_slice(&t.y);
+    }
+    let x = Matrix::from_vec(y.len(), b.features, rows);
+    Ok((x, y, b.content_hash.clone()))
+}
+
+/// Median seconds of `reps` runs after one warm-up.
+fn time_it(
+    reps: usize,
+    mut f: impl FnMut() -> Result<(), String>,
+) -> Result<(f64, Vec<f64>), String> {
+    f()?;
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    let mut s = ts.clone();
+    s.sort_by(f64::total_cmp);
+    Ok((s[s.len() / 2], ts))
+}
+
+struct Row {
+    workload: &'static str,
+    device: String,
+    dtype: &'static str,
+    seconds: f64,
+    all: Vec<f64>,
+    /// `(unit, amount per run)` for a throughput column.
+    work: (&'static str, f64),
+    gemm_flops: Option<f64>,
+}
+
+fn gpu_rows<T: CudaScalar>(
+    dev: &CudaDevice,
+    w: Workload,
+    reps: usize,
+    inputs: &Inputs,
+) -> Result<Row, String> {
+    let e = |e: landscape::Error| e.to_string();
+    let name = format!("cuda ({})", dev.name());
+    let mut flops = None;
+    let (seconds, all, work) = match w {
+        Workload::DenseDigits | Workload::DenseMnist => {
+            let (m, x, y) = if w == Workload::DenseDigits {
+                (&inputs.digits_model, &inputs.digits.0, &inputs.digits.1)
+            } else {
+                (&inputs.mnist_model, &inputs.mnist.0, &inputs.mnist.1)
+            };
+            let mut f = 0.0;
+            let r = time_it(reps, || {
+                let (h, stats) =
+                    gpu_dense_hessian_device::<T>(dev, m, x, y, Part::Full).map_err(e)?;
+                f = stats.gemm_flops;
+                drop(h);
+                Ok(())
+            })?;
+            flops = Some(f);
+            (r.0, r.1, ("samples", y.len() as f64))
+        }
+        Workload::GnNorms => {
+            let (x, y) = (&inputs.mnist.0, &inputs.mnist.1);
+            let r = time_it(reps, || {
+                gpu_gn_norms::<T>(dev, &inputs.mnist_model, x, y)
+                    .map_err(e)
+                    .map(|_| ())
+            })?;
+            (r.0, r.1, ("samples", y.len() as f64))
+        }
+        Workload::HvpB1000 | Workload::HvpB10000 => {
+            let b = if w == Workload::HvpB1000 { 1000 } else { 10000 };
+            let x = inputs.mnist.0.rows_view(0, b).to_owned();
+            let op = GpuHessianOperator::<T>::new(
+                dev,
+                &inputs.mnist_model,
+                &x,
+                &inputs.mnist.1[..b],
+                Part::Full,
+            )
+            .map_err(e)?;
+            let r = time_it(reps.max(10), || {
+                op.apply(&inputs.mnist_dir).map_err(e).map(|_| ())
+            })?;
+            (r.0, r.1, ("HVPs", 1.0))
+        }
+        Workload::TrainStep => {
+            let gm = GpuModel::<T>::upload(dev, &inputs.train_model).map_err(e)?;
+            let xb: Vec<T> = inputs.mnist.0.as_slice()[..128 * 784]
+                .iter()
+                .map(|&v| T::from_f64(v))
+                .collect();
+            let xd = dev.upload_slice(&xb).map_err(e)?;
+            let yd = dev
+                .upload_slice(
+                    &inputs.mnist.1[..128]
+                        .iter()
+                        .map(|&v| v as u32)
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(e)?;
+            let r = time_it(reps.max(20), || {
+                gpu_loss_and_grad(dev, &gm, &xd, &yd, 128)
+                    .map_err(e)
+                    .map(|_| ())
+            })?;
+            (r.0, r.1, ("steps", 1.0))
+        }
+    };
+    Ok(Row {
+        workload: w.key(),
+        device: name,
+        dtype: T::DTYPE,
+        seconds,
+        all,
+        work,
+        gemm_flops: flops,
+    })
+}
+
+struct Inputs {
+    digits: (Matrix<f64>, Vec<usize>),
+    mnist: (Matrix<f64>, Vec<usize>),
+    digits_model: Mlp<f64>,
+    mnist_model: Mlp<f64>,
+    train_model: Mlp<f64>,
+    mnist_dir: Vec<f64>,
+    hashes: serde_json::Value,
+}
+
+fn cpu_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String> {
+    let e = |e: landscape::Error| e.to_string();
+    let (seconds, all, work) = match w {
+        Workload::DenseDigits | Workload::DenseMnist => {
+            let (m, x, y) = if w == Workload::DenseDigits {
+                (&inputs.digits_model, &inputs.digits.0, &inputs.digits.1)
+            } else {
+                (&inputs.mnist_model, &inputs.mnist.0, &inputs.mnist.1)
+            };
+            let r = time_it(reps, || {
+                dense_hessian(m, x, y, Part::Full, usize::MAX)
+                    .map_err(e)
+                    .map(|_| ())
+            })?;
+            (r.0, r.1, ("samples", y.len() as f64))
+        }
+        Workload::GnNorms => {
+            let r = time_it(reps, || {
+                per_sample_gn_norms(&inputs.mnist_model, &inputs.mnist.0, &inputs.mnist.1)
+                    .map_err(e)
+                    .map(|_| ())
+            })?;
+            (r.0, r.1, ("samples", inputs.mnist.1.len() as f64))
+        }
+        Workload::HvpB1000 | Workload::HvpB10000 => {
+            let b = if w == Workload::HvpB1000 { 1000 } else { 10000 };
+            let x = inputs.mnist.0.rows_view(0, b).to_owned();
+            let op =
+                HessianOperator::new(&inputs.mnist_model, &x, &inputs.mnist.1[..b], Part::Full)
+                    .map_err(e)?;
+            let r = time_it(reps.max(5), || {
+                op.apply(&inputs.mnist_dir).map_err(e).map(|_| ())
+            })?;
+            (r.0, r.1, ("HVPs", 1.0))
+        }
+        Workload::TrainStep => {
+            let x = inputs.mnist.0.rows_view(0, 128).to_owned();
+            let y = &inputs.mnist.1[..128];
+            let r = time_it(reps.max(20), || {
+                loss_and_grad_analytic(&inputs.train_model, &x, y)
+                    .map_err(e)
+                    .map(|_| ())
+            })?;
+            (r.0, r.1, ("steps", 1.0))
+        }
+    };
+    Ok(Row {
+        workload: w.key(),
+        device: format!("cpu ({} threads)", rayon::current_num_threads()),
+        dtype: "f64",
+        seconds,
+        all,
+        work,
+        gemm_flops: None,
+    })
+}
+
+/// Peer entries: `(peer, device kind, workload, dtype, seconds, method)`.
+fn load_peers(paths: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
+    let mut out = Vec::new();
+    for p in paths {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", p.display()))?;
+        let peer = v["peer"].as_str().unwrap_or("peer").to_string();
+        let device = v["device"].as_str().unwrap_or("cpu").to_string();
+        let rows = v["results"]
+            .as_array()
+            .ok_or_else(|| format!("{}: no `results` array", p.display()))?;
+        for r in rows {
+            let mut r = r.clone();
+            r["peer"] = json!(peer);
+            r["device_kind"] = json!(device);
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
+    if a.reps == 0 {
+        return Err("--reps must be at least 1".into());
+    }
+    let workloads = if a.workloads.is_empty() {
+        vec![
+            Workload::DenseDigits,
+            Workload::DenseMnist,
+            Workload::GnNorms,
+            Workload::HvpB1000,
+            Workload::HvpB10000,
+            Workload::TrainStep,
+        ]
+    } else {
+        a.workloads.clone()
+    };
+    let peers = load_peers(&a.peers)?;
+    let gpu = match a.devices {
+        BenchDevices::Cpu => None,
+        BenchDevices::Cuda => Some(CudaDevice::open(0).map_err(|e| e.to_string())?),
+        BenchDevices::All => match CudaDevice::open(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("bench: GPU rows skipped ({e})");
+                None
+            }
+        },
+    };
+    let (dx, dy, dh) = dataset("digits")?;
+    let (mx, my, mh) = dataset("mnist10k")?;
+    let e = |e: landscape::Error| e.to_string();
+    let mnist_model = Mlp::init(cfg(&[784, 64, 64, 10]), Init::Kaiming, 1.0, 0).map_err(e)?;
+    let mut rng = landscape::rng::Rng::new(1);
+    let mnist_dir = (0..mnist_model.num_params())
+        .map(|_| rng.normal())
+        .collect();
+    let inputs = Inputs {
+        digits: (dx, dy),
+        mnist: (mx, my),
+        digits_model: Mlp::init(cfg(&[64, 32, 32, 10]), Init::Kaiming, 1.0, 0).map_err(e)?,
+        mnist_model,
+        train_model: Mlp::init(cfg(&[784, 256, 256, 10]), Init::Kaiming, 1.0, 0).map_err(e)?,
+        mnist_dir,
+        hashes: json!({"digits": dh, "mnist10k": mh}),
+    };
+    let mut rows = Vec::new();
+    let pb = progress(workloads.len() as u64, "bench");
+    for &w in &workloads {
+        if a.devices != BenchDevices::Cuda && (w != Workload::DenseMnist || a.cpu_dense_mnist) {
+            rows.push(cpu_row(w, a.reps, &inputs)?);
+        }
+        if let Some(d) = &gpu {
+            rows.push(gpu_rows::<f64>(d, w, a.reps, &inputs)?);
+            rows.push(gpu_rows::<f32>(d, w, a.reps, &inputs)?);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    // One table: our rows, each with the matching peer rows (same workload, device kind, dtype).
+    let mut table = String::from(
+        "| workload | device | dtype | ours (s) | throughput | GEMM TFLOP/s | peer | peer (s) | peer / ours |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut out_rows = Vec::new();
+    for r in &rows {
+        let kind = if r.device.starts_with("cuda") {
+            "cuda"
+        } else {
+            "cpu"
+        };
+        let matching: Vec<&serde_json::Value> = peers
+            .iter()
+            .filter(|p| {
+                p["workload"] == r.workload && p["device_kind"] == kind && p["dtype"] == r.dtype
+            })
+            .collect();
+        let tflops = r.gemm_flops.map(|f| f / r.seconds / 1e12);
+        let thr = format!("{:.4e} {}/s", r.work.1 / r.seconds, r.work.0);
+        let mut peer_json = Vec::new();
+        if matching.is_empty() {
+            table.push_str(&format!(
+                "| {} | {} | {} | {:.4e} | {} | {} | | | |\n",
+                r.workload,
+                r.device,
+                r.dtype,
+                r.seconds,
+                thr,
+                tflops.map_or(String::new(), |t| format!("{t:.2}"))
+            ));
+        }
+        for p in matching {
+            let ps = p["seconds"].as_f64().unwrap_or(f64::NAN);
+            let label = format!(
+                "{} ({})",
+                p["peer"].as_str().unwrap_or("?"),
+                p["method"].as_str().unwrap_or("")
+            );
+            table.push_str(&format!(
+                "| {} | {} | {} | {:.4e} | {} | {} | {} | {:.4e} | {:.1}x |\n",
+                r.workload,
+                r.device,
+                r.dtype,
+                r.seconds,
+                thr,
+                tflops.map_or(String::new(), |t| format!("{t:.2}")),
+                label,
+                ps,
+                ps / r.seconds
+            ));
+            peer_json.push(
+                json!({"peer": label, "seconds": ps, "ratio_peer_over_ours": ps / r.seconds}),
+            );
+        }
+        out_rows.push(json!({
+            "workload": r.workload, "device": r.device, "dtype": r.dtype,
+            "seconds_median": r.seconds, "seconds_all": r.all,
+            "throughput": r.work.1 / r.seconds, "throughput_unit": format!("{}/s", r.work.0),
+            "gemm_flops": r.gemm_flops, "gemm_tflops": tflops, "peers": peer_json,
+        }));
+    }
+    print!("{table}");
+    if let Some(t) = &a.table {
+        std::fs::write(t, &table).map_err(|e| format!("cannot write {}: {e}", t.display()))?;
+    }
+    let prov = Provenance::new(
+        command_line,
+        Some(0),
+        Some(inputs.hashes.clone()),
+        json!({"workloads": workloads.iter().map(|w| w.key()).collect::<Vec<_>>(), "reps": a.reps,
+               "gpu": gpu.as_ref().map(|d| json!({"name": d.name(), "arch": d.arch()})),
+               "threads": rayon::current_num_threads()}),
+    );
+    write_results(
+        a.json.as_deref(),
+        "bench",
+        json!({"rows": out_rows, "table_markdown": table}),
+        &prov,
+    )
+}
