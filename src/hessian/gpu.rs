@@ -271,6 +271,83 @@ impl<T: CudaScalar> GpuStructure<T> {
     }
 }
 
+/// Per-sample GN results left on the device (see [`gpu_gn_norms_resident`]).
+pub struct GnNormsDevice<T> {
+    pub norms: CudaSlice<T>,
+    pub ranks: CudaSlice<i32>,
+    pub losses: CudaSlice<T>,
+}
+
+/// Per-sample `||GN_i||_2`, ranks and losses of `m` samples already on the device
+/// (`x` is `m x n_0`, copied on the device; the model has `K <= 32` classes):
+/// `M_i = sum_p (||x_i(p)||^2 + [bias]) G_i(p) G_i(p)^T`, then Jacobi on `C_i^T M_i C_i`.
+pub fn gpu_gn_norms_resident<T: CudaScalar>(
+    dev: &CudaDevice,
+    gm: &GpuModel<T>,
+    x: &CudaSlice<T>,
+    labels: &CudaSlice<u32>,
+    m: usize,
+) -> Result<GnNormsDevice<T>> {
+    let k = gm.classes();
+    if k > 32 {
+        return Err(Error::Unsupported(format!(
+            "GPU per-sample GN norms support up to 32 classes (the model has {k}); use --device cpu"
+        )));
+    }
+    let kern = Kernels::<T>::new(dev);
+    let nl = gm.num_layers();
+    let rank_tol = T::from_f64(if T::DTYPE == "f64" { 1e-12 } else { 1e-5 });
+    let copy = crate::backend::cuda::cuda_err("device copy");
+    let xs = dev.stream().clone_dtod(x).map_err(copy)?;
+    let ys = dev
+        .stream()
+        .clone_dtod(labels)
+        .map_err(crate::backend::cuda::cuda_err("device copy"))?;
+    let needs = Needs {
+        g: true,
+        cfac: true,
+        delta: false,
+    };
+    let st = GpuStructure::new(dev, gm, xs, ys, m, needs)?;
+    let mut mm = dev.zeros_slice::<T>(m * k * k)?;
+    let mut coef = dev.zeros_slice::<T>(m)?;
+    let add = if gm.bias { T::ONE } else { T::ZERO };
+    for p in 0..nl {
+        let n = gm.widths[p];
+        kern.row_sq_norms(&st.inputs[p].as_view(), m, n, add, &mut coef.as_view_mut())?;
+        if p + 1 == nl {
+            kern.add_scaled_identity(&mut mm.as_view_mut(), m, k, &coef.as_view())?;
+        } else {
+            let d = gm.widths[p + 1];
+            kern.gram_accumulate(
+                &st.g[p].as_view(),
+                m,
+                k,
+                d,
+                &coef.as_view(),
+                &mut mm.as_view_mut(),
+            )?;
+        }
+    }
+    let mut norms = dev.zeros_slice::<T>(m)?;
+    let mut ranks = dev.zeros_slice::<i32>(m)?;
+    let cf = st.cfac.as_ref().expect("requested");
+    kern.gn_norm_jacobi(
+        &mm.as_view(),
+        &cf.as_view(),
+        m,
+        k,
+        rank_tol,
+        &mut norms.as_view_mut(),
+        &mut ranks.as_view_mut(),
+    )?;
+    Ok(GnNormsDevice {
+        norms,
+        ranks,
+        losses: st.losses,
+    })
+}
+
 /// Exact `||GN_i||_2`, rank and loss of every row of `x` on the device (K x K route,
 /// as [`super::gn_norm::per_sample_gn_norms`]); computed in `T`, reported in `f64`.
 pub fn gpu_gn_norms<T: CudaScalar>(
@@ -284,16 +361,7 @@ pub fn gpu_gn_norms<T: CudaScalar>(
     if x.rows() == 0 {
         return Err(Error::InvalidArgument("no samples".into()));
     }
-    let k = model.config.classes;
-    if k > 32 {
-        return Err(Error::Unsupported(format!(
-            "GPU per-sample GN norms support up to 32 classes (the model has {k}); use --device cpu"
-        )));
-    }
     let gm = GpuModel::<T>::upload(dev, model)?;
-    let kern = Kernels::<T>::new(dev);
-    let nl = gm.num_layers();
-    let rank_tol = T::from_f64(if T::DTYPE == "f64" { 1e-12 } else { 1e-5 });
     let mut out = GnNorms {
         norms: Vec::with_capacity(x.rows()),
         ranks: Vec::with_capacity(x.rows()),
@@ -305,47 +373,10 @@ pub fn gpu_gn_norms<T: CudaScalar>(
         let m = end - start;
         let xc = x.rows_view(start, end).to_owned();
         let (xs, ys) = upload_data::<T>(dev, model, &xc, &labels[start..end])?;
-        let needs = Needs {
-            g: true,
-            cfac: true,
-            delta: false,
-        };
-        let st = GpuStructure::new(dev, &gm, xs, ys, m, needs)?;
-        let mut mm = dev.zeros_slice::<T>(m * k * k)?;
-        let mut coef = dev.zeros_slice::<T>(m)?;
-        let add = if gm.bias { T::ONE } else { T::ZERO };
-        for p in 0..nl {
-            let n = gm.widths[p];
-            kern.row_sq_norms(&st.inputs[p].as_view(), m, n, add, &mut coef.as_view_mut())?;
-            if p + 1 == nl {
-                kern.add_scaled_identity(&mut mm.as_view_mut(), m, k, &coef.as_view())?;
-            } else {
-                let d = gm.widths[p + 1];
-                kern.gram_accumulate(
-                    &st.g[p].as_view(),
-                    m,
-                    k,
-                    d,
-                    &coef.as_view(),
-                    &mut mm.as_view_mut(),
-                )?;
-            }
-        }
-        let mut norms = dev.zeros_slice::<T>(m)?;
-        let mut ranks = dev.zeros_slice::<i32>(m)?;
-        let cf = st.cfac.as_ref().expect("requested");
-        kern.gn_norm_jacobi(
-            &mm.as_view(),
-            &cf.as_view(),
-            m,
-            k,
-            rank_tol,
-            &mut norms.as_view_mut(),
-            &mut ranks.as_view_mut(),
-        )?;
-        let n_h: Vec<T> = dev.download_slice(&norms, m)?;
-        let r_h: Vec<i32> = dev.download_slice(&ranks, m)?;
-        let l_h: Vec<T> = dev.download_slice(&st.losses, m)?;
+        let r = gpu_gn_norms_resident(dev, &gm, &xs, &ys, m)?;
+        let n_h: Vec<T> = dev.download_slice(&r.norms, m)?;
+        let r_h: Vec<i32> = dev.download_slice(&r.ranks, m)?;
+        let l_h: Vec<T> = dev.download_slice(&r.losses, m)?;
         out.norms.extend(n_h.iter().map(|v| v.to_f64()));
         out.ranks.extend(r_h.iter().map(|&v| v.max(0) as usize));
         out.losses.extend(l_h.iter().map(|v| v.to_f64()));
@@ -540,43 +571,84 @@ pub fn gpu_dense_hessian_device<T: CudaScalar>(
                         )?;
                     }
                 }
-                let s_cols = (nq + usize::from(bias)) * (np + usize::from(bias));
                 let (xq, xp) = (&st.inputs[q], &st.inputs[p]);
-                accumulate_outer(
-                    dev,
-                    &mstack,
-                    n,
-                    r,
-                    s_cols,
-                    budget,
-                    &mut stats,
-                    |c0, c1, buf| {
-                        kern.row_outer(
-                            &xq.slice(c0 * nq..c1 * nq),
-                            nq,
-                            bias,
-                            &xp.slice(c0 * np..c1 * np),
-                            np,
-                            bias,
-                            c1 - c0,
-                            &mut buf.as_view_mut(),
-                        )
-                    },
-                    |pair, r0, rows| {
-                        kern.scatter_curvature(
-                            &pair.as_view(),
-                            r0,
-                            rows,
-                            (dq, dp, nq, np),
-                            bias,
-                            &mut h.as_view_mut(),
-                            ptot,
-                            (layout.offsets[q], layout.offsets[p]),
-                            scale,
-                            p != q,
-                        )
-                    },
-                )?;
+                if q == p {
+                    // Symmetric in (a, c) and in (b, e): a quarter of the GEMM work.
+                    let na = nq + usize::from(bias);
+                    let (r_sym, s_sym) = (dq * (dq + 1) / 2, na * (na + 1) / 2);
+                    let mut packed = dev.zeros_slice::<T>(n * r_sym)?;
+                    kern.pack_lower_pairs(&mstack.as_view(), n, dq, &mut packed.as_view_mut())?;
+                    drop(mstack);
+                    accumulate_outer(
+                        dev,
+                        &packed,
+                        n,
+                        r_sym,
+                        s_sym,
+                        budget,
+                        &mut stats,
+                        |c0, c1, buf| {
+                            kern.row_outer_sym(
+                                &xq.slice(c0 * nq..c1 * nq),
+                                nq,
+                                bias,
+                                c1 - c0,
+                                &mut buf.as_view_mut(),
+                            )
+                        },
+                        |pair, r0, rows| {
+                            kern.scatter_curvature_sym(
+                                &pair.as_view(),
+                                r0,
+                                rows,
+                                dq,
+                                nq,
+                                bias,
+                                &mut h.as_view_mut(),
+                                ptot,
+                                layout.offsets[q],
+                                scale,
+                            )
+                        },
+                    )?;
+                } else {
+                    let s_cols = (nq + usize::from(bias)) * (np + usize::from(bias));
+                    accumulate_outer(
+                        dev,
+                        &mstack,
+                        n,
+                        r,
+                        s_cols,
+                        budget,
+                        &mut stats,
+                        |c0, c1, buf| {
+                            kern.row_outer(
+                                &xq.slice(c0 * nq..c1 * nq),
+                                nq,
+                                bias,
+                                &xp.slice(c0 * np..c1 * np),
+                                np,
+                                bias,
+                                c1 - c0,
+                                &mut buf.as_view_mut(),
+                            )
+                        },
+                        |pair, r0, rows| {
+                            kern.scatter_curvature(
+                                &pair.as_view(),
+                                r0,
+                                rows,
+                                (dq, dp, nq, np),
+                                bias,
+                                &mut h.as_view_mut(),
+                                ptot,
+                                (layout.offsets[q], layout.offsets[p]),
+                                scale,
+                                true,
+                            )
+                        },
+                    )?;
+                }
             }
             if hterm && p > q {
                 add_cross_block(

@@ -437,4 +437,69 @@ impl<'d, T: CudaScalar> Kernels<'d, T> {
             [pair_t, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &b32, h, &pt, &oq, &op, &scale]
         )
     }
+
+    /// Lower-triangle packing of stacked `d x d` blocks:
+    /// `out[s, a (a + 1) / 2 + c] = M[s, a d + c]` for `c <= a`.
+    pub fn pack_lower_pairs(&self, mm: In<T>, m: usize, d: usize, out: Out<T>) -> Result<()> {
+        let (m64, d64) = (i64_of(m), i64_of(d));
+        let n = m * d * (d + 1) / 2;
+        launch!(
+            self,
+            "kron.cu",
+            "pack_lower_pairs",
+            CudaDevice::grid(n),
+            [mm, &m64, &d64, out]
+        )
+    }
+
+    /// Symmetric Kronecker expansion `out[s, b (b + 1) / 2 + e] = x~[s, b] x~[s, e]`, `e <= b`.
+    pub fn row_outer_sym(
+        &self,
+        x: In<T>,
+        n: usize,
+        aug: bool,
+        m: usize,
+        out: Out<T>,
+    ) -> Result<()> {
+        let (n64, m64) = (i64_of(n), i64_of(m));
+        let na = n + usize::from(aug);
+        let ia = i32::from(aug);
+        launch!(
+            self,
+            "kron.cu",
+            "row_outer_sym",
+            CudaDevice::grid(m * na * (na + 1) / 2),
+            [x, &n64, &ia, &m64, out]
+        )
+    }
+
+    /// Writes rows `[row0, row0 + rows)` of a doubly-reduced diagonal block `(q, q)`
+    /// (rows `t(a, c)`, columns `t(b, e)`) into all four images in `H`, times `scale`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scatter_curvature_sym(
+        &self,
+        pair: In<T>,
+        row0: usize,
+        rows: usize,
+        d: usize,
+        n: usize,
+        bias: bool,
+        h: Out<T>,
+        p_total: usize,
+        off: usize,
+        scale: T,
+    ) -> Result<()> {
+        let na = n + usize::from(bias);
+        let cols = na * (na + 1) / 2;
+        let a = [row0, rows, d, n].map(i64_of);
+        let b32 = i32::from(bias);
+        let (pt, o) = (i64_of(p_total), i64_of(off));
+        launch!(
+            self,
+            "kron.cu",
+            "scatter_curvature_sym",
+            CudaDevice::grid(rows * cols),
+            [pair, &a[0], &a[1], &a[2], &a[3], &b32, h, &pt, &o, &scale]
+        )
+    }
 }
