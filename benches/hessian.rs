@@ -5,6 +5,8 @@
 //! (c) full-Hessian HVPs of the 784-64-64-10 MLP on a batch of 1,000 samples
 //!     (cold: forward included, as jax.jvp(jax.grad) does; cached: the operator's
 //!     forward pass reused, as Lanczos uses it).
+//! The `gpu_f32` / `gpu_f64` groups run the same workloads on a CUDA device when one is
+//! present (`landscape bench` also covers them, with the peers beside).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use landscape::data::{load, DataOptions};
@@ -76,7 +78,7 @@ fn bench_hessian(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = bench_hessian, bench_dgemm
+    targets = bench_hessian, bench_dgemm, bench_gpu_kernels
 }
 criterion_main!(benches);
 
@@ -93,4 +95,57 @@ fn bench_dgemm(c: &mut Criterion) {
         bch.iter(|| landscape::tensor::gemm(1.0, a.view(), b.view(), 0.0, &mut out))
     });
     g.finish();
+}
+
+/// The same workloads on the GPU (f32 and f64), when one is present; skipped with a
+/// printed reason otherwise. Data is device-resident for the GN norms (as the peers').
+fn bench_gpu_kernels(c: &mut Criterion) {
+    use landscape::backend::cuda::{CudaDevice, CudaScalar};
+    use landscape::hessian::gpu::{
+        gpu_dense_hessian_device, gpu_gn_norms_resident, GpuHessianOperator, GpuModel,
+    };
+    let dev = match CudaDevice::open(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("GPU benches skipped: {e}");
+            return;
+        }
+    };
+    fn per_type<T: CudaScalar>(c: &mut Criterion, dev: &CudaDevice) {
+        let (dx, dy) = all_samples("digits");
+        let (mx, my) = all_samples("mnist10k");
+        let small = mlp(&[64, 32, 32, 10]);
+        let big = mlp(&[784, 64, 64, 10]);
+        let mut g = c.benchmark_group(format!("gpu_{}", T::DTYPE));
+        g.sample_size(10);
+        g.bench_function("dense_full_64-32-32-10_digits1797", |b| {
+            b.iter(|| {
+                let r = gpu_dense_hessian_device::<T>(dev, &small, &dx, &dy, Part::Full).unwrap();
+                dev.synchronize().unwrap();
+                black_box(r.1)
+            })
+        });
+        let gm = GpuModel::<T>::upload(dev, &big).unwrap();
+        let xs: Vec<T> = mx.as_slice().iter().map(|&v| T::from_f64(v)).collect();
+        let xd = dev.upload_slice(&xs).unwrap();
+        let ys: Vec<u32> = my.iter().map(|&v| v as u32).collect();
+        let yd = dev.upload_slice(&ys).unwrap();
+        g.bench_function("gn_norms_784-64-64-10_mnist10000_resident", |b| {
+            b.iter(|| {
+                let r = gpu_gn_norms_resident(dev, &gm, &xd, &yd, my.len()).unwrap();
+                dev.synchronize().unwrap();
+                black_box(r.norms.len())
+            })
+        });
+        let xb = mx.rows_view(0, 1000).to_owned();
+        let op = GpuHessianOperator::<T>::new(dev, &big, &xb, &my[..1000], Part::Full).unwrap();
+        let mut rng = Rng::new(1);
+        let v: Vec<f64> = (0..big.num_params()).map(|_| rng.normal()).collect();
+        g.bench_function("hvp_full_784-64-64-10_b1000_cached", |b| {
+            b.iter(|| black_box(op.apply(&v).unwrap()))
+        });
+        g.finish();
+    }
+    per_type::<f64>(c, &dev);
+    per_type::<f32>(c, &dev);
 }
