@@ -10,6 +10,7 @@ pub mod autodiff;
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod experiments;
 pub mod hessian;
 pub mod io;
 pub mod linalg;

@@ -4,6 +4,7 @@
 mod bench;
 mod bounds;
 mod hessian;
+mod sample_size;
 mod sweep;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -52,6 +53,8 @@ enum Command {
     BoundsSweep(sweep::SweepArgs),
     /// Time the standard workloads (dense Hessian, GN norms, HVP, training step) on every device, beside peer results.
     Bench(bench::BenchArgs),
+    /// The seed's sample-size experiment (|L(k+1) - L(k)| vs k over width and depth), with exact Hessian increments.
+    SampleSize(sample_size::SampleSizeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -287,6 +290,7 @@ pub fn run() -> Result<(), String> {
         Command::Bounds(a) => bounds::cmd_bounds(a, &command_line),
         Command::BoundsSweep(a) => sweep::cmd_sweep(a, &command_line),
         Command::Bench(a) => bench::cmd_bench(a, &command_line),
+        Command::SampleSize(a) => sample_size::cmd_sample_size(a, &command_line),
     }
 }
 

@@ -322,3 +322,16 @@ fn block_hvp(
     }
     out
 }
+
+impl crate::linalg::SymOp for HessianOperator<'_> {
+    fn dim(&self) -> usize {
+        self.layout.total
+    }
+    /// Failed products (non-finite input) surface as NaN, which every caller rejects.
+    fn apply(&self, v: &[f64], out: &mut [f64]) {
+        match HessianOperator::apply(self, v) {
+            Ok(r) => out.copy_from_slice(&r),
+            Err(_) => out.fill(f64::NAN),
+        }
+    }
+}

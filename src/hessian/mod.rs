@@ -10,6 +10,7 @@
 //! autodiff tape (`autodiff::hvp`).
 
 pub mod dense;
+pub mod directional;
 pub mod gn_norm;
 pub mod gpu;
 pub mod hvp;
