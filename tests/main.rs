@@ -9,5 +9,6 @@ mod hessian_checks;
 mod linalg_checks;
 mod model_files;
 mod plot_checks;
+mod sample_size_checks;
 mod theory_checks;
 mod training;

@@ -236,7 +236,22 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
         )?;
         let l = losses(&model, &x, &y)?;
         let cur = increment_curves(&l, c.orderings, c.seed).map_err(|e| e.to_string())?;
-        let slope = loglog_slope(&cur.mean, 10);
+        // A collapsed model (every sample has the same loss, e.g. all ReLUs dead) has no
+        // increments beyond rounding: its slope is undefined, not -1.
+        let mean_l = l.iter().sum::<f64>() / m as f64;
+        let sd_l = (l.iter().map(|v| (v - mean_l).powi(2)).sum::<f64>() / m as f64).sqrt();
+        let collapsed = sd_l <= 1e-9 * mean_l.abs().max(1e-300);
+        let slope = if collapsed {
+            None
+        } else {
+            loglog_slope(&cur.mean, 10)
+        };
+        if collapsed {
+            eprintln!(
+                "h = {}, {} extra layers: every training sample has loss {mean_l:.6} (collapsed model); slope undefined",
+                arch.0, arch.1
+            );
+        }
         let smooth = ema(&cur.mean, c.ema);
         for (j, v) in cur.mean.iter().enumerate() {
             csv.push_str(&format!(
@@ -250,8 +265,6 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
                 smooth[j]
             ));
         }
-        let mean_l = l.iter().sum::<f64>() / m as f64;
-        let sd_l = (l.iter().map(|v| (v - mean_l).powi(2)).sum::<f64>() / m as f64).sqrt();
         // Perturbed points and the exact Taylor decomposition of the increment.
         let theta = model.param_vector();
         let mut radius_rows = Vec::new();
@@ -317,7 +330,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
             "train_loss": train_loss, "train_error": train_err,
             "test_loss": test.map(|t| t.0), "test_error": test.map(|t| t.1),
             "loss_mean": mean_l, "loss_std": sd_l, "loss_max": l.iter().copied().fold(0.0, f64::max),
-            "slope_loglog_k_ge_10": slope,
+            "slope_loglog_k_ge_10": slope, "collapsed": collapsed,
             "ks": ks_plot, "mean_abs_increment": on_grid(&cur.mean, &ks_plot),
             "p05": on_grid(&cur.p05, &ks_plot), "p95": on_grid(&cur.p95, &ks_plot),
             "ema": on_grid(&smooth, &ks_plot), "radii": radius_rows,
@@ -464,16 +477,28 @@ fn figures(
                 }
             })
             .collect();
+        // Collapsed models (constant loss) have no curve worth a log axis: named in the title.
+        let skipped: Vec<String> = sel
+            .iter()
+            .filter(|(_, _, s)| !s.is_finite())
+            .map(|(a, _, _)| if pick { format!("h = {}", a.0) } else { format!("{} extra", a.1) })
+            .collect();
+        let sel: Vec<_> = sel.into_iter().filter(|(_, _, s)| s.is_finite()).collect();
         if sel.is_empty() {
             continue;
         }
         let mut series: Vec<Series> = sel
             .iter()
             .map(|(a, v, s)| {
-                let label = if pick {
-                    format!("h = {} (slope {s:.3})", a.0)
+                let slope = if s.is_finite() {
+                    format!("slope {s:.3}")
                 } else {
-                    format!("{} extra layers (slope {s:.3})", a.1)
+                    "collapsed: constant loss".to_string()
+                };
+                let label = if pick {
+                    format!("h = {} ({slope})", a.0)
+                } else {
+                    format!("{} extra layers ({slope})", a.1)
                 };
                 Series::new(label, ks.clone(), v.clone())
             })
@@ -498,6 +523,11 @@ fn figures(
                 "|L(k+1) - L(k)| vs k, depth sweep (width {}, EMA {})",
                 c.fixed_width, c.ema
             )
+        };
+        let title = if skipped.is_empty() {
+            title
+        } else {
+            format!("{title}; not drawn, collapsed: {}", skipped.join(", "))
         };
         for loglog in [false, true] {
             let fig = LineFigure {
