@@ -3,6 +3,7 @@
 
 mod bench;
 mod bounds;
+mod geometry;
 mod hessian;
 mod sample_size;
 mod sweep;
@@ -55,6 +56,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The seed's sample-size experiment (|L(k+1) - L(k)| vs k over width and depth), with exact Hessian increments.
     SampleSize(sample_size::SampleSizeArgs),
+    /// Loss and error along a line: towards another model or along a direction (random, gradient, Hessian eigenvector, PCA).
+    Line(geometry::LineArgs),
+    /// 2-D loss/error surface with filter-normalised or eigen/PCA/model directions, curvature maps, safetensors output.
+    Surface(geometry::SurfaceArgs),
+    /// Mode connectivity: linear path and a trained Bezier or polygonal-chain curve between two models.
+    Connect(geometry::ConnectArgs),
+    /// Re-draw the figures of a surface file written by `surface --out` (no recomputation).
+    SurfaceReplot(geometry::ReplotArgs),
 }
 
 #[derive(Args, Clone)]
@@ -291,6 +300,10 @@ pub fn run() -> Result<(), String> {
         Command::BoundsSweep(a) => sweep::cmd_sweep(a, &command_line),
         Command::Bench(a) => bench::cmd_bench(a, &command_line),
         Command::SampleSize(a) => sample_size::cmd_sample_size(a, &command_line),
+        Command::Line(a) => geometry::cmd_line(a, &command_line),
+        Command::Surface(a) => geometry::cmd_surface(a, &command_line),
+        Command::Connect(a) => geometry::cmd_connect(a, &command_line),
+        Command::SurfaceReplot(a) => geometry::cmd_replot(a),
     }
 }
 

@@ -481,7 +481,13 @@ fn figures(
         let skipped: Vec<String> = sel
             .iter()
             .filter(|(_, _, s)| !s.is_finite())
-            .map(|(a, _, _)| if pick { format!("h = {}", a.0) } else { format!("{} extra", a.1) })
+            .map(|(a, _, _)| {
+                if pick {
+                    format!("h = {}", a.0)
+                } else {
+                    format!("{} extra", a.1)
+                }
+            })
             .collect();
         let sel: Vec<_> = sel.into_iter().filter(|(_, _, s)| s.is_finite()).collect();
         if sel.is_empty() {

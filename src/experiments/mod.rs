@@ -1,6 +1,8 @@
 //! Landscape experiments built on the exact-Hessian engine.
 //!
+//! * [`geometry`]: directions, 1-D/2-D surfaces, curvature maps, mode-connecting curves;
 //! * [`sample_size`]: sample-size convergence of the loss (the seed experiment) with
 //!   exact Hessian increments and an exact Taylor decomposition away from the optimum.
 
+pub mod geometry;
 pub mod sample_size;

@@ -156,3 +156,38 @@ fn gn_norms_impl(
     }
     Ok(out)
 }
+
+/// Exact `tr(GN)` of the mean loss, `(1/m) sum_i tr(A_i M_i)` with
+/// `M_i = F_i F_i^T` (the `K x K` route: no `P x P` matrix). For piecewise-linear
+/// activations `tr(H) = tr(GN)` exactly, since the H-term has no diagonal entries.
+pub fn gn_trace(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) -> Result<f64> {
+    if x.rows() == 0 {
+        return Err(Error::InvalidArgument("no samples".into()));
+    }
+    let kind = model.config.loss;
+    let parts: Vec<Result<f64>> = sample_blocks(x.rows(), GN_NORM_BLOCK)
+        .into_par_iter()
+        .map(|r| {
+            let xb = x.rows_view(r.start, r.end).to_owned();
+            let st = BatchStructure::from_owned(model, xb, &labels[r.clone()], Par::Seq)?;
+            let mut acc = 0.0;
+            for i in 0..st.num_samples() {
+                let m = jacobian_gram(&st, i);
+                let (_, a) =
+                    super::structure::loss_derivatives(kind, st.logits(i), labels[r.start + i]);
+                let k = m.rows();
+                for p in 0..k {
+                    for q in 0..k {
+                        acc += a.get(p, q) * m.get(q, p);
+                    }
+                }
+            }
+            Ok(acc)
+        })
+        .collect();
+    let mut total = 0.0;
+    for p in parts {
+        total += p?;
+    }
+    Ok(total / x.rows() as f64)
+}

@@ -31,6 +31,37 @@ pub fn heatmap(
     prefix: &Path,
     contour_levels: usize,
 ) -> Result<Vec<PathBuf>> {
+    heatmap_with_overlay(
+        grid_x,
+        grid_y,
+        values,
+        title,
+        prefix,
+        contour_levels,
+        &Overlay::default(),
+    )
+}
+
+/// Points and paths drawn over a heat map (in data coordinates), in red.
+#[derive(Clone, Debug, Default)]
+pub struct Overlay {
+    /// `(x, y, label)` marked with a dot and its label.
+    pub points: Vec<(f64, f64, String)>,
+    /// Polylines (e.g. a curve between two models).
+    pub paths: Vec<Vec<(f64, f64)>>,
+}
+
+/// [`heatmap`] with `overlay` drawn on top of the contours.
+#[allow(clippy::too_many_arguments)]
+pub fn heatmap_with_overlay(
+    grid_x: &[f64],
+    grid_y: &[f64],
+    values: &Matrix<f64>,
+    title: &str,
+    prefix: &Path,
+    contour_levels: usize,
+    overlay: &Overlay,
+) -> Result<Vec<PathBuf>> {
     for (name, g) in [("x", grid_x), ("y", grid_y)] {
         if g.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -91,6 +122,7 @@ pub fn heatmap(
         vmin,
         vmax,
         contours,
+        overlay: overlay.clone(),
     };
     render(
         prefix,
@@ -109,6 +141,7 @@ struct Prepared<'a> {
     vmax: f64,
     /// `(level, polylines)` for each level that crosses the surface.
     contours: Vec<(f64, Vec<Polyline>)>,
+    overlay: Overlay,
 }
 
 /// A contour line in data coordinates.
@@ -142,7 +175,7 @@ const VIRIDIS: [(u8, u8, u8); 9] = [
 ];
 
 /// Colour of `t` in `[0, 1]`, piecewise linear between the viridis samples.
-fn viridis(t: f64) -> RGBColor {
+pub(crate) fn viridis(t: f64) -> RGBColor {
     let t = t.clamp(0.0, 1.0) * (VIRIDIS.len() - 1) as f64;
     let k = (t.floor() as usize).min(VIRIDIS.len() - 2);
     let f = t - k as f64;
@@ -392,6 +425,29 @@ fn draw<DB: DrawingBackend>(
                 EmptyElement::at(at)
                     + Rectangle::new([(-hw, -hh), (hw, hh)], WHITE.mix(0.75).filled())
                     + Text::new(text, (0, 0), label_style.clone()),
+            ))
+            .map_err(de)?;
+    }
+
+    let red = RGBColor(220, 30, 30);
+    for path in &p.overlay.paths {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                path.clone(),
+                red.stroke_width(2),
+            )))
+            .map_err(de)?;
+    }
+    for (x, y, label) in &p.overlay.points {
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at((*x, *y))
+                    + Circle::new((0, 0), 5, red.filled())
+                    + Text::new(
+                        label.clone(),
+                        (8, -16),
+                        TextStyle::from((FONT, 15)).color(&red),
+                    ),
             ))
             .map_err(de)?;
     }

@@ -17,6 +17,7 @@
 mod heatmap;
 mod line;
 mod png;
+mod surface3d;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,8 +28,9 @@ use plotters::prelude::*;
 
 use crate::error::{Error, Result};
 
-pub use heatmap::heatmap;
+pub use heatmap::{heatmap, heatmap_with_overlay, Overlay};
 pub use line::{histogram_density, line_plot};
+pub use surface3d::surface3d;
 
 /// Pixel size `(width, height)` of line plots and spectral densities.
 pub const LINE_SIZE: (u32, u32) = (1000, 640);
