@@ -56,6 +56,7 @@ fn splits(
 }
 
 /// A direction named on the command line.
+#[allow(clippy::too_many_arguments)]
 fn direction(
     spec: &str,
     model: &Mlp<f64>,
@@ -361,14 +362,17 @@ fn read_f64(st: &safetensors::SafeTensors, name: &str) -> Result<(Vec<usize>, Ve
     Ok((t.shape().to_vec(), v))
 }
 
+/// Named maps over a grid.
+type Maps = [(String, Matrix<f64>)];
+
 /// The figures of a surface: loss/error heat maps with contours, the 3-D render,
 /// and the curvature maps when present.
 fn surface_figures(
     prefix: &Path,
     gx: &[f64],
     gy: &[f64],
-    maps: &[(String, Matrix<f64>)],
-    curv: Option<(&[f64], &[f64], &[(String, Matrix<f64>)])>,
+    maps: &Maps,
+    curv: Option<(&[f64], &[f64], &Maps)>,
 ) -> Result<Vec<String>, String> {
     let mut files = Vec::new();
     for (name, m) in maps {
