@@ -75,6 +75,7 @@ fn filter_and_layer_normalisation() {
 }
 
 /// Solves the small symmetric positive definite system `a x = b` (Gaussian elimination).
+#[allow(clippy::needless_range_loop)]
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let n = b.len();
     for i in 0..n {

@@ -54,19 +54,6 @@ fn orthogonalize(w: &mut [f64], basis: &[Vec<f64>]) {
     }
 }
 
-fn random_unit(dim: usize, rng: &mut Rng, basis: &[Vec<f64>]) -> Option<Vec<f64>> {
-    for _ in 0..5 {
-        let mut v: Vec<f64> = (0..dim).map(|_| rng.normal()).collect();
-        orthogonalize(&mut v, basis);
-        let n = norm(&v);
-        if n > 1e-8 {
-            v.iter_mut().for_each(|x| *x /= n);
-            return Some(v);
-        }
-    }
-    None
-}
-
 /// Which end(s) of the spectrum to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
@@ -137,9 +124,129 @@ fn wanted(which: Which, k: usize) -> Vec<usize> {
     idx
 }
 
+/// Where the Lanczos vectors live: host memory ([`HostSpace`]) or a device (the CUDA
+/// Hessian operator's space in `hessian::gpu`). The space owns the Krylov basis, so a
+/// device keeps it contiguous and orthogonalises with two GEMVs.
+pub trait KrylovSpace {
+    type Vector;
+    fn dim(&self) -> usize;
+    /// Room for `n` basis vectors (called once, before the first [`KrylovSpace::push`]).
+    fn reserve(&mut self, n: usize) -> Result<()>;
+    fn upload(&self, v: &[f64]) -> Result<Self::Vector>;
+    fn to_host(&self, v: &Self::Vector) -> Result<Vec<f64>>;
+    /// `A v`.
+    fn apply(&self, v: &Self::Vector) -> Result<Self::Vector>;
+    fn dot(&self, a: &Self::Vector, b: &Self::Vector) -> Result<f64>;
+    /// `s v`.
+    fn scaled(&self, v: &Self::Vector, s: f64) -> Result<Self::Vector>;
+    /// Appends a unit vector to the basis.
+    fn push(&mut self, v: Self::Vector) -> Result<()>;
+    fn basis_len(&self) -> usize;
+    fn basis(&self, j: usize) -> &Self::Vector;
+    /// Removes the components of `w` along the basis (Gram-Schmidt, twice).
+    fn orthogonalize(&self, w: &mut Self::Vector) -> Result<()>;
+    /// `sum_t coefs[t] basis[t]` over the first `coefs.len()` basis vectors.
+    fn combine(&self, coefs: &[f64]) -> Result<Self::Vector>;
+    /// `||av - l y||`.
+    fn residual(&self, av: &Self::Vector, y: &Self::Vector, l: f64) -> Result<f64>;
+}
+
+/// Lanczos vectors in host memory around a [`SymOp`].
+pub struct HostSpace<'a> {
+    op: &'a dyn SymOp,
+    basis: Vec<Vec<f64>>,
+}
+
+impl<'a> HostSpace<'a> {
+    pub fn new(op: &'a dyn SymOp) -> Self {
+        Self { op, basis: vec![] }
+    }
+}
+
+impl KrylovSpace for HostSpace<'_> {
+    type Vector = Vec<f64>;
+    fn dim(&self) -> usize {
+        self.op.dim()
+    }
+    fn reserve(&mut self, n: usize) -> Result<()> {
+        self.basis.reserve(n);
+        Ok(())
+    }
+    fn upload(&self, v: &[f64]) -> Result<Vec<f64>> {
+        Ok(v.to_vec())
+    }
+    fn to_host(&self, v: &Vec<f64>) -> Result<Vec<f64>> {
+        Ok(v.clone())
+    }
+    fn apply(&self, v: &Vec<f64>) -> Result<Vec<f64>> {
+        let mut w = vec![0.0; v.len()];
+        self.op.apply(v, &mut w);
+        Ok(w)
+    }
+    fn dot(&self, a: &Vec<f64>, b: &Vec<f64>) -> Result<f64> {
+        Ok(dot(a, b))
+    }
+    fn scaled(&self, v: &Vec<f64>, s: f64) -> Result<Vec<f64>> {
+        Ok(v.iter().map(|x| x * s).collect())
+    }
+    fn push(&mut self, v: Vec<f64>) -> Result<()> {
+        self.basis.push(v);
+        Ok(())
+    }
+    fn basis_len(&self) -> usize {
+        self.basis.len()
+    }
+    fn basis(&self, j: usize) -> &Vec<f64> {
+        &self.basis[j]
+    }
+    fn orthogonalize(&self, w: &mut Vec<f64>) -> Result<()> {
+        orthogonalize(w, &self.basis);
+        Ok(())
+    }
+    fn combine(&self, coefs: &[f64]) -> Result<Vec<f64>> {
+        let mut y = vec![0.0; self.dim()];
+        for (c, b) in coefs.iter().zip(&self.basis) {
+            axpy(&mut y, *c, b);
+        }
+        Ok(y)
+    }
+    fn residual(&self, av: &Vec<f64>, y: &Vec<f64>, l: f64) -> Result<f64> {
+        Ok(av
+            .iter()
+            .zip(y)
+            .map(|(a, b)| (a - l * b).powi(2))
+            .sum::<f64>()
+            .sqrt())
+    }
+}
+
+/// A unit vector orthogonal to the space's basis, from seeded Gaussian draws.
+fn random_unit_in<S: KrylovSpace>(space: &S, rng: &mut Rng) -> Result<Option<S::Vector>> {
+    for _ in 0..5 {
+        let v: Vec<f64> = (0..space.dim()).map(|_| rng.normal()).collect();
+        let mut v = space.upload(&v)?;
+        space.orthogonalize(&mut v)?;
+        let n = space.dot(&v, &v)?.sqrt();
+        if n > 1e-8 {
+            return Ok(Some(space.scaled(&v, 1.0 / n)?));
+        }
+    }
+    Ok(None)
+}
+
 /// Lanczos with full reorthogonalisation.
 pub fn lanczos(op: &dyn SymOp, which: Which, opts: &LanczosOptions) -> Result<LanczosResult> {
-    let n = op.dim();
+    lanczos_in(&mut HostSpace::new(op), which, opts)
+}
+
+/// [`lanczos`] in any [`KrylovSpace`]: the Krylov basis, the products and the
+/// reorthogonalisation stay in the space; only the tridiagonal problem is on the host.
+pub fn lanczos_in<S: KrylovSpace>(
+    space: &mut S,
+    which: Which,
+    opts: &LanczosOptions,
+) -> Result<LanczosResult> {
+    let n = space.dim();
     let count = match which {
         Which::Largest(l) | Which::Smallest(l) => l,
         // The two ends may overlap in small dimensions; each end must fit.
@@ -166,26 +273,26 @@ pub fn lanczos(op: &dyn SymOp, which: Which, opts: &LanczosOptions) -> Result<La
         ));
     }
     let max_iter = opts.max_iter.clamp(count, n);
+    space.reserve(max_iter + 1)?;
     let mut rng = Rng::new(opts.seed);
-    let mut basis: Vec<Vec<f64>> =
-        vec![random_unit(n, &mut rng, &[]).expect("nonzero random vector")];
+    let first = random_unit_in(space, &mut rng)?
+        .ok_or_else(|| Error::InvalidArgument("Lanczos: no random start vector".into()))?;
+    space.push(first)?;
     let (mut alpha, mut beta) = (Vec::<f64>::new(), Vec::<f64>::new());
-    let mut w = vec![0.0; n];
     let mut matvecs = 0;
     let mut done = false;
+    let non_finite = || Error::NonFiniteInput("the operator returned NaN or Inf".into());
     loop {
-        let j = basis.len() - 1;
-        op.apply(&basis[j], &mut w);
+        let j = space.basis_len() - 1;
+        let mut w = space.apply(space.basis(j))?;
         matvecs += 1;
-        if !w.iter().all(|x| x.is_finite()) {
-            return Err(Error::NonFiniteInput(
-                "the operator returned NaN or Inf".into(),
-            ));
+        if !space.dot(&w, &w)?.is_finite() {
+            return Err(non_finite());
         }
-        let a = dot(&basis[j], &w);
+        let a = space.dot(space.basis(j), &w)?;
         alpha.push(a);
-        orthogonalize(&mut w, &basis);
-        let b = norm(&w);
+        space.orthogonalize(&mut w)?;
+        let b = space.dot(&w, &w)?.sqrt();
         let k = alpha.len();
         let check =
             k == max_iter || k % opts.check_every.max(1) == 0 || b <= 1e-12 * a.abs().max(1e-300);
@@ -205,16 +312,17 @@ pub fn lanczos(op: &dyn SymOp, which: Which, opts: &LanczosOptions) -> Result<La
         }
         if b <= 1e-12 * a.abs().max(1.0) {
             // Invariant subspace: continue with a fresh direction orthogonal to the basis.
-            match random_unit(n, &mut rng, &basis) {
+            match random_unit_in(space, &mut rng)? {
                 Some(v) => {
                     beta.push(0.0);
-                    basis.push(v);
+                    space.push(v)?;
                 }
                 None => break,
             }
         } else {
             beta.push(b);
-            basis.push(w.iter().map(|x| x / b).collect());
+            let q = space.scaled(&w, 1.0 / b)?;
+            space.push(q)?;
         }
     }
     let k = alpha.len();
@@ -224,26 +332,21 @@ pub fn lanczos(op: &dyn SymOp, which: Which, opts: &LanczosOptions) -> Result<La
     let mut vectors = Vec::new();
     let mut residuals = Vec::new();
     let mut conv = done;
-    let mut av = vec![0.0; n];
     for i in wanted(which, k) {
-        let mut y = vec![0.0; n];
-        for (t, b) in basis.iter().take(k).enumerate() {
-            axpy(&mut y, vecs.get(t, i), b);
-        }
-        let yn = norm(&y);
-        y.iter_mut().for_each(|x| *x /= yn);
-        op.apply(&y, &mut av);
+        let coefs: Vec<f64> = (0..k).map(|t| vecs.get(t, i)).collect();
+        let y = space.combine(&coefs)?;
+        let yn = space.dot(&y, &y)?.sqrt();
+        let y = space.scaled(&y, 1.0 / yn)?;
+        let av = space.apply(&y)?;
         matvecs += 1;
         let l = vals[i];
-        let r = av
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (a - l * b).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let r = space.residual(&av, &y, l)?;
+        if !r.is_finite() {
+            return Err(non_finite());
+        }
         conv &= r <= opts.tol.max(1e-14) * anorm.max(1e-300) * 10.0;
         values.push(l);
-        vectors.push(y);
+        vectors.push(space.to_host(&y)?);
         residuals.push(r);
     }
     Ok(LanczosResult {
