@@ -12,7 +12,7 @@ use crate::common::TempDir;
 use landscape::backend::cuda::{compile_all_kernels, nvrtc_available, CudaBackend, CudaDevice};
 use landscape::backend::{mlp_logits, CpuBackend};
 use landscape::hessian::gpu::{
-    gpu_dense_hessian, gpu_gn_norms, gpu_loss_and_grad, GpuHessianOperator, GpuModel,
+    gpu_dense_hessian, gpu_gn_norms, gpu_lanczos, gpu_loss_and_grad, GpuHessianOperator, GpuModel,
 };
 use landscape::hessian::small_eig::sym_eigenvalues;
 use landscape::hessian::{dense_hessian, per_sample_gn_norms, HessianOperator, Part};
@@ -325,6 +325,38 @@ fn gpu_hvp_and_lanczos_match_cpu() {
             on_gpu.values[1]
         );
         assert!(on_gpu.residuals.iter().all(|&r| r <= 1e-8 * scale));
+        // The same with the Krylov basis on the device (f64 and f32).
+        let dev_l = gpu_lanczos(
+            &op,
+            Which::BothEnds {
+                largest: 1,
+                smallest: 1,
+            },
+            &opts,
+        )
+        .unwrap();
+        assert!(
+            (dev_l.values[0] - hi).abs() <= 1e-8 * scale,
+            "{} vs {hi}",
+            dev_l.values[0]
+        );
+        assert!(
+            (dev_l.values[1] - lo).abs() <= 1e-8 * scale,
+            "{} vs {lo}",
+            dev_l.values[1]
+        );
+        assert!(dev_l.residuals.iter().all(|&r| r <= 1e-8 * scale));
+        let op32 = GpuHessianOperator::<f32>::new(&dev, &model, &x, &y, Part::Full).unwrap();
+        let loose = LanczosOptions {
+            tol: 1e-5,
+            ..LanczosOptions::default()
+        };
+        let l32 = gpu_lanczos(&op32, Which::Largest(1), &loose).unwrap();
+        assert!(
+            (l32.values[0] - hi).abs() <= 1e-3 * scale,
+            "{} vs {hi}",
+            l32.values[0]
+        );
     }
 }
 

@@ -10,6 +10,8 @@
 //! * `gn_norms`: exact per-sample GN norms (K x K route), 784-64-64-10, 10,000 samples;
 //! * `hvp_b1000`, `hvp_b10000`: one full-Hessian HVP of the mean loss over 1,000 /
 //!   10,000 samples, 784-64-64-10, forward pass cached (as `jax.linearize` does);
+//! * `lanczos_b1000`: the largest Hessian eigenvalue to a relative residual of 1e-8,
+//!   784-64-64-10, 1,000 samples (on the GPU the Krylov basis stays on the device);
 //! * `train_step`: mean loss and gradient (forward + backward), 784-256-256-10, batch 128.
 //!
 //! Each timing is the median of `--reps` runs after one warm-up run (which also
@@ -20,11 +22,12 @@ use clap::{Args, ValueEnum};
 use landscape::backend::cuda::{CudaDevice, CudaScalar};
 use landscape::data::{self, DataOptions};
 use landscape::hessian::gpu::{
-    gpu_dense_hessian_device, gpu_gn_norms, gpu_gn_norms_resident, gpu_loss_and_grad,
+    gpu_dense_hessian_device, gpu_gn_norms, gpu_gn_norms_resident, gpu_lanczos, gpu_loss_and_grad,
     GpuHessianOperator, GpuModel,
 };
 use landscape::hessian::{dense_hessian, per_sample_gn_norms, HessianOperator, Part};
 use landscape::io::provenance::Provenance;
+use landscape::linalg::{lanczos, LanczosOptions, Which};
 use landscape::nn::backprop::loss_and_grad_analytic;
 use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
 use landscape::Matrix;
@@ -39,6 +42,7 @@ pub enum Workload {
     GnNorms,
     HvpB1000,
     HvpB10000,
+    LanczosB1000,
     TrainStep,
 }
 
@@ -50,6 +54,7 @@ impl Workload {
             Workload::GnNorms => "gn_norms",
             Workload::HvpB1000 => "hvp_b1000",
             Workload::HvpB10000 => "hvp_b10000",
+            Workload::LanczosB1000 => "lanczos_b1000",
             Workload::TrainStep => "train_step",
         }
     }
@@ -213,6 +218,35 @@ fn gpu_rows<T: CudaScalar>(
             })?;
             (r.0, r.1, ("HVPs", 1.0))
         }
+        Workload::LanczosB1000 => {
+            let x = inputs.mnist.0.rows_view(0, 1000).to_owned();
+            let op = GpuHessianOperator::<T>::new(
+                dev,
+                &inputs.mnist_model,
+                &x,
+                &inputs.mnist.1[..1000],
+                Part::Full,
+            )
+            .map_err(e)?;
+            let tol = if T::DTYPE == "f64" { 1e-8 } else { 1e-4 };
+            let mut iters = 0;
+            let r = time_it(reps, || {
+                let l = gpu_lanczos(
+                    &op,
+                    Which::Largest(1),
+                    &LanczosOptions {
+                        tol,
+                        max_iter: 300,
+                        ..Default::default()
+                    },
+                )
+                .map_err(e)?;
+                iters = l.iterations;
+                Ok(())
+            })?;
+            note = Some(format!("{iters} operator applications, tol {tol}"));
+            (r.0, r.1, ("solves", 1.0))
+        }
         Workload::TrainStep => {
             let gm = GpuModel::<T>::upload(dev, &inputs.train_model).map_err(e)?;
             let xb: Vec<T> = inputs.mnist.0.as_slice()[..128 * 784]
@@ -293,6 +327,26 @@ fn cpu_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String> {
             })?;
             (r.0, r.1, ("HVPs", 1.0))
         }
+        Workload::LanczosB1000 => {
+            let x = inputs.mnist.0.rows_view(0, 1000).to_owned();
+            let op =
+                HessianOperator::new(&inputs.mnist_model, &x, &inputs.mnist.1[..1000], Part::Full)
+                    .map_err(e)?;
+            let r = time_it(reps, || {
+                lanczos(
+                    &op,
+                    Which::Largest(1),
+                    &LanczosOptions {
+                        tol: 1e-8,
+                        max_iter: 300,
+                        ..Default::default()
+                    },
+                )
+                .map_err(e)
+                .map(|_| ())
+            })?;
+            (r.0, r.1, ("solves", 1.0))
+        }
         Workload::TrainStep => {
             let x = inputs.mnist.0.rows_view(0, 128).to_owned();
             let y = &inputs.mnist.1[..128];
@@ -350,6 +404,7 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
             Workload::GnNorms,
             Workload::HvpB1000,
             Workload::HvpB10000,
+            Workload::LanczosB1000,
             Workload::TrainStep,
         ]
     } else {

@@ -3,7 +3,7 @@
 use super::{progress, write_results, DataArgs, ModelArgs};
 use clap::{Args, ValueEnum};
 use landscape::backend::cuda::{resolve_device, DeviceChoice};
-use landscape::hessian::gpu::{gpu_dense_hessian, gpu_gn_norms, GpuHessianOperator};
+use landscape::hessian::gpu::{gpu_dense_hessian, gpu_gn_norms, gpu_lanczos, GpuHessianOperator};
 use landscape::hessian::{
     dense_hessian, per_sample_gn_norms_with_curvature, HessianOperator, Part,
 };
@@ -384,11 +384,17 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
                 seed: a.seed,
                 ..Default::default()
             };
-            let res = linalg::lanczos(&op, which, &opts).map_err(|e| e.to_string())?;
+            // On the GPU the Krylov basis stays on the device too.
+            let res = match &op {
+                OperatorAdapter::Gpu64(g) => gpu_lanczos(g, which, &opts),
+                OperatorAdapter::Gpu32(g) => gpu_lanczos(g, which, &opts),
+                _ => linalg::lanczos(&op, which, &opts),
+            }
+            .map_err(|e| e.to_string())?;
             pb.finish_and_clear();
             timing.insert("lanczos_s".into(), json!(t.elapsed().as_secs_f64()));
             let mut eig = json!({
-                "method": "lanczos (full reorthogonalisation)",
+                "method": if matches!(op, OperatorAdapter::Gpu64(_) | OperatorAdapter::Gpu32(_)) { "lanczos (full reorthogonalisation, on the GPU)" } else { "lanczos (full reorthogonalisation)" },
                 "ritz_values": res.values,
                 "residuals": res.residuals,
                 "iterations": res.iterations,

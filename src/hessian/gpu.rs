@@ -883,6 +883,14 @@ impl<'d, T: CudaScalar> GpuHessianOperator<'d, T> {
                 "HVP direction contains NaN or Inf".into(),
             ));
         }
+        let vd = self.dev.upload_slice(&cast::<T>(v))?;
+        let out = self.apply_device(&vd)?;
+        let res: Vec<T> = self.dev.download_slice(&out, self.layout.total)?;
+        Ok(res.into_iter().map(|t| t.to_f64()).collect())
+    }
+
+    /// `H v` for a device vector (length `P`), left on the device.
+    pub fn apply_device(&self, vd: &CudaSlice<T>) -> Result<CudaSlice<T>> {
         let dev = self.dev;
         let kern = Kernels::<T>::new(dev);
         let gm = &self.gm;
@@ -891,7 +899,6 @@ impl<'d, T: CudaScalar> GpuHessianOperator<'d, T> {
         let nl = gm.num_layers();
         let m = st.m;
         let k = gm.classes();
-        let vd = dev.upload_slice(&cast::<T>(v))?;
         let wv = |p: usize| {
             let (n, d) = gm.dims(p);
             vd.slice(lay.offsets[p]..lay.offsets[p] + d * n)
@@ -1073,10 +1080,188 @@ impl<'d, T: CudaScalar> GpuHessianOperator<'d, T> {
                 }
             }
         }
-        let res: Vec<T> = dev.download_slice(&out, lay.total)?;
-        let s = 1.0 / m as f64;
-        Ok(res.into_iter().map(|t| t.to_f64() * s).collect())
+        // Mean over the samples.
+        let mut mean = dev.zeros_slice::<T>(lay.total)?;
+        kern.axpy(
+            &mut mean.as_view_mut(),
+            &out.as_view(),
+            T::from_f64(1.0 / m as f64),
+            lay.total,
+        )?;
+        Ok(mean)
     }
+}
+
+/// Lanczos vectors on the device for a [`GpuHessianOperator`]: the basis is one
+/// contiguous `(capacity x P)` buffer, so full reorthogonalisation is two GEMVs
+/// (`c = Q w`, `w -= Q^T c`, twice) and Ritz vectors one GEMV; only scalars and the
+/// final Ritz vectors cross to the host.
+pub struct DeviceKrylov<'o, 'd, T> {
+    op: &'o GpuHessianOperator<'d, T>,
+    basis: Option<CudaSlice<T>>,
+    rows: Vec<CudaSlice<T>>,
+    len: usize,
+}
+
+impl<'o, 'd, T: CudaScalar> DeviceKrylov<'o, 'd, T> {
+    pub fn new(op: &'o GpuHessianOperator<'d, T>) -> Self {
+        Self {
+            op,
+            basis: None,
+            rows: Vec::new(),
+            len: 0,
+        }
+    }
+    fn p(&self) -> usize {
+        self.op.layout.total
+    }
+}
+
+impl<T: CudaScalar> crate::linalg::KrylovSpace for DeviceKrylov<'_, '_, T> {
+    type Vector = CudaSlice<T>;
+    fn dim(&self) -> usize {
+        self.p()
+    }
+    fn reserve(&mut self, n: usize) -> Result<()> {
+        self.basis = Some(self.op.dev.zeros_slice::<T>(n * self.p())?);
+        Ok(())
+    }
+    fn upload(&self, v: &[f64]) -> Result<CudaSlice<T>> {
+        self.op.dev.upload_slice(&cast::<T>(v))
+    }
+    fn to_host(&self, v: &CudaSlice<T>) -> Result<Vec<f64>> {
+        let h: Vec<T> = self.op.dev.download_slice(v, self.p())?;
+        Ok(h.into_iter().map(|t| t.to_f64()).collect())
+    }
+    fn apply(&self, v: &CudaSlice<T>) -> Result<CudaSlice<T>> {
+        self.op.apply_device(v)
+    }
+    fn dot(&self, a: &CudaSlice<T>, b: &CudaSlice<T>) -> Result<f64> {
+        let dev = self.op.dev;
+        let p = self.p();
+        let mut c = dev.zeros_slice::<T>(1)?;
+        dev.gemm(
+            T::ONE,
+            a,
+            Operand::new(1, p, false),
+            b,
+            Operand::new(p, 1, false),
+            T::ZERO,
+            &mut c,
+            (1, 1),
+        )?;
+        let h: Vec<T> = dev.download_slice(&c, 1)?;
+        Ok(h[0].to_f64())
+    }
+    fn scaled(&self, v: &CudaSlice<T>, s: f64) -> Result<CudaSlice<T>> {
+        let mut out = self.op.dev.zeros_slice::<T>(self.p())?;
+        Kernels::<T>::new(self.op.dev).axpy(
+            &mut out.as_view_mut(),
+            &v.as_view(),
+            T::from_f64(s),
+            self.p(),
+        )?;
+        Ok(out)
+    }
+    fn push(&mut self, v: CudaSlice<T>) -> Result<()> {
+        let p = self.p();
+        let basis = self
+            .basis
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("DeviceKrylov: reserve before push".into()))?;
+        if (self.len + 1) * p > basis.len() {
+            return Err(Error::InvalidArgument(
+                "DeviceKrylov: basis capacity exceeded".into(),
+            ));
+        }
+        let mut row = basis.slice_mut(self.len * p..(self.len + 1) * p);
+        self.op
+            .dev
+            .stream()
+            .memcpy_dtod(&v, &mut row)
+            .map_err(crate::backend::cuda::cuda_err("device copy"))?;
+        self.rows.push(v);
+        self.len += 1;
+        Ok(())
+    }
+    fn basis_len(&self) -> usize {
+        self.len
+    }
+    fn basis(&self, j: usize) -> &CudaSlice<T> {
+        &self.rows[j]
+    }
+    fn orthogonalize(&self, w: &mut CudaSlice<T>) -> Result<()> {
+        let (dev, p, k) = (self.op.dev, self.p(), self.len);
+        let Some(basis) = &self.basis else {
+            return Ok(());
+        };
+        if k == 0 {
+            return Ok(());
+        }
+        let mut c = dev.zeros_slice::<T>(k)?;
+        for _ in 0..2 {
+            dev.gemm(
+                T::ONE,
+                basis,
+                Operand::new(k, p, false),
+                &*w,
+                Operand::new(p, 1, false),
+                T::ZERO,
+                &mut c,
+                (k, 1),
+            )?;
+            dev.gemm(
+                -T::ONE,
+                basis,
+                Operand::new(k, p, true),
+                &c,
+                Operand::new(k, 1, false),
+                T::ONE,
+                w,
+                (p, 1),
+            )?;
+        }
+        Ok(())
+    }
+    fn combine(&self, coefs: &[f64]) -> Result<CudaSlice<T>> {
+        let (dev, p, k) = (self.op.dev, self.p(), coefs.len().min(self.len));
+        let basis = self
+            .basis
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("DeviceKrylov: empty basis".into()))?;
+        let cd = dev.upload_slice(&cast::<T>(&coefs[..k]))?;
+        let mut y = dev.zeros_slice::<T>(p)?;
+        dev.gemm(
+            T::ONE,
+            basis,
+            Operand::new(k, p, true),
+            &cd,
+            Operand::new(k, 1, false),
+            T::ZERO,
+            &mut y,
+            (p, 1),
+        )?;
+        Ok(y)
+    }
+    fn residual(&self, av: &CudaSlice<T>, y: &CudaSlice<T>, l: f64) -> Result<f64> {
+        let mut r = self.scaled(av, 1.0)?;
+        Kernels::<T>::new(self.op.dev).axpy(
+            &mut r.as_view_mut(),
+            &y.as_view(),
+            T::from_f64(-l),
+            self.p(),
+        )?;
+        Ok(self.dot(&r, &r)?.max(0.0).sqrt())
+    }
+}
+
+/// Lanczos with full reorthogonalisation entirely on the device ([`DeviceKrylov`]).
+pub fn gpu_lanczos<T: CudaScalar>(
+    op: &GpuHessianOperator<'_, T>,
+    which: crate::linalg::Which,
+    opts: &crate::linalg::LanczosOptions,
+) -> Result<crate::linalg::LanczosResult> {
+    crate::linalg::lanczos_in(&mut DeviceKrylov::new(op), which, opts)
 }
 
 impl<T: CudaScalar> SymOp for GpuHessianOperator<'_, T> {
