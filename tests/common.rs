@@ -26,3 +26,23 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An MLP configuration from its widths `[input, hidden..., classes]` (LeakyReLU slope 0.1,
+/// no BatchNorm), the shape every test module uses.
+pub fn mlp_config(
+    widths: &[usize],
+    act: landscape::nn::Activation,
+    bias: bool,
+    loss: landscape::nn::LossKind,
+) -> landscape::nn::MlpConfig {
+    landscape::nn::MlpConfig {
+        input_dim: widths[0],
+        hidden: widths[1..widths.len() - 1].to_vec(),
+        classes: *widths.last().unwrap(),
+        activation: act,
+        leaky_slope: 0.1,
+        bias,
+        batchnorm: None,
+        loss,
+    }
+}

@@ -19,24 +19,13 @@ use landscape::hessian::{dense_hessian, per_sample_gn_norms, HessianOperator, Pa
 use landscape::io::kernels::kernel_source;
 use landscape::linalg::{lanczos, LanczosOptions, Which};
 use landscape::nn::backprop::loss_and_grad_analytic;
-use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
+use landscape::nn::{Activation, Init, LossKind, Mlp};
 use landscape::rng::Rng;
 use landscape::Matrix;
 use std::process::Command;
 use std::sync::Arc;
 
-fn config(widths: &[usize], act: Activation, bias: bool, loss: LossKind) -> MlpConfig {
-    MlpConfig {
-        input_dim: widths[0],
-        hidden: widths[1..widths.len() - 1].to_vec(),
-        classes: *widths.last().unwrap(),
-        activation: act,
-        leaky_slope: 0.1,
-        bias,
-        batchnorm: None,
-        loss,
-    }
-}
+use crate::common::mlp_config as config;
 
 fn data(m: usize, n: usize, k: usize, seed: u64) -> (Matrix<f64>, Vec<usize>) {
     let mut rng = Rng::new(seed);

@@ -7,23 +7,19 @@ use landscape::experiments::geometry::{
 };
 use landscape::hessian::small_eig::sym_eigenvalues;
 use landscape::hessian::{dense_hessian, Part};
-use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
+use landscape::nn::{Activation, Init, LossKind, Mlp};
 use landscape::rng::Rng;
 use landscape::Matrix;
 use std::process::Command;
 
 fn model(widths: &[usize], act: Activation, bias: bool, loss: LossKind, seed: u64) -> Mlp<f64> {
-    let cfg = MlpConfig {
-        input_dim: widths[0],
-        hidden: widths[1..widths.len() - 1].to_vec(),
-        classes: *widths.last().unwrap(),
-        activation: act,
-        leaky_slope: 0.1,
-        bias,
-        batchnorm: None,
-        loss,
-    };
-    Mlp::init(cfg, Init::Kaiming, 1.0, seed).unwrap()
+    Mlp::init(
+        crate::common::mlp_config(widths, act, bias, loss),
+        Init::Kaiming,
+        1.0,
+        seed,
+    )
+    .unwrap()
 }
 
 fn row_norm(v: &[f64]) -> f64 {

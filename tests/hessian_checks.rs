@@ -9,25 +9,14 @@ use landscape::hessian::{
     BatchStructure, ParamLayout, Part,
 };
 use landscape::nn::backprop::loss_and_grad_analytic;
-use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Mode};
+use landscape::nn::{Activation, Init, LossKind, Mlp, Mode};
 use landscape::rng::Rng;
 use landscape::tensor::Par;
 use landscape::Matrix;
 
 const BUDGET: usize = 1 << 30;
 
-fn config(widths: &[usize], act: Activation, bias: bool, loss: LossKind) -> MlpConfig {
-    MlpConfig {
-        input_dim: widths[0],
-        hidden: widths[1..widths.len() - 1].to_vec(),
-        classes: *widths.last().unwrap(),
-        activation: act,
-        leaky_slope: 0.1,
-        bias,
-        batchnorm: None,
-        loss,
-    }
-}
+use crate::common::mlp_config as config;
 
 fn flat_grad(model: &Mlp<f64>, theta: &[f64], x: &Matrix<f64>, y: &[usize]) -> Vec<f64> {
     let mut m = model.clone();

@@ -134,25 +134,8 @@ impl<'a> PlaneEvaluator<'a> {
         x: &Matrix<f64>,
         labels: &'a [usize],
     ) -> Result<Self> {
-        model.check_input(x)?;
-        if model.layers.iter().any(|l| l.bn.is_some()) {
-            return Err(Error::Unsupported(
-                "landscape geometry covers MLPs without BatchNorm".into(),
-            ));
-        }
-        if labels.len() != x.rows() || x.rows() == 0 {
-            return Err(Error::Shape(format!(
-                "{} samples and {} labels (need the same, at least one)",
-                x.rows(),
-                labels.len()
-            )));
-        }
-        if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
-            return Err(Error::Shape(format!(
-                "label {y} is out of range for a model with {} outputs",
-                model.config.classes
-            )));
-        }
+        crate::hessian::structure::check_model(model)?;
+        crate::hessian::structure::check_samples(model, x, labels)?;
         let lay = ParamLayout::of(model);
         for d in &dirs {
             if d.len() != lay.total {

@@ -35,26 +35,13 @@ pub fn directional_derivatives(
     d: &[f64],
 ) -> Result<Directional> {
     check_model(model)?;
-    model.check_input(x)?;
+    super::structure::check_samples(model, x, labels)?;
     let layout = ParamLayout::of(model);
     if d.len() != layout.total {
         return Err(Error::Shape(format!(
             "direction of length {} for a model with {} parameters",
             d.len(),
             layout.total
-        )));
-    }
-    if labels.len() != x.rows() {
-        return Err(Error::Shape(format!(
-            "{} samples but {} labels",
-            x.rows(),
-            labels.len()
-        )));
-    }
-    if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
-        return Err(Error::Shape(format!(
-            "label {y} is out of range for a model with {} outputs",
-            model.config.classes
         )));
     }
     if !d.iter().all(|v| v.is_finite()) {

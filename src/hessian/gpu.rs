@@ -111,23 +111,7 @@ fn upload_data<T: CudaScalar>(
     labels: &[usize],
 ) -> Result<(CudaSlice<T>, CudaSlice<u32>)> {
     check_model(model)?;
-    model.check_input(x)?;
-    if x.rows() == 0 {
-        return Err(Error::InvalidArgument("no samples".into()));
-    }
-    if labels.len() != x.rows() {
-        return Err(Error::Shape(format!(
-            "{} samples but {} labels",
-            x.rows(),
-            labels.len()
-        )));
-    }
-    if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
-        return Err(Error::Shape(format!(
-            "label {y} is out of range for a model with {} outputs",
-            model.config.classes
-        )));
-    }
+    super::structure::check_samples(model, x, labels)?;
     let xs = dev.upload_slice(&cast::<T>(x.as_slice()))?;
     let ys: Vec<u32> = labels.iter().map(|&y| y as u32).collect();
     Ok((xs, dev.upload_slice(&ys)?))

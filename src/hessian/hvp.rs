@@ -82,20 +82,7 @@ pub struct HessianOperator<'a> {
 impl<'a> HessianOperator<'a> {
     pub fn new(model: &'a Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part) -> Result<Self> {
         check_model(model)?;
-        model.check_input(x)?;
-        if x.rows() == 0 || labels.len() != x.rows() {
-            return Err(Error::InvalidArgument(format!(
-                "HVP needs samples: {} rows, {} labels",
-                x.rows(),
-                labels.len()
-            )));
-        }
-        if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
-            return Err(Error::Shape(format!(
-                "label {y} is out of range for a model with {} outputs",
-                model.config.classes
-            )));
-        }
+        super::structure::check_samples(model, x, labels)?;
         let act = model.config.activation;
         let slope = model.config.leaky_slope;
         let nl = model.num_layers();

@@ -28,6 +28,31 @@ pub fn check_model(model: &Mlp<f64>) -> Result<()> {
     Ok(())
 }
 
+/// Checks the inputs of a Hessian computation: `x` fits the model and is not empty,
+/// and `labels` holds one label below `K` per row.
+pub fn check_samples(model: &Mlp<f64>, x: &Matrix<f64>, labels: &[usize]) -> Result<()> {
+    model.check_input(x)?;
+    if x.rows() == 0 {
+        return Err(Error::InvalidArgument(
+            "no samples: the Hessian of an empty subset is undefined".into(),
+        ));
+    }
+    if labels.len() != x.rows() {
+        return Err(Error::Shape(format!(
+            "{} samples but {} labels",
+            x.rows(),
+            labels.len()
+        )));
+    }
+    if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
+        return Err(Error::Shape(format!(
+            "label {y} is out of range for a model with {} outputs",
+            model.config.classes
+        )));
+    }
+    Ok(())
+}
+
 /// Residual `r = dl/dz` and curvature `A = d2l/dz2` of one sample's logits.
 pub fn loss_derivatives(kind: LossKind, z: &[f64], y: usize) -> (Vec<f64>, Matrix<f64>) {
     let k = z.len();
@@ -125,20 +150,7 @@ impl BatchStructure {
         par: Par,
     ) -> Result<Self> {
         check_model(model)?;
-        model.check_input(&x)?;
-        if labels.len() != x.rows() {
-            return Err(Error::Shape(format!(
-                "{} samples but {} labels",
-                x.rows(),
-                labels.len()
-            )));
-        }
-        if let Some(&y) = labels.iter().find(|&&y| y >= model.config.classes) {
-            return Err(Error::Shape(format!(
-                "label {y} is out of range for a model with {} outputs",
-                model.config.classes
-            )));
-        }
+        check_samples(model, &x, labels)?;
         let m = x.rows();
         let cache = model.forward_owned(x, par)?;
         let nl = model.num_layers();
