@@ -136,7 +136,17 @@ fn analytic_hvps_match_dense_and_double_backward() {
                     let mut rng = Rng::new(seed);
                     // More than one HVP block, so the blocked reduction is exercised.
                     let n = 300;
-                    let x = Matrix::from_fn(n, model.config.input_dim, |_, _| rng.normal());
+                    // Every other case has mostly-zero inputs (like image pixels), which
+                    // take the sparse first-layer products.
+                    let sparse = seed % 2 == 0;
+                    let x = Matrix::from_fn(n, model.config.input_dim, |_, _| {
+                        let v = rng.normal();
+                        if sparse && rng.uniform() < 0.8 {
+                            0.0
+                        } else {
+                            v
+                        }
+                    });
                     let y: Vec<usize> = (0..n).map(|i| i % model.config.classes).collect();
                     let p = model.num_params();
                     let v: Vec<f64> = (0..p).map(|_| rng.normal()).collect();

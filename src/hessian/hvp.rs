@@ -14,7 +14,7 @@ use super::dense::Part;
 use super::structure::{check_model, softmax, ParamLayout};
 use crate::error::{Error, Result};
 use crate::nn::{LossKind, Mlp};
-use crate::tensor::{gemm_par, sample_blocks, Matrix, Par};
+use crate::tensor::{gemm_par, sample_blocks, CsrMatrix, Matrix, Par};
 use rayon::prelude::*;
 
 /// Samples per block in the batched HVP.
@@ -66,7 +66,14 @@ struct BlockState {
     fwd: crate::nn::mlp::ForwardCache<f64>,
     labels: Vec<usize>,
     dact: Vec<Matrix<f64>>,
+    /// The inputs `x(0)` as sparse rows when at most [`SPARSE_INPUT_DENSITY`] of them
+    /// are nonzero: the two products with `x(0)` (by far the largest for image data)
+    /// then cost `nnz x d_0` instead of `m x n_0 x d_0`.
+    x0_sparse: Option<CsrMatrix>,
 }
+
+/// Inputs at most this dense go through the sparse first-layer products.
+pub const SPARSE_INPUT_DENSITY: f64 = 0.35;
 
 /// A Hessian part of the mean loss over a fixed set of samples, as a
 /// matrix-free operator: the forward pass is computed once and shared by every
@@ -95,10 +102,13 @@ impl<'a> HessianOperator<'a> {
                     .iter()
                     .map(|z| z.map(|t| act.derivative(t, slope)))
                     .collect();
+                let csr = CsrMatrix::from_dense(&fwd.inputs[0]);
+                let x0_sparse = (csr.density() <= SPARSE_INPUT_DENSITY).then_some(csr);
                 Ok(BlockState {
                     fwd,
                     labels: labels[r].to_vec(),
                     dact,
+                    x0_sparse,
                 })
             })
             .collect();
@@ -193,8 +203,14 @@ fn block_hvp(
     let mut rz: Vec<Matrix<f64>> = Vec::with_capacity(nl);
     for p in 0..nl {
         let w = &model.layers[p].weight;
-        let mut z = Matrix::zeros(m, w.rows());
-        gemm_par(par, 1.0, fwd.inputs[p].view(), v[p].0.t(), 0.0, &mut z);
+        let mut z = match (&state.x0_sparse, p) {
+            (Some(xs), 0) => xs.mul_transposed(&v[0].0.transpose()),
+            _ => {
+                let mut z = Matrix::zeros(m, w.rows());
+                gemm_par(par, 1.0, fwd.inputs[p].view(), v[p].0.t(), 0.0, &mut z);
+                z
+            }
+        };
         if p > 0 {
             gemm_par(par, 1.0, rx[p].view(), w.t(), 1.0, &mut z);
         }
@@ -244,8 +260,14 @@ fn block_hvp(
     let mut add_grads =
         |rg: &Matrix<f64>, gz_rx: Option<(&Matrix<f64>, &Matrix<f64>)>, p: usize, sign: f64| {
             let w = &model.layers[p].weight;
-            let mut dw = Matrix::zeros(w.rows(), w.cols());
-            gemm_par(par, 1.0, rg.t(), fwd.inputs[p].view(), 0.0, &mut dw);
+            let mut dw = match (&state.x0_sparse, p) {
+                (Some(xs), 0) => xs.t_mul(rg),
+                _ => {
+                    let mut dw = Matrix::zeros(w.rows(), w.cols());
+                    gemm_par(par, 1.0, rg.t(), fwd.inputs[p].view(), 0.0, &mut dw);
+                    dw
+                }
+            };
             if let Some((gz, rxp)) = gz_rx {
                 gemm_par(par, 1.0, gz.t(), rxp.view(), 1.0, &mut dw);
             }
