@@ -6,7 +6,7 @@ use landscape::autodiff::hvp as tape_hvp;
 use landscape::hessian::small_eig::jacobi_eigenvalues;
 use landscape::hessian::{
     dense_hessian, hessian_block, hvp, per_sample_gn_norms, per_sample_gn_norms_with_curvature,
-    BatchStructure, ParamLayout, Part,
+    BatchStructure, HessianOperator, ParamLayout, Part,
 };
 use landscape::nn::backprop::loss_and_grad_analytic;
 use landscape::nn::{Activation, Init, LossKind, Mlp, Mode};
@@ -150,7 +150,24 @@ fn analytic_hvps_match_dense_and_double_backward() {
                     let y: Vec<usize> = (0..n).map(|i| i % model.config.classes).collect();
                     let p = model.num_params();
                     let v: Vec<f64> = (0..p).map(|_| rng.normal()).collect();
-                    let full = hvp(&model, &x, &y, Part::Full, &v).unwrap();
+                    // The cached operator (sparse first layer when the inputs are sparse)
+                    // and the one-shot product (dense) must agree with the references.
+                    let full = HessianOperator::new(&model, &x, &y, Part::Full)
+                        .unwrap()
+                        .apply(&v)
+                        .unwrap();
+                    let one_shot = hvp(&model, &x, &y, Part::Full, &v).unwrap();
+                    let diff: f64 = full
+                        .iter()
+                        .zip(&one_shot)
+                        .map(|(a, b)| (a - b).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    let size: f64 = full.iter().map(|a| a * a).sum::<f64>().sqrt();
+                    assert!(
+                        diff <= 1e-12 * size.max(1e-300),
+                        "sparse vs dense: {diff} / {size}"
+                    );
                     // Double backward through the tape.
                     let params: Vec<Matrix<f64>> = model
                         .named_params()

@@ -47,7 +47,8 @@ pub fn hvp(
     part: Part,
     v: &[f64],
 ) -> Result<Vec<f64>> {
-    HessianOperator::new(model, x, labels, part)?.apply(v)
+    // One product: building the sparse copy of the inputs would not pay off.
+    HessianOperator::build(model, x, labels, part, false)?.apply(v)
 }
 
 /// HVPs for several vectors at once (the forward pass is shared).
@@ -87,7 +88,19 @@ pub struct HessianOperator<'a> {
 }
 
 impl<'a> HessianOperator<'a> {
+    /// The operator with its forward pass cached; mostly-zero inputs are also kept as
+    /// sparse rows for the first layer's products (amortised over many products).
     pub fn new(model: &'a Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part) -> Result<Self> {
+        Self::build(model, x, labels, part, true)
+    }
+
+    fn build(
+        model: &'a Mlp<f64>,
+        x: &Matrix<f64>,
+        labels: &[usize],
+        part: Part,
+        sparse_inputs: bool,
+    ) -> Result<Self> {
         check_model(model)?;
         super::structure::check_samples(model, x, labels)?;
         let act = model.config.activation;
@@ -102,8 +115,12 @@ impl<'a> HessianOperator<'a> {
                     .iter()
                     .map(|z| z.map(|t| act.derivative(t, slope)))
                     .collect();
-                let csr = CsrMatrix::from_dense(&fwd.inputs[0]);
-                let x0_sparse = (csr.density() <= SPARSE_INPUT_DENSITY).then_some(csr);
+                let x0_sparse = if sparse_inputs {
+                    let csr = CsrMatrix::from_dense(&fwd.inputs[0]);
+                    (csr.density() <= SPARSE_INPUT_DENSITY).then_some(csr)
+                } else {
+                    None
+                };
                 Ok(BlockState {
                     fwd,
                     labels: labels[r].to_vec(),
