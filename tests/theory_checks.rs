@@ -65,6 +65,28 @@ fn reported_norms_and_ratios_match_dense_eigendecomposition() {
         );
     }
     assert!(rep.structural.a_norm_at_most_half && rep.structural.gn_rank_at_most_k_minus_1);
+    // tr(H-term) over the full-norm samples: exact here (P <= 2000), and zero for ReLU;
+    // tr(GN) against the dense GN diagonal.
+    let t = rep.structural.hterm_trace.as_ref().unwrap();
+    assert!(t.ci95.is_none() && t.consistent_with_zero, "{t:?}");
+    let xs = x.rows_view(0, 12).to_owned();
+    let g = dense_hessian(&model, &xs, &y[..12], Part::Gn, 1 << 28).unwrap();
+    let tr_gn: f64 = (0..g.rows()).map(|i| g.get(i, i)).sum();
+    assert!(
+        (t.gn_trace - tr_gn).abs() <= 1e-10 * tr_gn,
+        "{} vs {tr_gn}",
+        t.gn_trace
+    );
+    // A smooth activation has a nonzero H-term trace, found by the same check.
+    let mut tanh_cfg = model.config.clone();
+    tanh_cfg.activation = Activation::Tanh;
+    let tanh = Mlp::<f64>::init(tanh_cfg, Init::Kaiming, 1.3, 7).unwrap();
+    let t = landscape::theory::validate::hterm_trace(&tanh, &x, &y, &full, 0)
+        .unwrap()
+        .unwrap();
+    let h = dense_hessian(&tanh, &xs, &y[..12], Part::Hterm, 1 << 28).unwrap();
+    let tr_h: f64 = (0..h.rows()).map(|i| h.get(i, i)).sum();
+    assert!((t.value - tr_h).abs() <= 1e-12 * tr_h.abs().max(1e-300) && !t.consistent_with_zero);
 }
 
 #[test]

@@ -110,6 +110,12 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
         "structural: max ||A_i|| = {:.6} (<= 1/2: {}), max rank(GN_i) = {} (<= K-1: {}); {} GN norms, {} full norms in {:.1}s",
         s.max_a_norm, s.a_norm_at_most_half, s.max_gn_rank, s.gn_rank_at_most_k_minus_1, n, n_full, seconds
     );
+    if let Some(t) = &s.hterm_trace {
+        println!(
+            "structural: tr(H-term) over the {n_full} full-norm samples = {:.3e} ({}; tr(GN) = {:.3e}); consistent with 0: {}",
+            t.value, t.method, t.gn_trace, t.consistent_with_zero
+        );
+    }
     if let Some(csv) = &a.csv {
         let mut text = String::from("sample,label,gn_norm,full_norm,full_residual\n");
         for (i, g) in report.gn_norms.iter().enumerate() {
@@ -342,6 +348,16 @@ fn report_markdown(
         "\nStructural checks: max ||A_i|| = {:.6} (<= 1/2: {}); max rank(GN_i) = {} (<= K-1 for cross-entropy: {}).\n",
         st.max_a_norm, st.a_norm_at_most_half, st.max_gn_rank, st.gn_rank_at_most_k_minus_1
     ));
+    if let Some(t) = &st.hterm_trace {
+        s.push_str(&format!(
+            "tr(H-term) of the mean Hessian over the full-norm samples: {:.3e} by {} (tr(GN) = {:.3e}){}; consistent with tr(H-term) = 0: {}.\n",
+            t.value,
+            t.method,
+            t.gn_trace,
+            t.ci95.map_or(String::new(), |(l, u)| format!(", 95% interval [{l:.3e}, {u:.3e}]")),
+            t.consistent_with_zero
+        ));
+    }
     if let Some((pts, m_h, incs)) = lemma2 {
         s.push_str(&format!(
             "\n## Lemma 2\n\nM_H = {m_h:.6e} (largest exact per-sample Hessian norm at t*; at R > 0 it is an estimate, not a bound over the ball).\n\n| R | draw | printed bound holds | sharper bound holds | max loss |\n|---|---|---|---|---|\n"

@@ -62,6 +62,66 @@ pub struct StructuralChecks {
     pub a_norm_at_most_half: bool,
     pub max_gn_rank: usize,
     pub gn_rank_at_most_k_minus_1: bool,
+    /// `tr(Hterm)` of the mean Hessian over the full-norm samples: exact (dense
+    /// `tr(H) - tr(GN)`) when `P <= 2000`, else Hutch++ on the H-term operator with a
+    /// 95% interval. `None` without full-norm samples.
+    pub hterm_trace: Option<HtermTrace>,
+}
+
+/// The `tr(Hterm) = 0` check (it holds exactly for piecewise-linear activations).
+#[derive(Clone, Debug, Serialize)]
+pub struct HtermTrace {
+    pub value: f64,
+    /// 95% interval when estimated; `None` when exact.
+    pub ci95: Option<(f64, f64)>,
+    /// `tr(GN)` over the same samples, for scale.
+    pub gn_trace: f64,
+    /// Exact: `|tr(Hterm)| <= 1e-9 tr(GN)`; estimated: the interval contains 0.
+    pub consistent_with_zero: bool,
+    pub method: String,
+}
+
+/// [`HtermTrace`] over the rows `samples` of `x`.
+pub fn hterm_trace(
+    model: &Mlp<f64>,
+    x: &Matrix<f64>,
+    labels: &[usize],
+    samples: &[usize],
+    seed: u64,
+) -> Result<Option<HtermTrace>> {
+    if samples.is_empty() {
+        return Ok(None);
+    }
+    let xs = x.select_rows(samples);
+    let ys: Vec<usize> = samples.iter().map(|&i| labels[i]).collect();
+    let gn_trace = crate::hessian::gn_norm::gn_trace(model, &xs, &ys)?;
+    let p = model.num_params();
+    if p <= 2000 {
+        let h = crate::hessian::dense_hessian(
+            model,
+            &xs,
+            &ys,
+            crate::hessian::Part::Hterm,
+            usize::MAX,
+        )?;
+        let value: f64 = (0..p).map(|i| h.get(i, i)).sum();
+        return Ok(Some(HtermTrace {
+            value,
+            ci95: None,
+            gn_trace,
+            consistent_with_zero: value.abs() <= 1e-9 * gn_trace.abs().max(1e-300),
+            method: "exact (dense H-term diagonal)".into(),
+        }));
+    }
+    let op = HessianOperator::new(model, &xs, &ys, crate::hessian::Part::Hterm)?;
+    let t = crate::linalg::hutch_pp(&op, 60, seed)?;
+    Ok(Some(HtermTrace {
+        value: t.estimate,
+        ci95: Some(t.ci95),
+        gn_trace,
+        consistent_with_zero: t.ci95.0 <= 0.0 && 0.0 <= t.ci95.1,
+        method: "Hutch++ (60 products) on the H-term operator".into(),
+    }))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -194,6 +254,7 @@ pub fn evaluate_bounds(
             max_gn_rank: max_rank,
             gn_rank_at_most_k_minus_1: model.config.loss != crate::nn::LossKind::CrossEntropy
                 || max_rank < k,
+            hterm_trace: hterm_trace(model, x, labels, full_samples, seed)?,
         },
         constants,
         gn_norms: gn.norms,
