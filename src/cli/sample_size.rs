@@ -220,7 +220,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
     let ks_plot = log_grid(m, 20);
     let mut rows = Vec::new();
     let mut csv = String::from("width,extra_layers,radius,k,mean_abs_increment,p05,p95,ema\n");
-    let mut curves_at_t: Vec<((usize, usize), Vec<f64>, f64)> = Vec::new();
+    let mut curves_at_t: Vec<Curve> = Vec::new();
     let mut hessian_model = None;
     let configs = c.configurations();
     let pb = progress(configs.len() as u64, "configs");
@@ -335,7 +335,12 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
             "p05": on_grid(&cur.p05, &ks_plot), "p95": on_grid(&cur.p95, &ks_plot),
             "ema": on_grid(&smooth, &ks_plot), "radii": radius_rows,
         }));
-        curves_at_t.push((arch, smooth, slope.unwrap_or(f64::NAN)));
+        curves_at_t.push(Curve {
+            arch,
+            ema: smooth.clone(),
+            slope: slope.unwrap_or(f64::NAN),
+            band: (ema(&cur.p05, c.ema), ema(&cur.p95, c.ema)),
+        });
         if c.hessian && arch == c.hessian_arch() {
             hessian_model = Some(model);
         }
@@ -443,10 +448,18 @@ fn hessian_side(
     }))
 }
 
+/// One configuration's plotted curve at t*: EMA of the mean, slope, EMA of the 5%/95% band.
+struct Curve {
+    arch: (usize, usize),
+    ema: Vec<f64>,
+    slope: f64,
+    band: (Vec<f64>, Vec<f64>),
+}
+
 fn figures(
     c: &SampleSizeConfig,
     prefix: &Path,
-    curves: &[((usize, usize), Vec<f64>, f64)],
+    curves: &[Curve],
     rows: &[serde_json::Value],
     hessian: Option<&serde_json::Value>,
 ) -> Result<Vec<String>, String> {
@@ -464,12 +477,13 @@ fn figures(
         );
         Ok(())
     };
-    let m1 = curves.first().map_or(0, |c| c.1.len());
+    let m1 = curves.first().map_or(0, |c| c.ema.len());
     let ks: Vec<f64> = (1..=m1).map(|k| k as f64).collect();
     for (sweep, pick) in [("width", true), ("depth", false)] {
-        let sel: Vec<&((usize, usize), Vec<f64>, f64)> = curves
+        let sel: Vec<&Curve> = curves
             .iter()
-            .filter(|(a, _, _)| {
+            .filter(|cv| {
+                let a = &cv.arch;
                 if pick {
                     a.1 == c.fixed_depth && c.hidden_sizes.contains(&a.0)
                 } else {
@@ -480,22 +494,23 @@ fn figures(
         // Collapsed models (constant loss) have no curve worth a log axis: named in the title.
         let skipped: Vec<String> = sel
             .iter()
-            .filter(|(_, _, s)| !s.is_finite())
-            .map(|(a, _, _)| {
+            .filter(|cv| !cv.slope.is_finite())
+            .map(|cv| {
                 if pick {
-                    format!("h = {}", a.0)
+                    format!("h = {}", cv.arch.0)
                 } else {
-                    format!("{} extra", a.1)
+                    format!("{} extra", cv.arch.1)
                 }
             })
             .collect();
-        let sel: Vec<_> = sel.into_iter().filter(|(_, _, s)| s.is_finite()).collect();
+        let sel: Vec<_> = sel.into_iter().filter(|cv| cv.slope.is_finite()).collect();
         if sel.is_empty() {
             continue;
         }
         let mut series: Vec<Series> = sel
             .iter()
-            .map(|(a, v, s)| {
+            .map(|cv| {
+                let (a, s) = (&cv.arch, cv.slope);
                 let slope = if s.is_finite() {
                     format!("slope {s:.3}")
                 } else {
@@ -506,12 +521,13 @@ fn figures(
                 } else {
                     format!("{} extra layers ({slope})", a.1)
                 };
-                Series::new(label, ks.clone(), v.clone())
+                Series::new(label, ks.clone(), cv.ema.clone())
+                    .with_band(cv.band.0.clone(), cv.band.1.clone())
             })
             .collect();
         // 1/k reference through the median curve at k = 100.
         let at = 100.min(m1).max(1);
-        let mut vals: Vec<f64> = sel.iter().map(|(_, v, _)| v[at - 1] * at as f64).collect();
+        let mut vals: Vec<f64> = sel.iter().map(|cv| cv.ema[at - 1] * at as f64).collect();
         vals.sort_by(f64::total_cmp);
         let cst = vals[vals.len() / 2];
         series.push(Series::new(
@@ -519,30 +535,38 @@ fn figures(
             ks.clone(),
             ks.iter().map(|k| cst / k).collect(),
         ));
-        let title = if pick {
-            format!(
-                "|L(k+1) - L(k)| vs k, width sweep ({} extra layers, EMA {})",
-                c.fixed_depth, c.ema
-            )
+        let base = if pick {
+            format!("|L(k+1) - L(k)|, widths at {} extra layers", c.fixed_depth)
         } else {
-            format!(
-                "|L(k+1) - L(k)| vs k, depth sweep (width {}, EMA {})",
-                c.fixed_width, c.ema
-            )
+            format!("|L(k+1) - L(k)|, depths at width {}", c.fixed_width)
         };
-        let title = if skipped.is_empty() {
-            title
+        let collapsed = if skipped.is_empty() {
+            String::new()
         } else {
-            format!("{title}; not drawn, collapsed: {}", skipped.join(", "))
+            format!("; {} collapsed", skipped.join(", "))
         };
         for loglog in [false, true] {
+            // The seed-style log-y figure stays clean; the log-log one shows the 5%-95%
+            // band of |L(k+1) - L(k)| over the orderings (EMA-smoothed like the mean).
+            let (title, series) = if loglog {
+                (
+                    format!("{base} (EMA {}, 5-95% bands){collapsed}", c.ema),
+                    series.clone(),
+                )
+            } else {
+                let plain = series
+                    .iter()
+                    .map(|s| Series::new(s.label.clone(), s.x.clone(), s.y.clone()))
+                    .collect();
+                (format!("{base} (EMA {}){collapsed}", c.ema), plain)
+            };
             let fig = LineFigure {
-                title: title.clone(),
+                title,
                 x_label: "k (samples)".into(),
                 y_label: "mean |L(k+1) - L(k)| over orderings".into(),
                 log_x: loglog,
                 log_y: true,
-                series: series.clone(),
+                series,
                 markers: vec![],
             };
             let suffix = if loglog {
