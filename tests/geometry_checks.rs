@@ -311,6 +311,7 @@ fn grids_and_pca() {
         assert!(parse_range(bad).is_err(), "{bad}");
     }
     assert!(parse_grid("-1:1:3").is_err());
+    assert!(parse_grid("0:1:3000x0:1:3000").is_err());
     // A trajectory moving mostly along e0, a little along e1.
     let center = vec![1.0, 1.0, 1.0, 1.0];
     let traj: Vec<Vec<f64>> = (1..=8)

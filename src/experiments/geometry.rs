@@ -273,7 +273,14 @@ pub fn parse_grid(s: &str) -> Result<(Vec<f64>, Vec<f64>)> {
             "grid '{s}' must be XRANGE x YRANGE, e.g. -1:1:51x-1:1:51"
         ))
     })?;
-    Ok((parse_range(a)?, parse_range(b)?))
+    let (x, y) = (parse_range(a)?, parse_range(b)?);
+    if x.len() * y.len() > 4_000_000 {
+        return Err(Error::InvalidArgument(format!(
+            "grid '{s}' has {} points; at most 4,000,000 are evaluated in one run",
+            x.len() * y.len()
+        )));
+    }
+    Ok((x, y))
 }
 
 /// The top principal directions of a trajectory `thetas` around `center` (Li et al.):
