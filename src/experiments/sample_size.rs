@@ -196,6 +196,13 @@ pub fn increment_curves(values: &[f64], orderings: usize, seed: u64) -> Result<I
             "per-sample values contain NaN or Inf".into(),
         ));
     }
+    if orderings.saturating_mul(m) > 100_000_000 {
+        return Err(Error::InvalidArgument(format!(
+            "{orderings} orderings of {m} samples would hold {} increments in memory; use at most {}",
+            orderings.saturating_mul(m),
+            100_000_000 / m
+        )));
+    }
     let all: Vec<Vec<f64>> = (0..orderings)
         .map(|o| signed_increments(values, seed, o))
         .collect();
