@@ -332,3 +332,59 @@ fn counterexample_single_layer() {
     assert!((printed - 0.0424).abs() < 1e-3, "{printed}");
     assert!(norm > printed);
 }
+
+/// DESIGN.md section 4, L = 3: K = 2, W(1) = W(2) = W(3) = c I with c = 1/2, no biases,
+/// x = (5 sqrt2, 5 sqrt2) (||x|| = 10). Every pre-activation is positive and the two
+/// logits are equal, so ||A|| = 1/2 and, in closed form,
+/// `F F^T = sum_p ||x(p)||^2 G(p) G(p)^T = 3 ||x||^2 c^4 I`, hence
+/// `||GN|| = 3/2 ||x||^2 c^4 = 9.375`: the tight GN bound `1/2 L Mx^2 MW^(2L-2)`, attained.
+/// The H-term lifts the full norm to about 12.68 (DESIGN.md), above every GN bound that
+/// is attained here. The full norm is checked against the eigenvalues of the
+/// finite-difference Hessian, an independent reference.
+#[test]
+fn counterexample_three_layers() {
+    let cfg = config(
+        &[2, 2, 2, 2],
+        Activation::Relu,
+        false,
+        LossKind::CrossEntropy,
+    );
+    let mut model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 0).unwrap();
+    let c = 0.5;
+    for layer in &mut model.layers {
+        layer.weight = Matrix::from_vec(2, 2, vec![c, 0.0, 0.0, c]);
+    }
+    let s = 5.0 * 2f64.sqrt();
+    let x = Matrix::from_vec(1, 2, vec![s, s]);
+    let abs_max = |m: &Matrix<f64>| {
+        jacobi_eigenvalues(m)
+            .iter()
+            .fold(0.0f64, |a, e| a.max(e.abs()))
+    };
+    for label in [0, 1] {
+        let gn = abs_max(&dense_hessian(&model, &x, &[label], Part::Gn, BUDGET).unwrap());
+        let closed = 1.5 * 100.0 * c.powi(4);
+        assert!((closed - 9.375).abs() < 1e-15);
+        assert!((gn - closed).abs() < 1e-12 * closed, "GN {gn}");
+        let h = dense_hessian(&model, &x, &[label], Part::Full, BUDGET).unwrap();
+        let full = abs_max(&h);
+        assert!((full - 12.68).abs() < 5e-3, "full {full}");
+        let fd = fd_hessian(&model, &x, &[label], 1e-5);
+        let fd_sym = Matrix::from_fn(fd.rows(), fd.cols(), |i, j| {
+            0.5 * (fd.get(i, j) + fd.get(j, i))
+        });
+        let fd_norm = abs_max(&fd_sym);
+        assert!(
+            (full - fd_norm).abs() < 1e-6 * full,
+            "{full} vs FD {fd_norm}"
+        );
+        // The K x K route gives the same GN norm.
+        let kk = per_sample_gn_norms(&model, &x, &[label]).unwrap();
+        assert!(
+            (kk.norms[0] - closed).abs() < 1e-12 * closed,
+            "{:?}",
+            kk.norms
+        );
+        assert_eq!(kk.ranks[0], 1);
+    }
+}

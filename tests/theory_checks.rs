@@ -295,12 +295,51 @@ fn bounds_sweep_writes_one_row_per_configuration() {
             json.to_str().unwrap(),
         ])
         .args(["--fig", dir.join("sw").to_str().unwrap()])
+        .args(["--report", dir.join("sw.md").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = j["results"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 8);
+    // The report's counts and smallest counterexamples, recounted from the JSON rows.
+    let report = std::fs::read_to_string(dir.join("sw.md")).unwrap();
+    for (variant, against) in [
+        ("theorem1_printed", "full"),
+        ("tight", "full"),
+        ("tight", "gn"),
+    ] {
+        let mut held = 0;
+        let mut smallest: Option<(u64, String)> = None;
+        for r in rows {
+            let c = r["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["variant"] == variant && c["against"] == against)
+                .unwrap();
+            if c["certificate"].is_null() {
+                held += 1;
+            } else {
+                let p = r["params"].as_u64().unwrap();
+                if smallest.as_ref().is_none_or(|(sp, _)| p < *sp) {
+                    smallest = Some((p, format!("h = {}, L = {}", r["h"], r["layers"])));
+                }
+            }
+        }
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {variant} | {against} |")))
+            .unwrap();
+        assert!(line.contains(&format!("| {held} of 8 |")), "{line}");
+        match smallest {
+            Some((p, cfg)) => assert!(
+                line.contains(&format!("P = {p}")) && line.contains(&cfg),
+                "{line}"
+            ),
+            None => assert!(line.contains("held everywhere"), "{line}"),
+        }
+    }
     // Scaling every weight by 10 multiplies each spectral norm, hence M_W, by 10.
     let mw = |h: u64, d: u64, s: f64| {
         rows.iter()
@@ -310,7 +349,12 @@ fn bounds_sweep_writes_one_row_per_configuration() {
             .unwrap()
     };
     assert!((mw(3, 2, 1.0) / mw(3, 2, 0.1) - 10.0).abs() < 1e-9);
-    for f in ["sw-width.png", "sw-depth.svg"] {
+    for f in [
+        "sw-width.png",
+        "sw-depth.svg",
+        "sw-violations-depth.png",
+        "sw-violations-width.svg",
+    ] {
         assert!(dir.join(f).exists(), "{f}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -356,4 +400,99 @@ fn hessian_increments_match_dense_differences() {
         );
         assert!(inc[t].residual <= 1e-8 * exact);
     }
+}
+
+/// The committed fixtures of DESIGN.md section 4 (`tests/fixtures/cex_l{1,3}.*`): the
+/// weights are checked against their definition, then `bounds` runs on them.
+fn fixture_bounds(name: &str) -> serde_json::Value {
+    let dir = crate::common::TempDir::new(&format!("bounds-{name}"));
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let json = dir.join("b.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_landscape"))
+        .args(["bounds", "--model"])
+        .arg(fixtures.join(format!("{name}.safetensors")))
+        .arg("--data")
+        .arg(fixtures.join(format!("{name}.csv")))
+        .args(["--normalize", "none", "--classes", "2", "--json"])
+        .arg(&json)
+        .arg("--report")
+        .arg(dir.join("r.md"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(dir.join("r.md")).unwrap();
+    assert!(report.contains("Smallest counterexample"), "{report}");
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+}
+
+fn find_check(j: &serde_json::Value, variant: &str, against: &str) -> serde_json::Value {
+    j["results"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["variant"] == variant && c["against"] == against)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn three_layer_counterexample_from_the_fixture() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let model = landscape::io::model_file::load_mlp_f64(
+        &fixtures.join("cex_l3.safetensors"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(model.num_layers(), 3);
+    assert!(!model.config.bias);
+    for l in &model.layers {
+        assert_eq!(l.weight.as_slice(), &[0.5, 0.0, 0.0, 0.5]);
+    }
+    let j = fixture_bounds("cex_l3");
+    // Closed forms: M_W = 1/2, M_x = 10, L = 3.
+    let (l, mx, mw) = (3, 10.0, 0.5);
+    let printed = theorem1_printed(l, mx, mw);
+    let tight = tight_form(l, mx, mw, false);
+    // By hand: 3 sqrt2 100 / 64 + sqrt2 / 4 (1 - 1/64) / (3/4) = 6.62913 + 0.46404.
+    assert!((printed - 7.09317).abs() < 1e-5, "{printed}");
+    assert!((tight - 9.375).abs() < 1e-12);
+    // Theorem 1 as printed (7.09) is violated by the GN norm 9.375, with a certificate.
+    let t1 = find_check(&j, "theorem1_printed", "gn");
+    assert_eq!(t1["holds"], false);
+    assert!((t1["bound"].as_f64().unwrap() - printed).abs() < 1e-12 * printed);
+    assert!(t1["certificate"].as_f64().unwrap() > printed);
+    assert!((t1["witness_value"].as_f64().unwrap() - 9.375).abs() < 1e-10);
+    // The thesis and tight forms hold for GN; the tight one is attained.
+    assert_eq!(find_check(&j, "thesis", "gn")["holds"], true);
+    let tg = find_check(&j, "tight", "gn");
+    assert_eq!(tg["holds"], true);
+    assert!((tg["worst_ratio"].as_f64().unwrap() - 1.0).abs() < 1e-10);
+    // The full-Hessian norm (about 12.68) exceeds the tight GN bound, certified.
+    let tf = find_check(&j, "tight", "full");
+    assert_eq!(tf["holds"], false);
+    let cert = tf["certificate"].as_f64().unwrap();
+    assert!(cert > tight && (cert - 12.68).abs() < 5e-3, "{cert}");
+    assert!((tf["witness_value"].as_f64().unwrap() - 12.68).abs() < 5e-3);
+}
+
+#[test]
+fn single_layer_counterexample_from_the_fixture() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let model = landscape::io::model_file::load_mlp_f64(
+        &fixtures.join("cex_l1.safetensors"),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(model.num_layers(), 1);
+    assert_eq!(model.layers[0].weight.as_slice(), &[0.1, 0.0, 0.0, 0.1]);
+    let j = fixture_bounds("cex_l1");
+    let t1 = find_check(&j, "theorem1_printed", "gn");
+    assert_eq!(t1["holds"], false);
+    assert!((t1["witness_value"].as_f64().unwrap() - 1.0).abs() < 1e-14);
+    // L = 1 has no H-term: the full norm equals the tight GN bound, which holds.
+    assert_eq!(find_check(&j, "tight", "full")["holds"], true);
 }

@@ -255,6 +255,9 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
     if let Some(path) = &a.report {
         let text = report_markdown(
             &report,
+            &model,
+            &x,
+            &y,
             n,
             n_full,
             lemma2
@@ -288,6 +291,9 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
 /// The plain-words report: which statements held on this data, which failed, and the witnesses.
 fn report_markdown(
     r: &landscape::theory::validate::BoundsReport,
+    model: &landscape::nn::Mlp<f64>,
+    x: &landscape::Matrix<f64>,
+    y: &[usize],
     n: usize,
     n_full: usize,
     lemma2: Option<(
@@ -320,26 +326,59 @@ fn report_markdown(
             ch.variant, ch.against, ch.bound, ch.worst_ratio, ch.witness
         ));
     }
-    let failed: Vec<&str> = r
-        .checks
-        .iter()
-        .filter(|c| !c.holds)
-        .map(|c| c.variant.as_str())
-        .collect();
+    let failed: Vec<&landscape::theory::validate::VariantCheck> =
+        r.checks.iter().filter(|c| !c.holds).collect();
     s.push('\n');
     if failed.is_empty() {
         s.push_str("Every bound variant held on this data.\n");
     } else {
-        s.push_str(&format!("Failed on this data: {}. ", failed.join(", ")));
-        if let Some(worst) = r
-            .checks
+        // One entry per statement, listing the norms it failed against.
+        let mut names: Vec<(String, Vec<&str>)> = Vec::new();
+        for c in &failed {
+            match names.iter_mut().find(|(v, _)| *v == c.variant) {
+                Some((_, against)) => against.push(&c.against),
+                None => names.push((c.variant.clone(), vec![&c.against])),
+            }
+        }
+        let listed: Vec<String> = names
             .iter()
-            .filter(|c| !c.holds)
+            .map(|(v, against)| format!("{v} (against {})", against.join(" and ")))
+            .collect();
+        s.push_str(&format!("Failed on this data: {}. ", listed.join(", ")));
+        if let Some(worst) = failed
+            .iter()
             .max_by(|a, b| a.worst_ratio.total_cmp(&b.worst_ratio))
         {
             s.push_str(&format!(
                 "The largest violation is {} against the {} norm at sample {}: actual {:.6e} vs bound {:.6e} (ratio {:.4e}).\n",
                 worst.variant, worst.against, worst.witness, worst.witness_value, worst.bound, worst.worst_ratio
+            ));
+        }
+        // The smallest counterexample here: this model with one witness sample; among the
+        // witnesses, the one with the smallest input norm.
+        let row_norm = |i: usize| x.row(i).iter().map(|v| v * v).sum::<f64>().sqrt();
+        if let Some(c) = failed
+            .iter()
+            .min_by(|a, b| row_norm(a.witness).total_cmp(&row_norm(b.witness)))
+        {
+            let widths: Vec<String> = std::iter::once(model.config.input_dim)
+                .chain(model.config.hidden.iter().copied())
+                .chain(std::iter::once(model.config.classes))
+                .map(|w| w.to_string())
+                .collect();
+            s.push_str(&format!(
+                "\nSmallest counterexample found: this model (widths {}, P = {} parameters, biases: {}) with the single sample {} (||x|| = {:.6e}, label {}), which violates {} against the {} norm: {:.6e} > {:.6e}{}.\n",
+                widths.join("-"),
+                model.num_params(),
+                model.config.bias,
+                c.witness,
+                row_norm(c.witness),
+                y[c.witness],
+                c.variant,
+                c.against,
+                c.witness_value,
+                c.bound,
+                c.certificate.map_or(String::new(), |v| format!(" (certified: norm >= {v:.6e})"))
             ));
         }
     }

@@ -47,6 +47,10 @@ pub struct SweepArgs {
     pub fig: Option<PathBuf>,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Markdown report: which statements held in which configurations, and the smallest
+    /// counterexample (fewest parameters) found for each failed statement.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
@@ -117,7 +121,7 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
                                "violating_fraction": c.violations as f64 / denom as f64, "witness": c.witness, "certificate": c.certificate})
                     })
                     .collect();
-                rows.push(json!({"h": h, "depth": depth, "layers": depth + 1, "init_scale": scale, "m_w": rep.constants.m_w,
+                rows.push(json!({"h": h, "depth": depth, "layers": depth + 1, "init_scale": scale, "params": model.num_params(), "m_w": rep.constants.m_w,
                                  "m_x": rep.constants.m_x, "checks": checks}));
                 pb.inc(1);
             }
@@ -154,58 +158,84 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
         let stem = prefix.display().to_string();
         // Worst ratio (against GN) vs h at the deepest depth, and vs L at the widest width (first init scale).
         let variants = ["theorem1_printed", "thesis", "tight"];
-        let ratio = |r: &serde_json::Value, v: &str| {
+        let metric = |r: &serde_json::Value, v: &str, against: &str, key: &str| {
             r["checks"]
                 .as_array()
                 .and_then(|cs| {
                     cs.iter()
-                        .find(|c| c["variant"] == v && c["against"] == "gn")
+                        .find(|c| c["variant"] == v && c["against"] == against)
                 })
-                .and_then(|c| c["worst_ratio"].as_f64())
+                .and_then(|c| c[key].as_f64())
         };
         let s0 = a.init_scales[0];
-        for (axis, fixed_label) in [("width", "h"), ("depth", "L")] {
-            let mut series = Vec::new();
-            for v in variants {
-                let pts: Vec<(f64, f64)> = rows
+        // (metric key, file tag, y label, log scale, norms compared)
+        let metrics: [(&str, &str, &str, bool, &[&str]); 2] = [
+            ("worst_ratio", "", "max_i ||GN_i|| / bound", true, &["gn"]),
+            (
+                "violating_fraction",
+                "-violations",
+                "fraction of samples violating (certified)",
+                false,
+                &["gn", "full"],
+            ),
+        ];
+        for (key, tag, y_label, log_y, norms) in metrics {
+            for (axis, fixed_label) in [("width", "h"), ("depth", "L")] {
+                let mut series = Vec::new();
+                for (v, against) in variants
                     .iter()
-                    .filter(|r| r["init_scale"].as_f64() == Some(s0))
-                    .filter(|r| {
-                        if axis == "width" {
-                            r["depth"] == *a.depths.iter().max().expect("depths")
-                        } else {
-                            r["h"] == *a.widths.iter().max().expect("widths")
-                        }
-                    })
-                    .filter_map(|r| {
-                        Some((
+                    .flat_map(|v| norms.iter().map(move |n| (*v, *n)))
+                {
+                    let pts: Vec<(f64, f64)> = rows
+                        .iter()
+                        .filter(|r| r["init_scale"].as_f64() == Some(s0))
+                        .filter(|r| {
                             if axis == "width" {
-                                r["h"].as_f64()?
+                                r["depth"] == *a.depths.iter().max().expect("depths")
                             } else {
-                                r["layers"].as_f64()?
-                            },
-                            ratio(r, v)?,
-                        ))
-                    })
-                    .collect();
-                series.push(Series::new(
-                    format!("{v} (actual/bound, GN)"),
-                    pts.iter().map(|p| p.0).collect(),
-                    pts.iter().map(|p| p.1).collect(),
-                ));
+                                r["h"] == *a.widths.iter().max().expect("widths")
+                            }
+                        })
+                        .filter_map(|r| {
+                            Some((
+                                if axis == "width" {
+                                    r["h"].as_f64()?
+                                } else {
+                                    r["layers"].as_f64()?
+                                },
+                                metric(r, v, against, key)?,
+                            ))
+                        })
+                        .collect();
+                    series.push(Series::new(
+                        format!("{v} ({})", if against == "gn" { "GN" } else { "full H" }),
+                        pts.iter().map(|p| p.0).collect(),
+                        pts.iter().map(|p| p.1).collect(),
+                    ));
+                }
+                let what = if log_y {
+                    "Bound tightness"
+                } else {
+                    "Violations"
+                };
+                let fig = LineFigure {
+                    title: format!("{what} vs {fixed_label}"),
+                    x_label: fixed_label.into(),
+                    y_label: y_label.into(),
+                    log_y,
+                    series,
+                    ..Default::default()
+                };
+                figures.extend(
+                    line_plot(&fig, Path::new(&format!("{stem}{tag}-{axis}")))
+                        .map_err(|e| e.to_string())?,
+                );
             }
-            let fig = LineFigure {
-                title: format!("Bound tightness vs {fixed_label}"),
-                x_label: fixed_label.into(),
-                y_label: "max_i ||GN_i|| / bound".into(),
-                log_y: true,
-                series,
-                ..Default::default()
-            };
-            figures.extend(
-                line_plot(&fig, Path::new(&format!("{stem}-{axis}"))).map_err(|e| e.to_string())?,
-            );
         }
+    }
+    if let Some(path) = &a.report {
+        std::fs::write(path, sweep_report(&rows, n, full.len()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     let prov = Provenance::new(
         command_line,
@@ -220,4 +250,83 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
         json!({"rows": rows, "figures": figures.iter().map(|f| f.display().to_string()).collect::<Vec<_>>()}),
         &prov,
     )
+}
+
+/// The sweep in plain words: per statement and norm, in how many configurations it held,
+/// and the smallest counterexample (fewest parameters, then smallest worst ratio) when it failed.
+fn sweep_report(rows: &[serde_json::Value], n: usize, n_full: usize) -> String {
+    let mut s = format!(
+        "# Hessian-norm bounds across a sweep: report\n\n{} configurations; exact GN norms of {n} samples and exact full-Hessian norms of {n_full} samples in each.\n\n",
+        rows.len()
+    );
+    s.push_str("| statement | against | held in | smallest counterexample (h, L, init scale, P) | its worst ratio | witness sample |\n|---|---|---|---|---|---|\n");
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in rows {
+        for c in r["checks"].as_array().into_iter().flatten() {
+            let k = (
+                c["variant"].as_str().unwrap_or("").to_string(),
+                c["against"].as_str().unwrap_or("").to_string(),
+            );
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let mut failures = Vec::new();
+    for (variant, against) in &keys {
+        let mut held = 0;
+        let mut smallest: Option<(u64, f64, &serde_json::Value, &serde_json::Value)> = None;
+        for r in rows {
+            let Some(c) = r["checks"].as_array().and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["variant"] == variant.as_str() && c["against"] == against.as_str())
+            }) else {
+                continue;
+            };
+            if c["certificate"].is_null() {
+                held += 1;
+                continue;
+            }
+            let p = r["params"].as_u64().unwrap_or(u64::MAX);
+            let ratio = c["worst_ratio"].as_f64().unwrap_or(f64::NAN);
+            if smallest.is_none_or(|(sp, sr, _, _)| (p, ratio) < (sp, sr)) {
+                smallest = Some((p, ratio, r, c));
+            }
+        }
+        let (cex, ratio, witness) = match smallest {
+            Some((p, ratio, r, c)) => {
+                failures.push(format!(
+                    "{variant} against the {against} norm fails already at h = {}, L = {}, init scale {} (P = {p}, M_W = {:.4}): sample {} has ratio {ratio:.4e}",
+                    r["h"], r["layers"], r["init_scale"], r["m_w"].as_f64().unwrap_or(f64::NAN), c["witness"]
+                ));
+                (
+                    format!(
+                        "h = {}, L = {}, scale {}, P = {p}",
+                        r["h"], r["layers"], r["init_scale"]
+                    ),
+                    format!("{ratio:.4e}"),
+                    c["witness"].to_string(),
+                )
+            }
+            None => (
+                "none (held everywhere)".into(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        s.push_str(&format!(
+            "| {variant} | {against} | {held} of {} | {cex} | {ratio} | {witness} |\n",
+            rows.len()
+        ));
+    }
+    s.push('\n');
+    if failures.is_empty() {
+        s.push_str("Every statement held in every configuration of this sweep.\n");
+    } else {
+        s.push_str("Smallest counterexamples found (a violation counts only when certified: the Ritz value minus its residual exceeds the bound):\n\n");
+        for f in failures {
+            s.push_str(&format!("- {f}.\n"));
+        }
+    }
+    s
 }
