@@ -388,3 +388,35 @@ fn counterexample_three_layers() {
         assert_eq!(kk.ranks[0], 1);
     }
 }
+
+/// Mostly-zero inputs (80% zeros, below the sparse threshold) take the sparse first-layer
+/// route of the K x K norms; MSE takes the `2 M` congruence. Both against dense eigenvalues.
+#[test]
+fn k_by_k_norms_with_sparse_inputs_and_mse() {
+    let mut rng = Rng::new(21);
+    let x = Matrix::from_fn(9, 31, |_, _| {
+        let v = rng.normal();
+        if rng.uniform() < 0.8 {
+            0.0
+        } else {
+            v
+        }
+    });
+    let y = vec![0, 1, 2, 0, 1, 2, 0, 1, 2];
+    for (loss, bias) in [(LossKind::CrossEntropy, true), (LossKind::Mse, false)] {
+        let cfg = config(&[31, 7, 5, 3], Activation::Relu, bias, loss);
+        let model = Mlp::<f64>::init(cfg, Init::Torch, 2.0, 3).unwrap();
+        let norms = per_sample_gn_norms(&model, &x, &y).unwrap();
+        for i in 0..x.rows() {
+            let xi = x.rows_view(i, i + 1).to_owned();
+            let gn_i = dense_hessian(&model, &xi, &y[i..i + 1], Part::Gn, BUDGET).unwrap();
+            let top = *jacobi_eigenvalues(&gn_i).last().unwrap();
+            let rel = (norms.norms[i] - top).abs() / top.max(1e-300);
+            assert!(
+                rel <= 1e-12,
+                "{loss:?} sample {i}: {} vs {top}",
+                norms.norms[i]
+            );
+        }
+    }
+}

@@ -5,11 +5,14 @@
 //! because each layer's Jacobian block is `G(p) (x) x~(p)^T`. So
 //! `||GN_i||_2 = lambda_max(C_i^T M_i C_i)` costs `O(K^2 sum_p d_p + K^3)` per sample.
 
+use super::hvp::SPARSE_INPUT_DENSITY;
 use super::small_eig::sym_eigenvalues_in_place;
-use super::structure::{curvature_factor, BatchStructure};
+use super::structure::{
+    backward_products, check_model, check_samples, curvature_factor, softmax, BatchStructure,
+};
 use crate::error::{Error, Result};
-use crate::nn::Mlp;
-use crate::tensor::{matmul, sample_blocks, Matrix, Par};
+use crate::nn::{LossKind, Mlp};
+use crate::tensor::{gemm_par, matmul, sample_blocks, Matrix, Par, SparseRows};
 use rayon::prelude::*;
 
 /// Samples per parallel block.
@@ -31,45 +34,164 @@ pub struct GnNorms {
 /// `M_i = F_i F_i^T = sum_p (||x_i(p)||^2 + [bias]) G_i(p) G_i(p)^T` (`K x K`).
 pub fn jacobian_gram(st: &BatchStructure, i: usize) -> Matrix<f64> {
     let k = st.classes();
+    let nl = st.num_layers();
+    let extra = if st.bias { 1.0 } else { 0.0 };
     let mut m = Matrix::zeros(k, k);
-    for p in 0..st.num_layers() {
-        let x = st.inputs[p].row(i);
-        let c = x.iter().map(|v| v * v).sum::<f64>() + if st.bias { 1.0 } else { 0.0 };
-        if p + 1 == st.num_layers() {
-            // G(L-1) = I_K.
-            for a in 0..k {
-                let val = m.get(a, a) + c;
-                m.set(a, a, val);
-            }
-            continue;
-        }
-        let g = &st.g[p];
-        for a in 0..k {
-            let ga = g.row(i * k + a);
-            for b in 0..=a {
-                let gb = g.row(i * k + b);
-                let dot = crate::tensor::dot(ga, gb);
-                let val = m.get(a, b) + c * dot;
-                m.set(a, b, val);
-                m.set(b, a, val);
-            }
-        }
-    }
+    gram_into(
+        &st.g[..nl - 1],
+        |p| st.inputs[p].row(i).iter().map(|v| v * v).sum::<f64>() + extra,
+        nl,
+        i,
+        k,
+        m.as_mut_slice(),
+    );
     m
 }
 
-/// `C^T M C` for square `C`, `M` (`K x K`), written into `out` row-major.
-fn congruence(c: &Matrix<f64>, m: &Matrix<f64>, out: &mut [f64]) {
-    let k = c.rows();
-    let mut mc = vec![0.0; k * k];
-    for a in 0..k {
-        for b in 0..k {
-            mc[a * k + b] = (0..k).map(|t| m.get(a, t) * c.get(t, b)).sum();
+/// Adds `M_i = sum_p c_p G_i(p) G_i(p)^T` into `out` (`K x K`, row-major), where
+/// `c_p = sq_norm(p) = ||x_i(p)||^2 + [bias]`, `g` holds the hidden layers' stacked
+/// `G(p)` (`p = 0..L-2`) and `G(L-1) = I_K`.
+fn gram_into(
+    g: &[Matrix<f64>],
+    sq_norm: impl Fn(usize) -> f64,
+    num_layers: usize,
+    i: usize,
+    k: usize,
+    out: &mut [f64],
+) {
+    for p in 0..num_layers {
+        let c = sq_norm(p);
+        if p + 1 == num_layers {
+            for a in 0..k {
+                out[a * k + a] += c;
+            }
+            continue;
+        }
+        let g = &g[p];
+        for a in 0..k {
+            let ga = g.row(i * k + a);
+            for b in 0..=a {
+                let dot = crate::tensor::dot(ga, g.row(i * k + b));
+                out[a * k + b] += c * dot;
+                if a != b {
+                    out[b * k + a] += c * dot;
+                }
+            }
         }
     }
-    for a in 0..k {
-        for b in 0..k {
-            out[a * k + b] = (0..k).map(|t| c.get(t, a) * mc[t * k + b]).sum();
+}
+
+/// What the `K x K` route needs for a block of samples, and nothing more: the squared
+/// layer-input norms `||x_i(p)||^2 + [bias]`, the hidden layers' `G(p)`, the logits
+/// and the losses. Mostly-zero inputs (image pixels) go through the first layer as
+/// sparse rows, and the inputs are read in place (no copy of the block).
+struct GramInputs {
+    /// `sq_norms[p][i]`.
+    sq_norms: Vec<Vec<f64>>,
+    g: Vec<Matrix<f64>>,
+    logits: Matrix<f64>,
+    losses: Vec<f64>,
+}
+
+impl GramInputs {
+    /// The block `rows` of `x_all`, read in place; `w0t` is `W(0)^T` (`n_0 x d_0`),
+    /// shared by all blocks.
+    fn compute(
+        model: &Mlp<f64>,
+        x_all: &Matrix<f64>,
+        rows: std::ops::Range<usize>,
+        labels: &[usize],
+        w0t: &Matrix<f64>,
+        par: Par,
+    ) -> Self {
+        let nl = model.num_layers();
+        let m = rows.len();
+        let act = model.config.activation;
+        let slope = model.config.leaky_slope;
+        let extra = if model.config.bias { 1.0 } else { 0.0 };
+        let row_sq = |mat: &Matrix<f64>| -> Vec<f64> {
+            (0..mat.rows())
+                .map(|i| mat.row(i).iter().map(|v| v * v).sum::<f64>() + extra)
+                .collect()
+        };
+        let row = |i: usize| -> &[f64] { x_all.row(rows.start + i) };
+        let x = x_all.rows_view(rows.start, rows.end);
+        let nnz: usize = (0..m)
+            .map(|i| row(i).iter().filter(|&&v| v != 0.0).count())
+            .sum();
+        let mut sq_norms = vec![(0..m)
+            .map(|i| row(i).iter().map(|v| v * v).sum::<f64>() + extra)
+            .collect::<Vec<f64>>()];
+        let mut dact = Vec::with_capacity(nl - 1);
+        let mut prev: Option<Matrix<f64>> = None;
+        let mut logits = Matrix::zeros(0, 0);
+        for (p, layer) in model.layers.iter().enumerate() {
+            let mut z = if p == 0 {
+                if (nnz as f64) <= SPARSE_INPUT_DENSITY * (m * x.cols()).max(1) as f64 {
+                    SparseRows::from_view(x).mul_transposed(w0t)
+                } else {
+                    let mut z = Matrix::zeros(m, layer.weight.rows());
+                    gemm_par(par, 1.0, x, layer.weight.t(), 0.0, &mut z);
+                    z
+                }
+            } else {
+                let xin = prev.as_ref().expect("hidden input");
+                let mut z = Matrix::zeros(m, layer.weight.rows());
+                gemm_par(par, 1.0, xin.view(), layer.weight.t(), 0.0, &mut z);
+                z
+            };
+            if let Some(b) = &layer.bias {
+                for i in 0..m {
+                    for (t, &bv) in z.row_mut(i).iter_mut().zip(b.as_slice()) {
+                        *t += bv;
+                    }
+                }
+            }
+            if p + 1 < nl {
+                dact.push(z.map(|v| act.derivative(v, slope)));
+                let a = z.map(|v| act.apply(v, slope));
+                sq_norms.push(row_sq(&a));
+                prev = Some(a);
+            } else {
+                logits = z;
+            }
+        }
+        let g = backward_products(model, &dact, m, par);
+        let losses = model.config.loss.per_sample(&logits, labels);
+        Self {
+            sq_norms,
+            g,
+            logits,
+            losses,
+        }
+    }
+}
+
+/// `C^T M C` for the curvature factor `C` of [`curvature_factor`] (`A = C C^T`), in
+/// `O(K^2)` from the factor's structure instead of two `K x K` products:
+/// CE, `C = S - p s^T` with `s = sqrt(p)`, `S = diag(s)`:
+/// `(C^T M C)_ab = s_a s_b (M_ab - u_a - u_b + gamma)` with `u = M p`, `gamma = p^T u`;
+/// MSE, `C = sqrt2 I`: `2 M`. `m` and `out` are `K x K` row-major; `z` are the logits.
+fn curvature_congruence(kind: LossKind, z: &[f64], m: &[f64], out: &mut [f64]) {
+    let k = z.len();
+    match kind {
+        LossKind::CrossEntropy => {
+            let p = softmax(z);
+            let s: Vec<f64> = p.iter().map(|v| v.sqrt()).collect();
+            let u: Vec<f64> = (0..k)
+                .map(|a| crate::tensor::dot(&m[a * k..(a + 1) * k], &p))
+                .collect();
+            let gamma = crate::tensor::dot(&p, &u);
+            for a in 0..k {
+                for b in 0..k {
+                    out[a * k + b] = s[a] * s[b] * (m[a * k + b] - u[a] - u[b] + gamma);
+                }
+            }
+        }
+        LossKind::Mse => {
+            for (o, &v) in out.iter_mut().zip(m) {
+                *o = 2.0 * v;
+            }
         }
     }
 }
@@ -98,26 +220,30 @@ fn gn_norms_impl(
     if x.rows() == 0 {
         return Err(Error::InvalidArgument("no samples".into()));
     }
+    check_model(model)?;
+    check_samples(model, x, labels)?;
     let kind = model.config.loss;
+    let k = model.config.classes;
+    let nl = model.num_layers();
     let blocks = sample_blocks(x.rows(), GN_NORM_BLOCK);
     let par = if blocks.len() == 1 {
         Par::Rayon
     } else {
         Par::Seq
     };
+    let w0t = model.layers[0].weight.transpose();
     type Row = (f64, usize, f64, f64);
-    let parts: Vec<Result<Vec<Row>>> = blocks
+    let parts: Vec<Vec<Row>> = blocks
         .into_par_iter()
         .map(|r| {
-            let xb = x.rows_view(r.start, r.end).to_owned();
-            let st = BatchStructure::from_owned(model, xb, &labels[r], par)?;
-            Ok((0..st.num_samples())
+            let st = GramInputs::compute(model, x, r.clone(), &labels[r.clone()], &w0t, par);
+            let mut gram = vec![0.0; k * k];
+            let mut scratch = vec![0.0; k * k];
+            (0..r.len())
                 .map(|i| {
-                    let k = st.classes();
-                    let c = curvature_factor(kind, st.logits(i));
-                    let m = jacobian_gram(&st, i);
-                    let mut scratch = vec![0.0; k * k];
-                    congruence(&c, &m, &mut scratch);
+                    gram.fill(0.0);
+                    gram_into(&st.g, |p| st.sq_norms[p][i], nl, i, k, &mut gram);
+                    curvature_congruence(kind, st.logits.row(i), &gram, &mut scratch);
                     let ev = sym_eigenvalues_in_place(&mut scratch, k);
                     let top = *ev.last().expect("K >= 1");
                     let rank = ev
@@ -125,6 +251,7 @@ fn gn_norms_impl(
                         .filter(|&&e| e > 1e-12 * top.abs().max(f64::MIN_POSITIVE))
                         .count();
                     let a_norm = if with_a {
+                        let c = curvature_factor(kind, st.logits.row(i));
                         let mut a_scratch = matmul(c.view(), c.t()).into_vec();
                         sym_eigenvalues_in_place(&mut a_scratch, k)
                             .last()
@@ -135,7 +262,7 @@ fn gn_norms_impl(
                     };
                     (top.max(0.0), rank, a_norm, st.losses[i])
                 })
-                .collect())
+                .collect()
         })
         .collect();
     let mut out = GnNorms {
@@ -145,7 +272,7 @@ fn gn_norms_impl(
         losses: vec![],
     };
     for p in parts {
-        for (n, r, a, l) in p? {
+        for (n, r, a, l) in p {
             out.norms.push(n);
             out.ranks.push(r);
             if with_a {

@@ -71,6 +71,11 @@ struct BlockState {
     /// are nonzero: the two products with `x(0)` (by far the largest for image data)
     /// then cost `nnz x d_0` instead of `m x n_0 x d_0`.
     x0_sparse: Option<CsrMatrix>,
+    /// `g_z(p) = dl/dz(p)` for every layer (`g_z(L-1) = r`), which do not depend on `v`.
+    gz: Vec<Matrix<f64>>,
+    /// Softmax probabilities (CE) or `2 (z - y)` residual inputs (MSE) per sample: the
+    /// top layer's `p` for `A R{z}`.
+    probs: Matrix<f64>,
 }
 
 /// Inputs at most this dense go through the sparse first-layer products.
@@ -111,7 +116,7 @@ impl<'a> HessianOperator<'a> {
             .map(|r| {
                 let xb = x.rows_view(r.start, r.end).to_owned();
                 let fwd = model.forward_owned(xb, Par::Seq)?;
-                let dact = fwd.pre[..nl - 1]
+                let dact: Vec<Matrix<f64>> = fwd.pre[..nl - 1]
                     .iter()
                     .map(|z| z.map(|t| act.derivative(t, slope)))
                     .collect();
@@ -121,11 +126,15 @@ impl<'a> HessianOperator<'a> {
                 } else {
                     None
                 };
+                let labels = labels[r].to_vec();
+                let (probs, gz) = backward_state(model, &fwd, &dact, &labels);
                 Ok(BlockState {
                     fwd,
-                    labels: labels[r].to_vec(),
+                    labels,
                     dact,
                     x0_sparse,
+                    gz,
+                    probs,
                 })
             })
             .collect();
@@ -170,6 +179,12 @@ impl<'a> HessianOperator<'a> {
             }
         }
         let splits: Vec<_> = vs.iter().map(|v| split(&self.layout, v)).collect();
+        // V(0)^T once per direction for the sparse first-layer product.
+        let sparse = self.blocks.iter().any(|b| b.x0_sparse.is_some());
+        let v0ts: Vec<Option<Matrix<f64>>> = splits
+            .iter()
+            .map(|sp| sparse.then(|| sp[0].0.transpose()))
+            .collect();
         let par = if self.blocks.len() == 1 {
             Par::Rayon
         } else {
@@ -181,7 +196,18 @@ impl<'a> HessianOperator<'a> {
             .map(|b| {
                 splits
                     .iter()
-                    .map(|vp| block_hvp(self.model, &self.layout, b, self.part, vp, par))
+                    .zip(&v0ts)
+                    .map(|(vp, v0t)| {
+                        block_hvp(
+                            self.model,
+                            &self.layout,
+                            b,
+                            self.part,
+                            vp,
+                            v0t.as_ref(),
+                            par,
+                        )
+                    })
                     .collect()
             })
             .collect();
@@ -203,12 +229,59 @@ impl<'a> HessianOperator<'a> {
     }
 }
 
+/// The direction-free part of the backward pass: per-sample softmax probabilities (CE;
+/// empty for MSE) and `g_z(p)` for every layer, `g_z(L-1) = r`,
+/// `g_z(p-1) = act'(z(p-1)) .* (g_z(p) W(p))`.
+fn backward_state(
+    model: &Mlp<f64>,
+    fwd: &crate::nn::mlp::ForwardCache<f64>,
+    dact: &[Matrix<f64>],
+    labels: &[usize],
+) -> (Matrix<f64>, Vec<Matrix<f64>>) {
+    let nl = model.num_layers();
+    let logits = fwd.logits();
+    let (m, k) = (logits.rows(), logits.cols());
+    let mut r = Matrix::zeros(m, k);
+    let mut probs = Matrix::zeros(0, 0);
+    match model.config.loss {
+        LossKind::CrossEntropy => {
+            probs = Matrix::zeros(m, k);
+            for (i, &y) in labels.iter().enumerate() {
+                let p = softmax(logits.row(i));
+                probs.row_mut(i).copy_from_slice(&p);
+                for j in 0..k {
+                    r.set(i, j, p[j] - if j == y { 1.0 } else { 0.0 });
+                }
+            }
+        }
+        LossKind::Mse => {
+            for (i, &y) in labels.iter().enumerate() {
+                for j in 0..k {
+                    let t = if j == y { 1.0 } else { 0.0 };
+                    r.set(i, j, 2.0 * (logits.get(i, j) - t));
+                }
+            }
+        }
+    }
+    let mut gz = vec![Matrix::zeros(0, 0); nl];
+    gz[nl - 1] = r;
+    for p in (1..nl).rev() {
+        let w = &model.layers[p].weight;
+        let mut below = Matrix::zeros(m, w.cols());
+        gemm_par(Par::Seq, 1.0, gz[p].view(), w.view(), 0.0, &mut below);
+        scale_rows_by(&mut below, &dact[p - 1]);
+        gz[p - 1] = below;
+    }
+    (probs, gz)
+}
+
 fn block_hvp(
     model: &Mlp<f64>,
     layout: &ParamLayout,
     state: &BlockState,
     part: Part,
     v: &[(Matrix<f64>, Option<Vec<f64>>)],
+    v0t: Option<&Matrix<f64>>,
     par: Par,
 ) -> Vec<f64> {
     let nl = model.num_layers();
@@ -221,7 +294,7 @@ fn block_hvp(
     for p in 0..nl {
         let w = &model.layers[p].weight;
         let mut z = match (&state.x0_sparse, p) {
-            (Some(xs), 0) => xs.mul_transposed(&v[0].0.transpose()),
+            (Some(xs), 0) => xs.mul_transposed(v0t.expect("V(0)^T for sparse inputs")),
             _ => {
                 let mut z = Matrix::zeros(m, w.rows());
                 gemm_par(par, 1.0, fwd.inputs[p].view(), v[p].0.t(), 0.0, &mut z);
@@ -245,30 +318,22 @@ fn block_hvp(
         }
         rz.push(z);
     }
-    // Top: r and A R{z}.
-    let logits = fwd.logits();
-    let k = logits.cols();
-    let mut r = Matrix::zeros(m, k);
+    // Top: A R{z} (the residuals r = g_z(L-1) are cached).
+    let k = state.gz[nl - 1].cols();
     let mut a_rz = Matrix::zeros(m, k);
-    for (i, &y) in labels.iter().enumerate() {
+    for i in 0..m {
         let u = rz[nl - 1].row(i);
         match model.config.loss {
             LossKind::CrossEntropy => {
-                let p = softmax(logits.row(i));
+                let p = state.probs.row(i);
                 let pu: f64 = p.iter().zip(u).map(|(a, b)| a * b).sum();
                 for j in 0..k {
                     a_rz.set(i, j, p[j] * u[j] - p[j] * pu);
-                    r.set(i, j, p[j] - if j == y { 1.0 } else { 0.0 });
                 }
             }
             LossKind::Mse => {
                 for j in 0..k {
                     a_rz.set(i, j, 2.0 * u[j]);
-                    r.set(
-                        i,
-                        j,
-                        2.0 * (logits.get(i, j) - if j == y { 1.0 } else { 0.0 }),
-                    );
                 }
             }
         }
@@ -277,18 +342,30 @@ fn block_hvp(
     let mut add_grads =
         |rg: &Matrix<f64>, gz_rx: Option<(&Matrix<f64>, &Matrix<f64>)>, p: usize, sign: f64| {
             let w = &model.layers[p].weight;
-            let mut dw = match (&state.x0_sparse, p) {
-                (Some(xs), 0) => xs.t_mul(rg),
-                _ => {
-                    let mut dw = Matrix::zeros(w.rows(), w.cols());
-                    gemm_par(par, 1.0, rg.t(), fwd.inputs[p].view(), 0.0, &mut dw);
-                    dw
+            let o = layout.offsets[p];
+            if let (Some(xs), 0) = (&state.x0_sparse, p) {
+                // (R{g_z}^T X)^T, added transposed: no d x n copy.
+                let prod = xs.t_mul_transposed(rg);
+                let (n, d) = (prod.rows(), prod.cols());
+                for j in 0..n {
+                    for (r, &val) in prod.row(j).iter().enumerate() {
+                        out[o + r * n + j] += sign * val;
+                    }
                 }
-            };
+                if layout.bias {
+                    let db = rg.sum_rows();
+                    let ob = o + n * d;
+                    for (t, &val) in out[ob..ob + d].iter_mut().zip(db.as_slice()) {
+                        *t += sign * val;
+                    }
+                }
+                return;
+            }
+            let mut dw = Matrix::zeros(w.rows(), w.cols());
+            gemm_par(par, 1.0, rg.t(), fwd.inputs[p].view(), 0.0, &mut dw);
             if let Some((gz, rxp)) = gz_rx {
                 gemm_par(par, 1.0, gz.t(), rxp.view(), 1.0, &mut dw);
             }
-            let o = layout.offsets[p];
             for (t, &val) in out[o..o + dw.len()].iter_mut().zip(dw.as_slice()) {
                 *t += sign * val;
             }
@@ -318,31 +395,39 @@ fn block_hvp(
     // Full-Hessian stream.
     if matches!(part, Part::Full | Part::Hterm) {
         let mut rg = a_rz;
-        let mut gz = r;
         for p in (0..nl).rev() {
+            let gz = &state.gz[p];
             let rxp = if p > 0 { Some(&rx[p]) } else { None };
-            add_grads(&rg, rxp.map(|rx| (&gz, rx)), p, 1.0);
+            add_grads(&rg, rxp.map(|rx| (gz, rx)), p, 1.0);
             if p > 0 {
                 let w = &model.layers[p].weight;
-                let mut gx = Matrix::zeros(m, w.cols());
-                gemm_par(par, 1.0, gz.view(), w.view(), 0.0, &mut gx);
                 let mut rgx = Matrix::zeros(m, w.cols());
                 gemm_par(par, 1.0, gz.view(), v[p].0.view(), 0.0, &mut rgx);
                 gemm_par(par, 1.0, rg.view(), w.view(), 1.0, &mut rgx);
                 let zb = &fwd.pre[p - 1];
                 let mut new_rg = Matrix::zeros(m, w.cols());
-                let mut new_gz = gx.clone();
-                for idx in 0..new_rg.len() {
-                    let zv = zb.as_slice()[idx];
-                    let d1 = dact[p - 1].as_slice()[idx];
-                    let d2 = act.second_derivative(zv);
-                    new_rg.as_mut_slice()[idx] =
-                        d2 * rz[p - 1].as_slice()[idx] * gx.as_slice()[idx]
-                            + d1 * rgx.as_slice()[idx];
-                    new_gz.as_mut_slice()[idx] *= d1;
+                if act.is_piecewise_linear() {
+                    for (o, (&d1, &t)) in new_rg
+                        .as_mut_slice()
+                        .iter_mut()
+                        .zip(dact[p - 1].as_slice().iter().zip(rgx.as_slice()))
+                    {
+                        *o = d1 * t;
+                    }
+                } else {
+                    // act'' term: R{g_z} picks up act''(z) R{z} (g_z(p) W(p)), where
+                    // g_z(p) W(p) = g_z(p-1) / act'(z) is recomputed (act' may vanish).
+                    let mut gx = Matrix::zeros(m, w.cols());
+                    gemm_par(par, 1.0, gz.view(), w.view(), 0.0, &mut gx);
+                    for idx in 0..new_rg.len() {
+                        let d1 = dact[p - 1].as_slice()[idx];
+                        let d2 = act.second_derivative(zb.as_slice()[idx]);
+                        new_rg.as_mut_slice()[idx] =
+                            d2 * rz[p - 1].as_slice()[idx] * gx.as_slice()[idx]
+                                + d1 * rgx.as_slice()[idx];
+                    }
                 }
                 rg = new_rg;
-                gz = new_gz;
             }
         }
     }

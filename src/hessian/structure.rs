@@ -112,6 +112,45 @@ pub fn curvature_factor(kind: LossKind, z: &[f64]) -> Matrix<f64> {
     }
 }
 
+/// The backward products `G(p)` for the hidden layers `p = 0..L-2`, each stacked over the
+/// `m` samples as an `(m K) x d_p` matrix (rows `i K .. (i + 1) K` belong to sample `i`):
+/// `G(L-2) = W(L-1) D(L-2)` (rows of `W(L-1)` copied and masked, no product with `I_K`),
+/// then `G(p) = G(p+1) W(p+1) D(p)`. `dact[p]` is the diagonal of `D(p)` (`m x d_p`).
+/// The top `G(L-1) = I_K` is not materialised.
+pub fn backward_products(
+    model: &Mlp<f64>,
+    dact: &[Matrix<f64>],
+    m: usize,
+    par: Par,
+) -> Vec<Matrix<f64>> {
+    let nl = model.num_layers();
+    let k = model.config.classes;
+    let mut g: Vec<Matrix<f64>> = vec![Matrix::zeros(0, 0); nl - 1];
+    for p in (0..nl - 1).rev() {
+        let w = &model.layers[p + 1].weight;
+        let mut gp = Matrix::zeros(m * k, w.cols());
+        if p + 2 == nl {
+            for i in 0..m {
+                for a in 0..k {
+                    gp.row_mut(i * k + a).copy_from_slice(w.row(a));
+                }
+            }
+        } else {
+            gemm_par(par, 1.0, g[p + 1].view(), w.view(), 0.0, &mut gp);
+        }
+        for i in 0..m {
+            let d = dact[p].row(i);
+            for row in i * k..(i + 1) * k {
+                for (v, &dv) in gp.row_mut(row).iter_mut().zip(d) {
+                    *v *= dv;
+                }
+            }
+        }
+        g[p] = gp;
+    }
+    g
+}
+
 /// Forward and backward quantities for a block of `m` samples.
 #[derive(Clone, Debug)]
 pub struct BatchStructure {
@@ -169,36 +208,13 @@ impl BatchStructure {
         // r = dl/dz and the losses in one pass (no K x K curvature needed here).
         let (residual, _) = crate::nn::backprop::loss_residuals(model.config.loss, logits, labels);
         let losses = model.config.loss.per_sample(logits, labels);
-        // G(p): stacked top-down, G(p) = G(p+1) W(p+1) D(p).
-        let mut g = vec![Matrix::zeros(0, 0); nl];
+        // G(p): stacked top-down, G(p) = G(p+1) W(p+1) D(p), with G(L-1) = I_K on top.
+        let mut g = backward_products(model, &dact, m, par);
         let mut eye = Matrix::zeros(m * k, k);
         for r in 0..m * k {
             eye.set(r, r % k, 1.0);
         }
-        g[nl - 1] = eye;
-        for p in (0..nl - 1).rev() {
-            let w = &model.layers[p + 1].weight;
-            let mut gp = Matrix::zeros(m * k, w.cols());
-            if p + 2 == nl {
-                // G(L-2) = I W(L-1) D(L-2): copy W's rows instead of multiplying by I.
-                for i in 0..m {
-                    for a in 0..k {
-                        gp.row_mut(i * k + a).copy_from_slice(w.row(a));
-                    }
-                }
-            } else {
-                gemm_par(par, 1.0, g[p + 1].view(), w.view(), 0.0, &mut gp);
-            }
-            for i in 0..m {
-                let d = dact[p].row(i);
-                for row in i * k..(i + 1) * k {
-                    for (v, &dv) in gp.row_mut(row).iter_mut().zip(d) {
-                        *v *= dv;
-                    }
-                }
-            }
-            g[p] = gp;
-        }
+        g.push(eye);
         // delta(p) by backpropagation: delta(p) = (delta(p+1) W(p+1)) .* act'(z(p)).
         let mut delta = vec![Matrix::zeros(0, 0); nl];
         delta[nl - 1] = residual.clone();
