@@ -347,9 +347,15 @@ fn block_hvp(
                 // (R{g_z}^T X)^T, added transposed: no d x n copy.
                 let prod = xs.t_mul_transposed(rg);
                 let (n, d) = (prod.rows(), prod.cols());
-                for j in 0..n {
-                    for (r, &val) in prod.row(j).iter().enumerate() {
-                        out[o + r * n + j] += sign * val;
+                // Eight rows of `prod` at a time: each pass over r writes one cache line
+                // of `out` and reads the eight rows from L1.
+                for j0 in (0..n).step_by(8) {
+                    let j1 = (j0 + 8).min(n);
+                    for r in 0..d {
+                        let dst = &mut out[o + r * n + j0..o + r * n + j1];
+                        for (t, j) in dst.iter_mut().zip(j0..j1) {
+                            *t += sign * prod.get(j, r);
+                        }
                     }
                 }
                 if layout.bias {
