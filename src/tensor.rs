@@ -643,6 +643,32 @@ struct Csr {
     chunks: usize,
 }
 
+/// Appends the nonzeros of `row` (column index and value) without a branch per entry:
+/// every entry is written to the spare capacity and the length advances only past
+/// nonzeros (image rows mix zeros and nonzeros unpredictably).
+fn push_nonzeros(row: &[f64], indices: &mut Vec<usize>, values: &mut Vec<f64>) {
+    indices.reserve(row.len());
+    values.reserve(row.len());
+    let base = indices.len();
+    debug_assert_eq!(base, values.len());
+    let mut n = 0;
+    {
+        let idx_spare = &mut indices.spare_capacity_mut()[..row.len()];
+        let val_spare = &mut values.spare_capacity_mut()[..row.len()];
+        for (j, &v) in row.iter().enumerate() {
+            idx_spare[n].write(j);
+            val_spare[n].write(v);
+            n += (v != 0.0) as usize;
+        }
+    }
+    // SAFETY: the first `n` spare slots of both vectors were written above (each slot
+    // below the final `n` was written when `n` passed it), and capacity covers them.
+    unsafe {
+        indices.set_len(base + n);
+        values.set_len(base + n);
+    }
+}
+
 /// Rows of the dense operand per chunk of the blocked sparse kernel (64 rows of 64
 /// doubles are 32 KiB, inside a 48 KiB L1 data cache).
 const CSR_CHUNK: usize = 64;
@@ -654,8 +680,15 @@ impl Csr {
 
     fn from_view(m: MatRef<'_, f64>) -> Self {
         let mut indptr = Vec::with_capacity(m.rows() + 1);
-        let mut indices = Vec::new();
-        let mut values = Vec::new();
+        // Exact capacity (plus one row of slack for the branchless writes): no regrowth.
+        let nnz: usize = (0..m.rows())
+            .map(|i| match m.row_slice(i) {
+                Some(r) => r.iter().filter(|&&v| v != 0.0).count(),
+                None => (0..m.cols()).filter(|&j| m.get(i, j) != 0.0).count(),
+            })
+            .sum();
+        let mut indices = Vec::with_capacity(nnz + m.cols());
+        let mut values = Vec::with_capacity(nnz + m.cols());
         indptr.push(0);
         for i in 0..m.rows() {
             let strided;
@@ -666,12 +699,7 @@ impl Csr {
                     &strided
                 }
             };
-            for (j, &v) in row.iter().enumerate() {
-                if v != 0.0 {
-                    indices.push(j);
-                    values.push(v);
-                }
-            }
+            push_nonzeros(row, &mut indices, &mut values);
             indptr.push(indices.len());
         }
         let chunks = m.cols().div_ceil(CSR_CHUNK);
