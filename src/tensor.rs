@@ -679,14 +679,19 @@ impl Csr {
     }
 
     fn from_view(m: MatRef<'_, f64>) -> Self {
-        let mut indptr = Vec::with_capacity(m.rows() + 1);
-        // Exact capacity (plus one row of slack for the branchless writes): no regrowth.
         let nnz: usize = (0..m.rows())
             .map(|i| match m.row_slice(i) {
                 Some(r) => r.iter().filter(|&&v| v != 0.0).count(),
                 None => (0..m.cols()).filter(|&j| m.get(i, j) != 0.0).count(),
             })
             .sum();
+        Self::from_view_with_nnz(m, nnz)
+    }
+
+    /// [`Csr::from_view`] when the number of nonzeros `nnz` is already known.
+    fn from_view_with_nnz(m: MatRef<'_, f64>, nnz: usize) -> Self {
+        let mut indptr = Vec::with_capacity(m.rows() + 1);
+        // Exact capacity (plus one row of slack for the branchless writes): no regrowth.
         let mut indices = Vec::with_capacity(nnz + m.cols());
         let mut values = Vec::with_capacity(nnz + m.cols());
         indptr.push(0);
@@ -907,6 +912,16 @@ impl SparseRows {
             rows: m.rows(),
             cols: m.cols(),
             by_row: Csr::from_view(m),
+        }
+    }
+
+    /// [`SparseRows::from_view`] for a view known to hold `nnz` nonzeros (a wrong count
+    /// only costs capacity: the entries are still found by scanning).
+    pub fn from_view_with_nnz(m: MatRef<'_, f64>, nnz: usize) -> Self {
+        Self {
+            rows: m.rows(),
+            cols: m.cols(),
+            by_row: Csr::from_view_with_nnz(m, nnz),
         }
     }
 

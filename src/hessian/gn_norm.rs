@@ -112,24 +112,28 @@ impl GramInputs {
         let extra = if model.config.bias { 1.0 } else { 0.0 };
         let row_sq = |mat: &Matrix<f64>| -> Vec<f64> {
             (0..mat.rows())
-                .map(|i| mat.row(i).iter().map(|v| v * v).sum::<f64>() + extra)
+                .map(|i| crate::tensor::dot(mat.row(i), mat.row(i)) + extra)
                 .collect()
         };
         let row = |i: usize| -> &[f64] { x_all.row(rows.start + i) };
         let x = x_all.rows_view(rows.start, rows.end);
-        let nnz: usize = (0..m)
-            .map(|i| row(i).iter().filter(|&&v| v != 0.0).count())
-            .sum();
-        let mut sq_norms = vec![(0..m)
-            .map(|i| row(i).iter().map(|v| v * v).sum::<f64>() + extra)
-            .collect::<Vec<f64>>()];
+        // Nonzeros (for the sparse decision) and squared input norms, row by row.
+        let mut nnz = 0;
+        let mut sq0 = Vec::with_capacity(m);
+        for i in 0..m {
+            let r = row(i);
+            nnz += r.iter().filter(|&&v| v != 0.0).count();
+            // dot: eight independent partial sums (a plain sum is one serial chain).
+            sq0.push(crate::tensor::dot(r, r) + extra);
+        }
+        let mut sq_norms = vec![sq0];
         let mut dact = Vec::with_capacity(nl - 1);
         let mut prev: Option<Matrix<f64>> = None;
         let mut logits = Matrix::zeros(0, 0);
         for (p, layer) in model.layers.iter().enumerate() {
             let mut z = if p == 0 {
                 if (nnz as f64) <= SPARSE_INPUT_DENSITY * (m * x.cols()).max(1) as f64 {
-                    SparseRows::from_view(x).mul_transposed(w0t)
+                    SparseRows::from_view_with_nnz(x, nnz).mul_transposed(w0t)
                 } else {
                     let mut z = Matrix::zeros(m, layer.weight.rows());
                     gemm_par(par, 1.0, x, layer.weight.t(), 0.0, &mut z);
