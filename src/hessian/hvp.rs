@@ -17,8 +17,17 @@ use crate::nn::{LossKind, Mlp};
 use crate::tensor::{gemm_par, sample_blocks, CsrMatrix, Matrix, Par};
 use rayon::prelude::*;
 
-/// Samples per block in the batched HVP.
-pub const HVP_BLOCK: usize = 256;
+/// Largest number of samples per block in the batched HVP.
+pub const HVP_BLOCK: usize = 512;
+
+/// Samples per block for `n` samples: one block per thread when that fits in
+/// [`HVP_BLOCK`] (fewer, larger products amortise the per-block work), never below 64.
+/// The partition, and so the summation order, depends on the thread count only:
+/// products are reproducible for a given thread count.
+pub fn hvp_block(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads().max(1))
+        .clamp(64, HVP_BLOCK)
+}
 
 /// Splits a parameter-order vector into per-layer `(V(p), vb(p))`.
 fn split(layout: &ParamLayout, v: &[f64]) -> Vec<(Matrix<f64>, Option<Vec<f64>>)> {
@@ -111,7 +120,7 @@ impl<'a> HessianOperator<'a> {
         let act = model.config.activation;
         let slope = model.config.leaky_slope;
         let nl = model.num_layers();
-        let blocks: Vec<Result<BlockState>> = sample_blocks(x.rows(), HVP_BLOCK)
+        let blocks: Vec<Result<BlockState>> = sample_blocks(x.rows(), hvp_block(x.rows()))
             .into_par_iter()
             .map(|r| {
                 let xb = x.rows_view(r.start, r.end).to_owned();
