@@ -1020,4 +1020,41 @@ mod csr_tests {
             assert!(err <= 1e-12 * (1.0 + want.max_abs()), "{err}");
         }
     }
+
+    /// Every kernel the processor can run (portable, AVX2, AVX-512) against dense GEMM,
+    /// whichever one the run-time dispatch would pick.
+    #[test]
+    fn every_sparse_kernel_matches_dense_gemm() {
+        let mut rng = crate::rng::Rng::new(8);
+        for (rows, cols, d) in [(3, 5, 2), (40, 150, 64), (17, 130, 75), (70, 9, 8)] {
+            let x = Matrix::from_fn(rows, cols, |_, _| {
+                let v = rng.normal();
+                if rng.uniform() < 0.75 {
+                    0.0
+                } else {
+                    v
+                }
+            });
+            let bt = Matrix::from_fn(cols, d, |_, _| rng.normal());
+            let mut want = Matrix::zeros(rows, d);
+            gemm(1.0, x.view(), bt.view(), 0.0, &mut want);
+            let csr = Csr::from_dense(&x);
+            let check = |got: Matrix<f64>, name: &str| {
+                let err = got.zip_map(&want, |u, v| (u - v).abs()).max_abs();
+                assert!(err <= 1e-12 * (1.0 + want.max_abs()), "{name}: {err}");
+            };
+            check(csr.mul_rows_portable(&bt), "portable");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were just detected.
+                    check(unsafe { csr.mul_rows_avx2(&bt) }, "avx2");
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was just detected.
+                    check(unsafe { csr.mul_rows_avx512(&bt) }, "avx512");
+                }
+            }
+        }
+    }
 }
