@@ -323,7 +323,46 @@ fn grids_and_pca() {
     let (dirs, explained) = pca_directions(&traj, &center, 2).unwrap();
     assert!(dirs[0][0].abs() > 0.99);
     assert!(explained[0] > explained[1] && explained[0] + explained[1] <= 1.0 + 1e-12);
-    assert!(pca_directions(&traj[..1], &center, 2).is_err());
+    // Independent reference: the centred covariance C = sum_i (d_i - mean)(d_i - mean)^T
+    // (P x P), its eigenvalues by Jacobi; explained ratios are lambda_k / tr(C) and each
+    // direction's Rayleigh quotient is lambda_k.
+    let p = center.len();
+    let diffs: Vec<Vec<f64>> = traj
+        .iter()
+        .map(|t| t.iter().zip(&center).map(|(a, b)| a - b).collect())
+        .collect();
+    let mean: Vec<f64> = (0..p)
+        .map(|j| diffs.iter().map(|d| d[j]).sum::<f64>() / diffs.len() as f64)
+        .collect();
+    let cov = landscape::Matrix::from_fn(p, p, |a, b| {
+        diffs
+            .iter()
+            .map(|d| (d[a] - mean[a]) * (d[b] - mean[b]))
+            .sum::<f64>()
+    });
+    let mut ev = landscape::hessian::small_eig::jacobi_eigenvalues(&cov);
+    ev.reverse();
+    let tr: f64 = (0..p).map(|i| cov.get(i, i)).sum();
+    for k in 0..2 {
+        assert!(
+            (explained[k] - ev[k] / tr).abs() < 1e-10,
+            "{explained:?} vs {ev:?}"
+        );
+        let cd: Vec<f64> = (0..p)
+            .map(|a| (0..p).map(|b| cov.get(a, b) * dirs[k][b]).sum())
+            .collect();
+        let rq: f64 = cd.iter().zip(&dirs[k]).map(|(u, v)| u * v).sum();
+        assert!((rq - ev[k]).abs() < 1e-9 * ev[0], "{rq} vs {}", ev[k]);
+    }
+    // Centring matters: checkpoints on a line that misses the centre span two directions
+    // around the centre but only one around their mean, the line's own.
+    let line: Vec<Vec<f64>> = (1..=5)
+        .map(|i| vec![2.0, 1.0 + i as f64, 1.0, 1.0])
+        .collect();
+    let (along, ratio) = pca_directions(&line, &center, 1).unwrap();
+    assert!((along[0][1].abs() - 1.0).abs() < 1e-12 && (ratio[0] - 1.0).abs() < 1e-12);
+    assert!(pca_directions(&line, &center, 2).is_err());
+    assert!(pca_directions(&traj[..2], &center, 2).is_err());
 }
 
 #[test]
@@ -448,4 +487,103 @@ fn geometry_commands_end_to_end() {
         assert_eq!(lines.len(), 1, "{e}");
         assert!(lines[0].contains(needle), "{e}");
     }
+}
+
+/// PCA directions of a training trajectory, with the trajectory projected on the plane:
+/// the reported coordinates are recomputed from the saved directions and checkpoints.
+#[test]
+fn pca_surface_projects_the_trajectory() {
+    let d = TempDir::new("geometry-pca");
+    let bin = env!("CARGO_BIN_EXE_landscape");
+    let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
+    let p = |f: &str| d.join(f).display().to_string();
+    let o = run(&[
+        "train",
+        "--data",
+        "digits",
+        "--hidden",
+        "5",
+        "--epochs",
+        "4",
+        "--seed",
+        "3",
+        "--out",
+        &p("m.safetensors"),
+        "--checkpoint-dir",
+        &p("traj"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[
+        "surface",
+        "--model",
+        &p("m.safetensors"),
+        "--data",
+        "digits",
+        "--samples",
+        "100",
+        "--x",
+        "pca",
+        "--y",
+        "pca",
+        "--trajectory",
+        &p("traj"),
+        "--grid=-1:1:4x-1:1:3",
+        "--out",
+        &p("s.safetensors"),
+        "--fig",
+        &p("s"),
+        "--json",
+        &p("s.json"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("s.json")).unwrap()).unwrap();
+    let t = &j["results"]["trajectory"];
+    let coords = t["coords"].as_array().unwrap();
+    let bytes = std::fs::read(d.join("s.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f64s = |name: &str| -> Vec<f64> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let (dx, dy, theta0) = (f64s("direction_x"), f64s("direction_y"), f64s("theta0"));
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(u, v)| u * v).sum::<f64>();
+    // PCA directions are orthonormal, so the projection is two dot products.
+    assert!((dot(&dx, &dx) - 1.0).abs() < 1e-12 && dot(&dx, &dy).abs() < 1e-10);
+    let mut files: Vec<_> = std::fs::read_dir(d.join("traj"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), coords.len());
+    for (f, c) in files.iter().zip(coords) {
+        let m = landscape::io::model_file::load_mlp_f64(f, &Default::default()).unwrap();
+        let diff: Vec<f64> = m
+            .param_vector()
+            .iter()
+            .zip(&theta0)
+            .map(|(a, b)| a - b)
+            .collect();
+        let (a, b) = (c[0].as_f64().unwrap(), c[1].as_f64().unwrap());
+        let scale = dot(&diff, &diff).sqrt().max(1e-12);
+        assert!((a - dot(&diff, &dx)).abs() < 1e-9 * scale, "{f:?}");
+        assert!((b - dot(&diff, &dy)).abs() < 1e-9 * scale, "{f:?}");
+    }
+    // The last checkpoint is the model itself: the origin of the plane.
+    let last = coords.last().unwrap();
+    assert!(last[0].as_f64().unwrap().abs() < 1e-12 && last[1].as_f64().unwrap().abs() < 1e-12);
+    assert!(d.join("s_train_loss.png").exists());
+    // The saved file carries the trajectory for surface-replot.
+    assert_eq!(
+        st.tensor("trajectory_xy").unwrap().shape(),
+        &[coords.len(), 2]
+    );
+    let o = run(&["surface-replot", &p("s.safetensors"), "--fig", &p("r")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(d.join("r_train_loss.svg").exists());
 }

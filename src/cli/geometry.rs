@@ -373,18 +373,21 @@ fn surface_figures(
     gy: &[f64],
     maps: &Maps,
     curv: Option<(&[f64], &[f64], &Maps)>,
+    trajectory: Option<&[(f64, f64)]>,
 ) -> Result<Vec<String>, String> {
     let mut files = Vec::new();
+    // The training trajectory, projected on the plane, over the loss maps (Li et al. fig. 9).
+    let overlay = trajectory.map(|xy| Overlay {
+        points: vec![(0.0, 0.0, "model".into())],
+        paths: vec![xy.to_vec()],
+    });
     for (name, m) in maps {
         let levels = if name.contains("loss") { 10 } else { 6 };
-        files.extend(files_of(heatmap(
-            gx,
-            gy,
-            m,
-            name,
-            &suffixed(prefix, name),
-            levels,
-        ))?);
+        let path = suffixed(prefix, name);
+        files.extend(files_of(match (&overlay, name.contains("loss")) {
+            (Some(o), true) => heatmap_with_overlay(gx, gy, m, name, &path, levels, o),
+            _ => heatmap(gx, gy, m, name, &path, levels),
+        })?);
         if name == "train_loss" {
             files.extend(files_of(surface3d(
                 gx,
@@ -409,6 +412,60 @@ fn surface_figures(
         }
     }
     Ok(files)
+}
+
+/// Checkpoints projected on the plane `theta0 + a dx + b dy`.
+struct PlaneProjection {
+    /// Least-squares coordinates `(a, b)` of `theta_i - theta0` in the span of `dx, dy`.
+    coords: Vec<(f64, f64)>,
+    /// `||theta_i - theta0 - a dx - b dy||`: how far each checkpoint is from the plane.
+    off_plane: Vec<f64>,
+    /// `off_plane / ||theta_i - theta0||` (0 for the centre itself).
+    relative_off_plane: Vec<f64>,
+}
+
+/// Projects `thetas` on the plane through `theta0` spanned by `dx` and `dy` (least
+/// squares through the 2 x 2 Gram matrix, so non-orthogonal directions work too).
+fn project_on_plane(
+    thetas: &[Vec<f64>],
+    theta0: &[f64],
+    dx: &[f64],
+    dy: &[f64],
+) -> Result<PlaneProjection, String> {
+    use landscape::tensor::dot;
+    let (gxx, gxy, gyy) = (dot(dx, dx), dot(dx, dy), dot(dy, dy));
+    let det = gxx * gyy - gxy * gxy;
+    if det.is_nan() || det <= 1e-12 * gxx * gyy {
+        return Err(
+            "the two directions are parallel: no plane to project the trajectory on".into(),
+        );
+    }
+    let mut out = PlaneProjection {
+        coords: Vec::new(),
+        off_plane: Vec::new(),
+        relative_off_plane: Vec::new(),
+    };
+    for t in thetas {
+        if t.len() != theta0.len() {
+            return Err("trajectory checkpoints of another architecture than the model".into());
+        }
+        let d: Vec<f64> = t.iter().zip(theta0).map(|(a, b)| a - b).collect();
+        let (bx, by) = (dot(&d, dx), dot(&d, dy));
+        let a = (gyy * bx - gxy * by) / det;
+        let b = (gxx * by - gxy * bx) / det;
+        let r: f64 = d
+            .iter()
+            .zip(dx.iter().zip(dy))
+            .map(|(v, (x, y))| (v - a * x - b * y).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let nd = dot(&d, &d).sqrt();
+        out.coords.push((a, b));
+        out.off_plane.push(r);
+        out.relative_off_plane
+            .push(if nd > 0.0 { r / nd } else { 0.0 });
+    }
+    Ok(out)
 }
 
 /// Re-draws a saved surface's figures from its file alone.
@@ -441,6 +498,10 @@ pub fn cmd_replot(a: ReplotArgs) -> Result<(), String> {
             }
             _ => None,
         };
+        let traj_xy: Option<Vec<(f64, f64)>> = read_f64(&st, "trajectory_xy")
+            .ok()
+            .filter(|(shape, v)| shape.len() == 2 && shape[1] == 2 && v.len() == 2 * shape[0])
+            .map(|(_, v)| v.chunks(2).map(|c| (c[0], c[1])).collect());
         let files = surface_figures(
             prefix,
             &gx,
@@ -448,6 +509,7 @@ pub fn cmd_replot(a: ReplotArgs) -> Result<(), String> {
             &maps,
             curv.as_ref()
                 .map(|(x, y, m)| (x.as_slice(), y.as_slice(), m.as_slice())),
+            traj_xy.as_deref(),
         )?;
         eprintln!("re-plotted {} figures from {}", files.len(), path.display());
         Ok(())
@@ -473,6 +535,10 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         &traj,
         usize::from(a.y == "pca"),
     )?;
+    let trajectory_xy = traj
+        .as_ref()
+        .map(|t| project_on_plane(t, &model.param_vector(), &dx, &dy))
+        .transpose()?;
     let t0 = Instant::now();
     let pts: Vec<Vec<f64>> = gy
         .iter()
@@ -568,6 +634,14 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
                 m.as_slice(),
             ));
         }
+        if let Some(p) = &trajectory_xy {
+            let flat: Vec<f64> = p.coords.iter().flat_map(|&(a, b)| [a, b]).collect();
+            tensors.push(RawTensor::f64(
+                "trajectory_xy",
+                vec![p.coords.len(), 2],
+                &flat,
+            ));
+        }
         if let Some((cx, cy, cm, _)) = &curv {
             tensors.push(RawTensor::f64("curvature_grid_x", vec![cx.len()], cx));
             tensors.push(RawTensor::f64("curvature_grid_y", vec![cy.len()], cy));
@@ -606,6 +680,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
             &maps,
             curv.as_ref()
                 .map(|(x, y, m, _)| (x.as_slice(), y.as_slice(), m.as_slice())),
+            trajectory_xy.as_ref().map(|p| p.coords.as_slice()),
         )?;
     }
     let train_loss = &maps[0].1;
@@ -624,6 +699,9 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         "train_loss_min": vmin, "train_loss_argmin": [gx[imin % gx.len()], gy[imin / gx.len()]],
         "surface_seconds": surface_s, "points": pts.len(), "samples": y.len(),
         "curvature": curv_points, "file": a.out.as_ref().map(|p| p.display().to_string()), "figures": files,
+        "trajectory": trajectory_xy.as_ref().map(|p| json!({
+            "coords": p.coords.iter().map(|&(a, b)| [a, b]).collect::<Vec<_>>(),
+            "off_plane_distance": p.off_plane, "relative_off_plane": p.relative_off_plane})),
     });
     write_results(a.json.as_deref(), "surface", results, &prov)
 }

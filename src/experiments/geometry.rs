@@ -283,21 +283,25 @@ pub fn parse_grid(s: &str) -> Result<(Vec<f64>, Vec<f64>)> {
     Ok((x, y))
 }
 
-/// The top principal directions of a trajectory `thetas` around `center` (Li et al.):
-/// rows `theta_i - center`, principal axes by the eigenvectors of the Gram matrix.
-/// Returns the unit directions and their explained-variance ratios.
+/// The top principal directions of a trajectory `thetas` (Li et al.): rows
+/// `theta_i - center`, centred by their mean as PCA does (the loss-landscape code fits
+/// scikit-learn's `PCA`, which centres), principal axes from the eigenvectors of the
+/// centred Gram matrix. Returns the unit directions and their explained-variance ratios
+/// (eigenvalue over the total centred variance). The plot plane still passes through
+/// `center`; `count` components need at least `count + 1` checkpoints.
 pub fn pca_directions(
     thetas: &[Vec<f64>],
     center: &[f64],
     count: usize,
 ) -> Result<(Vec<Vec<f64>>, Vec<f64>)> {
     let n = thetas.len();
-    if n < count || count == 0 {
+    if n < count + 1 || count == 0 {
         return Err(Error::InvalidArgument(format!(
-            "PCA of a trajectory needs at least {count} checkpoints, got {n}"
+            "PCA of a trajectory needs at least {} checkpoints for {count} component(s), got {n}",
+            count + 1
         )));
     }
-    let diffs: Vec<Vec<f64>> = thetas
+    let mut diffs: Vec<Vec<f64>> = thetas
         .iter()
         .map(|t| {
             if t.len() != center.len() {
@@ -308,6 +312,18 @@ pub fn pca_directions(
             Ok(t.iter().zip(center).map(|(a, b)| a - b).collect())
         })
         .collect::<Result<_>>()?;
+    let mut mean = vec![0.0; center.len()];
+    for d in &diffs {
+        for (m, &v) in mean.iter_mut().zip(d) {
+            *m += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    for d in &mut diffs {
+        for (v, &m) in d.iter_mut().zip(&mean) {
+            *v -= m;
+        }
+    }
     let gram = Matrix::from_fn(n, n, |i, j| crate::tensor::dot(&diffs[i], &diffs[j]));
     let total: f64 = (0..n).map(|i| gram.get(i, i)).sum();
     if total <= 0.0 {
@@ -336,9 +352,13 @@ pub fn pca_directions(
             }
         }
         let nd = norm(&d);
-        if nd > 0.0 {
-            d.iter_mut().for_each(|v| *v /= nd);
+        if nd == 0.0 || *val <= 1e-14 * total {
+            return Err(Error::InvalidArgument(format!(
+                "the trajectory spans fewer than {count} directions: PCA component {} is undefined",
+                dirs.len() + 1
+            )));
         }
+        d.iter_mut().for_each(|v| *v /= nd);
         dirs.push(d);
         explained.push(val / total);
     }

@@ -430,15 +430,25 @@ fn draw<DB: DrawingBackend>(
     }
 
     let red = RGBColor(220, 30, 30);
+    // Overlays are clipped to the plotted range: a path is drawn as its runs of points
+    // inside it, points outside are left out.
+    let (x0, x1) = (p.x_edges[0], p.x_edges[p.x_edges.len() - 1]);
+    let (y0, y1) = (p.y_edges[0], p.y_edges[p.y_edges.len() - 1]);
+    let inside = |x: f64, y: f64| x >= x0 && x <= x1 && y >= y0 && y <= y1;
     for path in &p.overlay.paths {
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                path.clone(),
-                red.stroke_width(2),
-            )))
-            .map_err(de)?;
+        for run in path
+            .split(|&(x, y)| !inside(x, y))
+            .filter(|run| run.len() >= 2)
+        {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    run.to_vec(),
+                    red.stroke_width(2),
+                )))
+                .map_err(de)?;
+        }
     }
-    for (x, y, label) in &p.overlay.points {
+    for (x, y, label) in p.overlay.points.iter().filter(|(x, y, _)| inside(*x, *y)) {
         chart
             .draw_series(std::iter::once(
                 EmptyElement::at((*x, *y))
