@@ -479,6 +479,44 @@ fn geometry_commands_end_to_end() {
             ],
             "--trajectory",
         ),
+        (
+            vec![
+                "surface",
+                "--model",
+                &p("a.safetensors")[..],
+                "--data",
+                "digits",
+                "--x",
+                &format!("model:{}", p("a.safetensors")),
+            ],
+            "zero",
+        ),
+        (
+            vec![
+                "surface",
+                "--model",
+                &p("a.safetensors")[..],
+                "--data",
+                "digits",
+                "--x",
+                "gradient",
+                "--y",
+                "gradient",
+            ],
+            "parallel",
+        ),
+        (
+            vec![
+                "line",
+                "--model",
+                &p("a.safetensors")[..],
+                "--data",
+                "digits",
+                "--to",
+                &p("a.safetensors")[..],
+            ],
+            "zero",
+        ),
     ] {
         let o = run(&args);
         let e = String::from_utf8_lossy(&o.stderr);

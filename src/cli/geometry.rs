@@ -220,6 +220,7 @@ pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
         None => a.direction.clone(),
     };
     let (d, dinfo) = direction(&spec, &model, &x, &y, a.norm, a.keep_bias, a.seed, &traj, 0)?;
+    direction_norm("line", &d)?;
     let pts: Vec<Vec<f64>> = alphas.iter().map(|&t| vec![t]).collect();
     let t0 = Instant::now();
     let train_ev =
@@ -414,6 +415,30 @@ fn surface_figures(
     Ok(files)
 }
 
+/// Refuses a degenerate plane: a zero direction (e.g. `model:` the model itself, a zero
+/// gradient) or two parallel ones would give a surface that only varies along a line.
+fn check_plane(dx: &[f64], dy: &[f64]) -> Result<(), String> {
+    use landscape::tensor::dot;
+    let (nx, ny) = (direction_norm("x", dx)?, direction_norm("y", dy)?);
+    if (dot(dx, dy) / (nx * ny)).abs() > 1.0 - 1e-12 {
+        return Err("the x and y directions are parallel: the plane is degenerate".into());
+    }
+    Ok(())
+}
+
+/// The norm of a direction, refusing a zero or non-finite one (nothing to move along).
+fn direction_norm(name: &str, d: &[f64]) -> Result<f64, String> {
+    let n = landscape::tensor::dot(d, d).sqrt();
+    if n.is_finite() && n > 0.0 {
+        Ok(n)
+    } else {
+        Err(format!(
+            "the {name} direction is {}: nothing to move along",
+            if n == 0.0 { "zero" } else { "not finite" }
+        ))
+    }
+}
+
 /// Checkpoints projected on the plane `theta0 + a dx + b dy`.
 struct PlaneProjection {
     /// Least-squares coordinates `(a, b)` of `theta_i - theta0` in the span of `dx, dy`.
@@ -535,6 +560,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         &traj,
         usize::from(a.y == "pca"),
     )?;
+    check_plane(&dx, &dy)?;
     let trajectory_xy = traj
         .as_ref()
         .map(|t| project_on_plane(t, &model.param_vector(), &dx, &dy))
