@@ -420,3 +420,53 @@ fn k_by_k_norms_with_sparse_inputs_and_mse() {
         }
     }
 }
+
+/// Confidently classified samples (loss down to 1e-6 and below): the K x K route must keep
+/// the null direction of `A` (rank <= K - 1) and the norm accurate, where the naive
+/// `M_ab - u_a - u_b + p^T M p` form cancels catastrophically in the predicted class.
+#[test]
+fn k_by_k_norms_of_confident_samples() {
+    let cfg = config(&[6, 9, 4], Activation::Relu, true, LossKind::CrossEntropy);
+    let model = Mlp::<f64>::init(cfg, Init::Kaiming, 3.0, 11).unwrap();
+    let mut rng = Rng::new(5);
+    let x = Matrix::from_fn(60, 6, |_, _| 3.0 * rng.normal());
+    let logits = model.logits(&x).unwrap();
+    // Label every sample with its predicted class: tiny losses.
+    let y: Vec<usize> = (0..x.rows())
+        .map(|i| {
+            let r = logits.row(i);
+            (0..r.len()).fold(0, |b, c| if r[c] > r[b] { c } else { b })
+        })
+        .collect();
+    let norms = per_sample_gn_norms(&model, &x, &y).unwrap();
+    let confident = norms
+        .losses
+        .iter()
+        .filter(|&&l| (1e-10..1e-5).contains(&l))
+        .count();
+    assert!(confident >= 10, "only {confident} confident samples");
+    for i in 0..x.rows() {
+        assert!(
+            norms.ranks[i] <= 3,
+            "sample {i}: rank {} (loss {:.1e})",
+            norms.ranks[i],
+            norms.losses[i]
+        );
+        if norms.losses[i] < 1e-10 {
+            continue; // p_y rounds to 1: both norms are rounding noise
+        }
+        let xi = x.rows_view(i, i + 1).to_owned();
+        let gn_i = dense_hessian(&model, &xi, &y[i..i + 1], Part::Gn, BUDGET).unwrap();
+        let top = *jacobi_eigenvalues(&gn_i).last().unwrap();
+        // The dense reference forms A = diag(p) - p p^T itself, accurate to about
+        // eps / (1 - p_y) relative; the K x K norm must agree to that.
+        let tol = 1e-12f64.max(1e-15 / norms.losses[i].max(1e-300));
+        let rel = (norms.norms[i] - top).abs() / top.max(1e-300);
+        assert!(
+            rel <= tol.min(1e-6),
+            "sample {i}: {} vs {top} ({rel:.1e}, loss {:.1e})",
+            norms.norms[i],
+            norms.losses[i]
+        );
+    }
+}

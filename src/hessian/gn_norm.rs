@@ -173,9 +173,15 @@ impl GramInputs {
 }
 
 /// `C^T M C` for the curvature factor `C` of [`curvature_factor`] (`A = C C^T`), in
-/// `O(K^2)` from the factor's structure instead of two `K x K` products:
-/// CE, `C = S - p s^T` with `s = sqrt(p)`, `S = diag(s)`:
-/// `(C^T M C)_ab = s_a s_b (M_ab - u_a - u_b + gamma)` with `u = M p`, `gamma = p^T u`;
+/// `O(K^2)` from the factor's structure instead of two `K x K` products.
+///
+/// CE: `C = S W` with `S = diag(sqrt(p))` on the right, `W = I - p 1^T` (column `b` is
+/// `e_b - p`), so `C^T M C = S W^T M W S`. With `u = M p`: `(M W)_ib = M_ib - u_i` and
+/// `(W^T V)_ab = V_ab - sum_c p_c V_cb`. For the most probable class `y` these
+/// differences cancel catastrophically when `p_y` is near 1 (a confidently classified
+/// sample), which would put rounding noise of size `eps ||M||` on the null direction and
+/// on the norm; so column and row `y` use `1 - p_y = sum_(c != y) p_c` and sums over
+/// `c != y` instead, which keeps every entry accurate relative to its own size.
 /// MSE, `C = sqrt2 I`: `2 M`. `m` and `out` are `K x K` row-major; `z` are the logits.
 fn curvature_congruence(kind: LossKind, z: &[f64], m: &[f64], out: &mut [f64]) {
     let k = z.len();
@@ -183,13 +189,40 @@ fn curvature_congruence(kind: LossKind, z: &[f64], m: &[f64], out: &mut [f64]) {
         LossKind::CrossEntropy => {
             let p = softmax(z);
             let s: Vec<f64> = p.iter().map(|v| v.sqrt()).collect();
+            let y = (0..k).fold(0, |best, c| if p[c] > p[best] { c } else { best });
+            let rest: f64 = (0..k).filter(|&c| c != y).map(|c| p[c]).sum();
             let u: Vec<f64> = (0..k)
-                .map(|a| crate::tensor::dot(&m[a * k..(a + 1) * k], &p))
+                .map(|i| crate::tensor::dot(&m[i * k..(i + 1) * k], &p))
                 .collect();
-            let gamma = crate::tensor::dot(&p, &u);
-            for a in 0..k {
+            // V = M W, row-major.
+            let mut v = vec![0.0; k * k];
+            for i in 0..k {
+                let row = &m[i * k..(i + 1) * k];
                 for b in 0..k {
-                    out[a * k + b] = s[a] * s[b] * (m[a * k + b] - u[a] - u[b] + gamma);
+                    v[i * k + b] = if b == y {
+                        row[y] * rest
+                            - (0..k)
+                                .filter(|&c| c != y)
+                                .map(|c| row[c] * p[c])
+                                .sum::<f64>()
+                    } else {
+                        row[b] - u[i]
+                    };
+                }
+            }
+            for b in 0..k {
+                let pv: f64 = (0..k).map(|c| p[c] * v[c * k + b]).sum();
+                for a in 0..k {
+                    let wv = if a == y {
+                        rest * v[y * k + b]
+                            - (0..k)
+                                .filter(|&c| c != y)
+                                .map(|c| p[c] * v[c * k + b])
+                                .sum::<f64>()
+                    } else {
+                        v[a * k + b] - pv
+                    };
+                    out[a * k + b] = s[a] * s[b] * wv;
                 }
             }
         }
