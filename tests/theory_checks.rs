@@ -429,6 +429,14 @@ fn fixture_bounds(name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
 }
 
+/// A model file from `tests/fixtures`.
+fn fixture_model(name: &str) -> Mlp<f64> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.safetensors"));
+    landscape::io::model_file::load_mlp_f64(&path, &Default::default()).unwrap()
+}
+
 fn find_check(j: &serde_json::Value, variant: &str, against: &str) -> serde_json::Value {
     j["results"]["checks"]
         .as_array()
@@ -441,12 +449,7 @@ fn find_check(j: &serde_json::Value, variant: &str, against: &str) -> serde_json
 
 #[test]
 fn three_layer_counterexample_from_the_fixture() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let model = landscape::io::model_file::load_mlp_f64(
-        &fixtures.join("cex_l3.safetensors"),
-        &Default::default(),
-    )
-    .unwrap();
+    let model = fixture_model("cex_l3");
     assert_eq!(model.num_layers(), 3);
     assert!(!model.config.bias);
     for l in &model.layers {
@@ -481,12 +484,7 @@ fn three_layer_counterexample_from_the_fixture() {
 
 #[test]
 fn single_layer_counterexample_from_the_fixture() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let model = landscape::io::model_file::load_mlp_f64(
-        &fixtures.join("cex_l1.safetensors"),
-        &Default::default(),
-    )
-    .unwrap();
+    let model = fixture_model("cex_l1");
     assert_eq!(model.num_layers(), 1);
     assert_eq!(model.layers[0].weight.as_slice(), &[0.1, 0.0, 0.0, 0.1]);
     let j = fixture_bounds("cex_l1");
