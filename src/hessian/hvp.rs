@@ -82,8 +82,8 @@ struct BlockState {
     x0_sparse: Option<CsrMatrix>,
     /// `g_z(p) = dl/dz(p)` for every layer (`g_z(L-1) = r`), which do not depend on `v`.
     gz: Vec<Matrix<f64>>,
-    /// Softmax probabilities (CE) or `2 (z - y)` residual inputs (MSE) per sample: the
-    /// top layer's `p` for `A R{z}`.
+    /// Softmax probabilities per sample (CE; empty for MSE, where `A = 2 I`): the `p`
+    /// of `A R{z} = p .* R{z} - p (p . R{z})`.
     probs: Matrix<f64>,
 }
 
