@@ -639,7 +639,10 @@ struct Csr {
     /// Row `i`'s nonzeros with column in chunk `c` (columns `c * CSR_CHUNK ..`) are
     /// `chunk_ptr[i * (chunks + 1) + c] .. chunk_ptr[i * (chunks + 1) + c + 1]`: the
     /// blocked kernel walks one chunk of `b`'s rows at a time so they stay in L1.
+    // Read by the x86-64 kernels only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     chunk_ptr: Vec<usize>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     chunks: usize,
 }
 
@@ -771,6 +774,7 @@ impl Csr {
 
     /// Columns `c0 .. c0 + W` of `out += X b`, chunk by chunk like
     /// [`Csr::blocked_tile`], written with arrays the compiler vectorises.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn blocked_tile_generic<const W: usize>(
         &self,
@@ -808,6 +812,7 @@ impl Csr {
     }
 
     /// Columns `c0..` of `out = X b` one at a time, fused multiply-adds in column order.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn fma_tail_columns(&self, b: &Matrix<f64>, out: &mut Matrix<f64>, c0: usize) {
         let d = b.cols();
