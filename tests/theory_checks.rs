@@ -3,13 +3,11 @@
 
 use landscape::hessian::small_eig::jacobi_eigenvalues;
 use landscape::hessian::{dense_hessian, Part};
-use landscape::io::model_file::save_mlp;
 use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
 use landscape::rng::Rng;
 use landscape::theory::validate::evaluate_bounds;
 use landscape::theory::{theorem1_printed, tight_form};
 use landscape::Matrix;
-use std::collections::BTreeMap;
 use std::process::Command;
 
 fn spectral_abs_max(m: &Matrix<f64>) -> f64 {
@@ -87,73 +85,6 @@ fn reported_norms_and_ratios_match_dense_eigendecomposition() {
     let h = dense_hessian(&tanh, &xs, &y[..12], Part::Hterm, 1 << 28).unwrap();
     let tr_h: f64 = (0..h.rows()).map(|i| h.get(i, i)).sum();
     assert!((t.value - tr_h).abs() <= 1e-12 * tr_h.abs().max(1e-300) && !t.consistent_with_zero);
-}
-
-#[test]
-fn single_layer_counterexample_through_the_cli() {
-    let dir = std::env::temp_dir().join(format!("landscape-bounds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = MlpConfig {
-        input_dim: 2,
-        hidden: vec![],
-        classes: 2,
-        activation: Activation::Relu,
-        leaky_slope: 0.01,
-        bias: false,
-        batchnorm: None,
-        loss: LossKind::CrossEntropy,
-    };
-    let mut model = Mlp::<f64>::init(cfg, Init::Torch, 1.0, 0).unwrap();
-    model.layers[0].weight = Matrix::from_vec(2, 2, vec![0.1, 0.0, 0.0, 0.1]);
-    let mpath = dir.join("cex1.safetensors");
-    save_mlp(&model, &mpath, &BTreeMap::new()).unwrap();
-    let csv = dir.join("x.csv");
-    std::fs::write(&csv, "1,1,0\n").unwrap();
-    let json = dir.join("b.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_landscape"))
-        .args([
-            "bounds",
-            "--model",
-            mpath.to_str().unwrap(),
-            "--data",
-            csv.to_str().unwrap(),
-            "--normalize",
-            "none",
-        ])
-        .args(["--classes", "2", "--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let checks = j["results"]["checks"].as_array().unwrap();
-    let find = |v: &str, against: &str| {
-        checks
-            .iter()
-            .find(|c| c["variant"] == v && c["against"] == against)
-            .unwrap()
-            .clone()
-    };
-    let t1 = find("theorem1_printed", "gn");
-    // ||GN|| = ||H|| = 1 against the printed 0.0424: violated, with a certificate.
-    assert_eq!(t1["holds"], false);
-    let printed = theorem1_printed(1, 2f64.sqrt(), 0.1);
-    assert!((t1["bound"].as_f64().unwrap() - printed).abs() < 1e-15);
-    assert!(t1["certificate"].as_f64().unwrap() > printed);
-    assert!((t1["witness_value"].as_f64().unwrap() - 1.0).abs() < 1e-14);
-    assert_eq!(find("theorem1_printed", "full")["holds"], false);
-    // The thesis and tight forms hold for GN (the tight one with equality).
-    assert_eq!(find("thesis", "gn")["holds"], true);
-    let tight = find("tight", "gn");
-    assert_eq!(tight["holds"], true);
-    assert!(
-        (tight["bound"].as_f64().unwrap() - tight_form(1, 2f64.sqrt(), 0.1, false)).abs() < 1e-15
-    );
-    assert!((tight["worst_ratio"].as_f64().unwrap() - 1.0).abs() < 1e-12);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -486,11 +417,25 @@ fn three_layer_counterexample_from_the_fixture() {
 fn single_layer_counterexample_from_the_fixture() {
     let model = fixture_model("cex_l1");
     assert_eq!(model.num_layers(), 1);
+    assert!(!model.config.bias);
     assert_eq!(model.layers[0].weight.as_slice(), &[0.1, 0.0, 0.0, 0.1]);
     let j = fixture_bounds("cex_l1");
     let t1 = find_check(&j, "theorem1_printed", "gn");
+    // ||GN|| = ||H|| = 1 against the printed 0.0424: violated, with a certificate.
     assert_eq!(t1["holds"], false);
+    let printed = theorem1_printed(1, 2f64.sqrt(), 0.1);
+    assert!((t1["bound"].as_f64().unwrap() - printed).abs() < 1e-15);
+    assert!(t1["certificate"].as_f64().unwrap() > printed);
     assert!((t1["witness_value"].as_f64().unwrap() - 1.0).abs() < 1e-14);
+    assert_eq!(find_check(&j, "theorem1_printed", "full")["holds"], false);
+    // The thesis and tight forms hold for GN (the tight one with equality).
+    assert_eq!(find_check(&j, "thesis", "gn")["holds"], true);
+    let tight = find_check(&j, "tight", "gn");
+    assert_eq!(tight["holds"], true);
+    assert!(
+        (tight["bound"].as_f64().unwrap() - tight_form(1, 2f64.sqrt(), 0.1, false)).abs() < 1e-15
+    );
+    assert!((tight["worst_ratio"].as_f64().unwrap() - 1.0).abs() < 1e-12);
     // L = 1 has no H-term: the full norm equals the tight GN bound, which holds.
     assert_eq!(find_check(&j, "tight", "full")["holds"], true);
 }
