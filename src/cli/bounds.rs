@@ -361,9 +361,10 @@ fn report_markdown(
             .iter()
             .min_by(|a, b| row_norm(a.witness).total_cmp(&row_norm(b.witness)))
         {
-            let widths: Vec<String> = std::iter::once(model.config.input_dim)
-                .chain(model.config.hidden.iter().copied())
-                .chain(std::iter::once(model.config.classes))
+            let widths: Vec<String> = model
+                .config
+                .widths()
+                .iter()
                 .map(|w| w.to_string())
                 .collect();
             s.push_str(&format!(
