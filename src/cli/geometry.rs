@@ -451,6 +451,7 @@ struct PlaneProjection {
 
 /// Projects `thetas` on the plane through `theta0` spanned by `dx` and `dy` (least
 /// squares through the 2 x 2 Gram matrix, so non-orthogonal directions work too).
+/// The directions must have passed [`check_plane`] (nonzero, not parallel).
 fn project_on_plane(
     thetas: &[Vec<f64>],
     theta0: &[f64],
@@ -460,11 +461,6 @@ fn project_on_plane(
     use landscape::tensor::dot;
     let (gxx, gxy, gyy) = (dot(dx, dx), dot(dx, dy), dot(dy, dy));
     let det = gxx * gyy - gxy * gxy;
-    if det.is_nan() || det <= 1e-12 * gxx * gyy {
-        return Err(
-            "the two directions are parallel: no plane to project the trajectory on".into(),
-        );
-    }
     let mut out = PlaneProjection {
         coords: Vec::new(),
         off_plane: Vec::new(),
