@@ -249,29 +249,18 @@ fn backward_state(
 ) -> (Matrix<f64>, Vec<Matrix<f64>>) {
     let nl = model.num_layers();
     let logits = fwd.logits();
-    let (m, k) = (logits.rows(), logits.cols());
-    let mut r = Matrix::zeros(m, k);
-    let mut probs = Matrix::zeros(0, 0);
-    match model.config.loss {
+    let m = logits.rows();
+    let (r, _) = crate::nn::backprop::loss_residuals(model.config.loss, logits, labels);
+    let probs = match model.config.loss {
         LossKind::CrossEntropy => {
-            probs = Matrix::zeros(m, k);
-            for (i, &y) in labels.iter().enumerate() {
-                let p = softmax(logits.row(i));
-                probs.row_mut(i).copy_from_slice(&p);
-                for j in 0..k {
-                    r.set(i, j, p[j] - if j == y { 1.0 } else { 0.0 });
-                }
+            let mut probs = Matrix::zeros(m, logits.cols());
+            for i in 0..m {
+                probs.row_mut(i).copy_from_slice(&softmax(logits.row(i)));
             }
+            probs
         }
-        LossKind::Mse => {
-            for (i, &y) in labels.iter().enumerate() {
-                for j in 0..k {
-                    let t = if j == y { 1.0 } else { 0.0 };
-                    r.set(i, j, 2.0 * (logits.get(i, j) - t));
-                }
-            }
-        }
-    }
+        LossKind::Mse => Matrix::zeros(0, 0),
+    };
     let mut gz = vec![Matrix::zeros(0, 0); nl];
     gz[nl - 1] = r;
     for p in (1..nl).rev() {
