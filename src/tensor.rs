@@ -772,6 +772,14 @@ impl Csr {
         out
     }
 
+    /// Row `i`'s nonzeros in column chunk `c`: positions `s..e` of `indices`/`values`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn chunk_range(&self, i: usize, c: usize) -> (usize, usize) {
+        let at = i * (self.chunks + 1) + c;
+        (self.chunk_ptr[at], self.chunk_ptr[at + 1])
+    }
+
     /// Columns `c0 .. c0 + W` of `out += X b`, chunk by chunk like
     /// [`Csr::blocked_tile`], written with arrays the compiler vectorises.
     #[cfg(target_arch = "x86_64")]
@@ -785,13 +793,9 @@ impl Csr {
         let rows = self.indptr.len() - 1;
         let d = b.cols();
         let bs = b.as_slice();
-        let stride = self.chunks + 1;
         for c in 0..self.chunks {
             for i in 0..rows {
-                let (s, e) = (
-                    self.chunk_ptr[i * stride + c],
-                    self.chunk_ptr[i * stride + c + 1],
-                );
+                let (s, e) = self.chunk_range(i, c);
                 if s == e {
                     continue;
                 }
@@ -869,13 +873,9 @@ impl Csr {
         let d = b.cols();
         assert!(c0 + 8 * R <= d && out.cols() == d && out.rows() == rows);
         let bs = b.as_slice();
-        let stride = self.chunks + 1;
         for c in 0..self.chunks {
             for i in 0..rows {
-                let (s, e) = (
-                    self.chunk_ptr[i * stride + c],
-                    self.chunk_ptr[i * stride + c + 1],
-                );
+                let (s, e) = self.chunk_range(i, c);
                 if s == e {
                     continue;
                 }
