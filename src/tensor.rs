@@ -971,28 +971,15 @@ pub struct SparseRows {
 }
 
 impl SparseRows {
-    /// The nonzeros of the view `m`.
-    pub fn from_view(m: MatRef<'_, f64>) -> Self {
-        Self {
-            rows: m.rows(),
-            cols: m.cols(),
-            by_row: Csr::from_view(m),
-        }
-    }
-
-    /// [`SparseRows::from_view`] for a view known to hold `nnz` nonzeros (a wrong count
-    /// only costs capacity: the entries are still found by scanning).
+    /// The nonzeros of the view `m`, known to hold `nnz` of them (the caller counted them
+    /// to decide on the sparse route; a wrong count only costs capacity, the entries are
+    /// still found by scanning).
     pub fn from_view_with_nnz(m: MatRef<'_, f64>, nnz: usize) -> Self {
         Self {
             rows: m.rows(),
             cols: m.cols(),
             by_row: Csr::from_view_with_nnz(m, nnz),
         }
-    }
-
-    /// Fraction of stored entries.
-    pub fn density(&self) -> f64 {
-        self.by_row.values.len() as f64 / (self.rows * self.cols).max(1) as f64
     }
 
     /// `X B^T` (`rows x d`) for `B` given as its transpose `bt` (`cols x d`, row-major).
