@@ -1038,6 +1038,23 @@ impl CsrMatrix {
 mod csr_tests {
     use super::*;
 
+    /// A `rows x cols` matrix of normals with about `zeros` of its entries set to zero.
+    fn mostly_zeros(
+        rng: &mut crate::rng::Rng,
+        rows: usize,
+        cols: usize,
+        zeros: f64,
+    ) -> Matrix<f64> {
+        Matrix::from_fn(rows, cols, |_, _| {
+            let v = rng.normal();
+            if rng.uniform() < zeros {
+                0.0
+            } else {
+                v
+            }
+        })
+    }
+
     #[test]
     fn sparse_products_match_dense_gemm() {
         let mut rng = crate::rng::Rng::new(4);
@@ -1049,14 +1066,7 @@ mod csr_tests {
             (5, 50, 64),
             (9, 40, 139),
         ] {
-            let x = Matrix::from_fn(rows, cols, |_, _| {
-                let v = rng.normal();
-                if rng.uniform() < 0.7 {
-                    0.0
-                } else {
-                    v
-                }
-            });
+            let x = mostly_zeros(&mut rng, rows, cols, 0.7);
             let b = Matrix::from_fn(d, cols, |_, _| rng.normal());
             let a = Matrix::from_fn(rows, d, |_, _| rng.normal());
             let csr = CsrMatrix::from_dense(&x);
@@ -1079,14 +1089,7 @@ mod csr_tests {
     fn every_sparse_kernel_matches_dense_gemm() {
         let mut rng = crate::rng::Rng::new(8);
         for (rows, cols, d) in [(3, 5, 2), (40, 150, 64), (17, 130, 75), (70, 9, 8)] {
-            let x = Matrix::from_fn(rows, cols, |_, _| {
-                let v = rng.normal();
-                if rng.uniform() < 0.75 {
-                    0.0
-                } else {
-                    v
-                }
-            });
+            let x = mostly_zeros(&mut rng, rows, cols, 0.75);
             let bt = Matrix::from_fn(cols, d, |_, _| rng.normal());
             let mut want = Matrix::zeros(rows, d);
             gemm(1.0, x.view(), bt.view(), 0.0, &mut want);
