@@ -9,6 +9,7 @@ mod geometry_checks;
 mod hessian_checks;
 mod linalg_checks;
 mod model_files;
+mod network_checks;
 mod plot_checks;
 mod sample_size_checks;
 mod theory_checks;

@@ -10,9 +10,11 @@
 //! Shapes are checked when an operation is recorded; a mismatch is a
 //! programming error and panics with both shapes.
 
+use super::index_map::IndexMap;
 use crate::tensor::{gemm, Matrix, Scalar};
 use std::cell::{Ref, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// How a node was computed. Inputs are node ids on the same tape.
 #[derive(Clone, Debug)]
@@ -43,6 +45,13 @@ enum Op<T> {
     Broadcast(usize),
     /// Sum over the axes where the node's shape is 1 (adjoint of `Broadcast`).
     SumTo(usize),
+    /// `out.flat[j] = in.flat[map[j]]` (0 where the map has no source): im2col,
+    /// pooling selections, layout permutations. Linear; its adjoint is `ScatterAdd`.
+    Gather(usize, Arc<IndexMap>),
+    /// `out.flat[s] = sum_{j: map[j] = s} in.flat[j]` (adjoint of `Gather`).
+    ScatterAdd(usize, Arc<IndexMap>),
+    /// The same values in row-major order with another shape.
+    Reshape(usize),
 }
 
 struct Node<T> {
@@ -285,6 +294,18 @@ impl<T: Scalar> Tape<T> {
                 let (r, c) = self.shape(*a);
                 res.push((*a, g.broadcast(r, c)));
             }
+            Op::Gather(a, map) => {
+                let (r, c) = self.shape(*a);
+                res.push((*a, g.scatter_add(map.clone(), r, c)));
+            }
+            Op::ScatterAdd(a, map) => {
+                let (r, c) = self.shape(*a);
+                res.push((*a, g.gather(map.clone(), r, c)));
+            }
+            Op::Reshape(a) => {
+                let (r, c) = self.shape(*a);
+                res.push((*a, g.reshape(r, c)));
+            }
         }
         res.retain(|(i, _)| on_path[*i]);
         res
@@ -305,7 +326,10 @@ fn inputs_of<T>(op: &Op<T>) -> Vec<usize> {
         | Op::Sqrt(a)
         | Op::Recip(a)
         | Op::Broadcast(a)
-        | Op::SumTo(a) => vec![*a],
+        | Op::SumTo(a)
+        | Op::Gather(a, _)
+        | Op::ScatterAdd(a, _)
+        | Op::Reshape(a) => vec![*a],
     }
 }
 
@@ -465,14 +489,24 @@ impl<'t, T: Scalar> Var<'t, T> {
                 (r == rows || r == 1) && (c == cols || c == 1),
                 "broadcast: cannot broadcast {r}x{c} to {rows}x{cols}"
             );
-            Matrix::from_fn(rows, cols, |i, j| {
-                a.get(if r == 1 { 0 } else { i }, if c == 1 { 0 } else { j })
-            })
+            let mut out = Matrix::zeros(rows, cols);
+            if cols == 0 {
+                return out;
+            }
+            for (i, orow) in out.as_mut_slice().chunks_exact_mut(cols).enumerate() {
+                let arow = a.row(if r == 1 { 0 } else { i });
+                if c == 1 {
+                    orow.fill(arow[0]);
+                } else {
+                    orow.copy_from_slice(arow);
+                }
+            }
+            out
         })
     }
 
     /// Sums to `rows x cols`, each target dimension either kept or reduced to 1.
-    /// Sums run in index order.
+    /// Sums run in index order (row by row, then along each row).
     pub fn sum_to(self, rows: usize, cols: usize) -> Self {
         self.tape.unary(self.id, Op::SumTo(self.id), |a| {
             let (r, c) = a.shape();
@@ -482,13 +516,81 @@ impl<'t, T: Scalar> Var<'t, T> {
             );
             let mut out = Matrix::zeros(rows, cols);
             for i in 0..r {
-                for j in 0..c {
-                    let (oi, oj) = (if rows == 1 { 0 } else { i }, if cols == 1 { 0 } else { j });
-                    let v = out.get(oi, oj) + a.get(i, j);
-                    out.set(oi, oj, v);
+                let arow = a.row(i);
+                let orow = out.row_mut(if rows == 1 { 0 } else { i });
+                if cols == 1 {
+                    let mut acc = orow[0];
+                    for &v in arow {
+                        acc += v;
+                    }
+                    orow[0] = acc;
+                } else {
+                    for (o, &v) in orow.iter_mut().zip(arow) {
+                        *o += v;
+                    }
                 }
             }
             out
+        })
+    }
+
+    /// `out.flat[j] = self.flat[map[j]]` as a `rows x cols` matrix (zero where
+    /// the map has no source). Linear, so twice differentiable.
+    pub fn gather(self, map: Arc<IndexMap>, rows: usize, cols: usize) -> Self {
+        let m = map.clone();
+        self.tape
+            .unary(self.id, Op::Gather(self.id, map), move |a| {
+                assert_eq!(
+                    a.len(),
+                    m.src_len(),
+                    "gather: source has {} elements, map expects {}",
+                    a.len(),
+                    m.src_len()
+                );
+                assert_eq!(
+                    rows * cols,
+                    m.len(),
+                    "gather: {rows}x{cols} output for a map of {}",
+                    m.len()
+                );
+                Matrix::from_vec(rows, cols, m.gather(a.as_slice()))
+            })
+    }
+
+    /// Adjoint of [`Var::gather`]: sums each element into its source slot of a
+    /// `rows x cols` matrix (a fixed order per slot, so deterministic).
+    pub fn scatter_add(self, map: Arc<IndexMap>, rows: usize, cols: usize) -> Self {
+        let m = map.clone();
+        self.tape
+            .unary(self.id, Op::ScatterAdd(self.id, map), move |a| {
+                assert_eq!(
+                    a.len(),
+                    m.len(),
+                    "scatter_add: input has {} elements, map has {}",
+                    a.len(),
+                    m.len()
+                );
+                assert_eq!(
+                    rows * cols,
+                    m.src_len(),
+                    "scatter_add: {rows}x{cols} output for a source of {}",
+                    m.src_len()
+                );
+                Matrix::from_vec(rows, cols, m.scatter_add(a.as_slice()))
+            })
+    }
+
+    /// The same row-major values as a `rows x cols` matrix.
+    pub fn reshape(self, rows: usize, cols: usize) -> Self {
+        self.tape.unary(self.id, Op::Reshape(self.id), |a| {
+            assert_eq!(
+                a.len(),
+                rows * cols,
+                "reshape: {}x{} to {rows}x{cols}",
+                a.rows(),
+                a.cols()
+            );
+            Matrix::from_vec(rows, cols, a.as_slice().to_vec())
         })
     }
 

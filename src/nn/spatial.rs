@@ -1,0 +1,218 @@
+//! Index maps of the spatial layers (convolution im2col, pooling windows,
+//! flattening), on the engine's image layout.
+//!
+//! Layout: a batch of `n` images with `C` channels of `H x W` is an
+//! `(n H W) x C` matrix (NHWC rows): element `(i, y, x, c)` sits at flat index
+//! `((i H + y) W + x) C + c`. Input data arrive as PyTorch-flattened rows
+//! `(i, c, y, x) -> i C H W + c H W + y W + x` (NCHW); [`nchw_to_nhwc`] converts.
+
+use crate::autodiff::{IndexMap, NO_SOURCE};
+use crate::tensor::{Matrix, Scalar};
+
+/// Flat index of `(i, y, x, c)` in the NHWC layout.
+#[inline]
+fn nhwc(i: usize, y: usize, x: usize, c: usize, h: usize, w: usize, ch: usize) -> u32 {
+    (((i * h + y) * w + x) * ch + c) as u32
+}
+
+/// Reorders PyTorch-flattened rows (`n x C H W`, NCHW) to the `(n H W) x C` layout.
+pub fn nchw_to_nhwc<T: Scalar>(x: &Matrix<T>, c: usize, h: usize, w: usize) -> Matrix<T> {
+    let n = x.rows();
+    assert_eq!(x.cols(), c * h * w, "nchw_to_nhwc: row length");
+    let mut out = Matrix::zeros(n * h * w, c);
+    let dst = out.as_mut_slice();
+    for i in 0..n {
+        let row = x.row(i);
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    dst[nhwc(i, y, xx, ch, h, w, c) as usize] = row[(ch * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// im2col of a `k x k` convolution with stride `s` and zero padding `p`:
+/// the `(n Ho Wo) x (C k k)` matrix whose row `(i, oy, ox)` holds, in column
+/// order `(c, ky, kx)` (PyTorch's weight flatten), the input value at
+/// `(i, oy s - p + ky, ox s - p + kx, c)`, or 0 outside the image.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col_map(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    ho: usize,
+    wo: usize,
+) -> IndexMap {
+    let cols = c * k * k;
+    let mut idx = Vec::with_capacity(n * ho * wo * cols);
+    for i in 0..n {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                for ch in 0..c {
+                    for ky in 0..k {
+                        let y = (oy * s + ky) as isize - p as isize;
+                        for kx in 0..k {
+                            let x = (ox * s + kx) as isize - p as isize;
+                            if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
+                                idx.push(NO_SOURCE);
+                            } else {
+                                idx.push(nhwc(i, y as usize, x as usize, ch, h, w, c));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    IndexMap::new(n * h * w * c, idx)
+}
+
+/// The windows of a pooling sweep, in the NHWC layout: for output `(i, oy, ox, c)`,
+/// the source indices of its window in row-major window order (`None` for
+/// padding). Calls `f(output index, window)`.
+#[allow(clippy::too_many_arguments)]
+fn windows(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    ho: usize,
+    wo: usize,
+    mut f: impl FnMut(usize, &[Option<u32>]),
+) {
+    let mut win = Vec::with_capacity(k * k);
+    let mut out = 0;
+    for i in 0..n {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                for ch in 0..c {
+                    win.clear();
+                    for ky in 0..k {
+                        let y = (oy * s + ky) as isize - p as isize;
+                        for kx in 0..k {
+                            let x = (ox * s + kx) as isize - p as isize;
+                            win.push(
+                                (y >= 0 && x >= 0 && y < h as isize && x < w as isize)
+                                    .then(|| nhwc(i, y as usize, x as usize, ch, h, w, c)),
+                            );
+                        }
+                    }
+                    f(out, &win);
+                    out += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling as a selection: the map sends each output `(i, oy, ox, c)` to
+/// the position of its window's maximum in `values` (NHWC). Positions outside
+/// the image (padding, or past the edge in ceil mode) never win. Ties take the
+/// first maximum in row-major window order, as PyTorch's CPU kernel; a NaN wins
+/// (and propagates), also as PyTorch.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_map<T: Scalar>(
+    values: &[T],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    ho: usize,
+    wo: usize,
+) -> IndexMap {
+    let mut idx = vec![NO_SOURCE; n * ho * wo * c];
+    windows(n, c, h, w, k, s, p, ho, wo, |o, win| {
+        let mut best: Option<(u32, T)> = None;
+        for &src in win.iter().flatten() {
+            let v = values[src as usize];
+            let better = match best {
+                None => true,
+                Some((_, b)) => v > b || (v.to_f64().is_nan() && !b.to_f64().is_nan()),
+            };
+            if better {
+                best = Some((src, v));
+            }
+        }
+        if let Some((src, _)) = best {
+            idx[o] = src;
+        }
+    });
+    IndexMap::new(n * h * w * c, idx)
+}
+
+/// Average pooling windows as a gather into an `(n Ho Wo C) x (k k)` matrix
+/// (row = output, columns = window positions; outside positions read 0, and
+/// the mean divides by `k k`, PyTorch's `count_include_pad=True`).
+#[allow(clippy::too_many_arguments)]
+pub fn avg_pool_map(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    ho: usize,
+    wo: usize,
+) -> IndexMap {
+    let mut idx = Vec::with_capacity(n * ho * wo * c * k * k);
+    windows(n, c, h, w, k, s, 0, ho, wo, |_, win| {
+        idx.extend(win.iter().map(|s| s.unwrap_or(NO_SOURCE)));
+    });
+    IndexMap::new(n * h * w * c, idx)
+}
+
+/// Global max pooling as a selection `(n) x C` (ties: the first position in
+/// row-major order; NaN wins).
+pub fn global_max_map<T: Scalar>(values: &[T], n: usize, c: usize, h: usize, w: usize) -> IndexMap {
+    let mut idx = vec![NO_SOURCE; n * c];
+    for i in 0..n {
+        for ch in 0..c {
+            let mut best: Option<(u32, T)> = None;
+            for y in 0..h {
+                for x in 0..w {
+                    let src = nhwc(i, y, x, ch, h, w, c);
+                    let v = values[src as usize];
+                    let better = match best {
+                        None => true,
+                        Some((_, b)) => v > b || (v.to_f64().is_nan() && !b.to_f64().is_nan()),
+                    };
+                    if better {
+                        best = Some((src, v));
+                    }
+                }
+            }
+            idx[i * c + ch] = best.expect("non-empty image").0;
+        }
+    }
+    IndexMap::new(n * h * w * c, idx)
+}
+
+/// Flatten in PyTorch's order: row `i` of the `n x (C H W)` output holds
+/// `(c, y, x)` at column `(c H + y) W + x`. Read as an `(n C) x (H W)` matrix,
+/// the same map groups each image's channel into one row (global pooling).
+pub fn flatten_map(n: usize, c: usize, h: usize, w: usize) -> IndexMap {
+    let mut idx = Vec::with_capacity(n * c * h * w);
+    for i in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    idx.push(nhwc(i, y, x, ch, h, w, c));
+                }
+            }
+        }
+    }
+    IndexMap::new(n * h * w * c, idx)
+}

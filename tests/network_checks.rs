@@ -1,0 +1,430 @@
+//! The network engine (convolutions, BatchNorm, pooling, residual blocks) against
+//! finite differences, closed forms, the MLP code and published parameter counts.
+//!
+//! Gradients: central differences of the loss, step 1e-6 (max relative error
+//! <= 1e-6). HVPs by double backward: central differences of the tape gradient
+//! along a direction, step 1e-5 (<= 1e-5). Activations are tanh where a kink
+//! could sit within the step; ReLU and max-pool nets draw inputs away from ties.
+
+use landscape::autodiff::{hvp, Tape};
+use landscape::nn::arch::{preset, Architecture, LayerSpec, PresetOptions};
+use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Mode, Network};
+use landscape::rng::Rng;
+use landscape::Matrix;
+
+fn relu() -> LayerSpec {
+    LayerSpec::Activation {
+        act: Activation::Relu,
+    }
+}
+fn tanh() -> LayerSpec {
+    LayerSpec::Activation {
+        act: Activation::Tanh,
+    }
+}
+fn conv(name: &str, out: usize, k: usize, s: usize, p: usize, bias: bool) -> LayerSpec {
+    LayerSpec::Conv2d {
+        name: name.into(),
+        out,
+        kernel: k,
+        stride: s,
+        padding: p,
+        bias,
+    }
+}
+fn bn(name: &str, affine: bool) -> LayerSpec {
+    LayerSpec::Batchnorm {
+        name: name.into(),
+        affine,
+        eps: 1e-5,
+        momentum: 0.1,
+    }
+}
+fn linear(name: &str, out: usize, bias: bool) -> LayerSpec {
+    LayerSpec::Linear {
+        name: name.into(),
+        out,
+        bias,
+    }
+}
+
+fn arch(input: [usize; 3], classes: usize, layers: Vec<LayerSpec>) -> Architecture {
+    Architecture {
+        name: "custom".into(),
+        input_shape: input,
+        classes,
+        loss: LossKind::CrossEntropy,
+        leaky_slope: 0.01,
+        layers,
+        mlp: None,
+    }
+}
+
+/// A network with random parameters (and non-trivial running statistics).
+fn random_net(a: Architecture, seed: u64) -> Network<f64> {
+    let mut net = Network::<f64>::init(a, Init::Torch, 1.0, seed).expect("valid architecture");
+    let mut rng = Rng::new(seed ^ 0x55);
+    for p in &mut net.params {
+        for v in p.as_mut_slice() {
+            *v += 0.1 * rng.normal();
+        }
+    }
+    for b in &mut net.bn {
+        for v in b.running_mean.as_mut_slice() {
+            *v = 0.2 * rng.normal();
+        }
+        for v in b.running_var.as_mut_slice() {
+            *v = 0.5 + rng.uniform();
+        }
+    }
+    net
+}
+
+fn data(n: usize, d: usize, classes: usize, seed: u64) -> (Matrix<f64>, Vec<usize>) {
+    let mut rng = Rng::new(seed);
+    let x = Matrix::from_fn(n, d, |_, _| rng.normal());
+    let y = (0..n).map(|i| (i * 7 + 3) % classes).collect();
+    (x, y)
+}
+
+fn loss_at(
+    net: &Network<f64>,
+    params: &[Matrix<f64>],
+    x: &Matrix<f64>,
+    y: &[usize],
+    mode: Mode,
+) -> f64 {
+    let tape = Tape::new();
+    let vars: Vec<_> = params.iter().map(|p| tape.param(p.clone())).collect();
+    net.loss_tape(&vars, x, y, mode).0.item()
+}
+
+fn grad_at(
+    net: &Network<f64>,
+    params: &[Matrix<f64>],
+    x: &Matrix<f64>,
+    y: &[usize],
+    mode: Mode,
+) -> Vec<f64> {
+    let tape = Tape::new();
+    let vars: Vec<_> = params.iter().map(|p| tape.param(p.clone())).collect();
+    let (l, _) = net.loss_tape(&vars, x, y, mode);
+    tape.grad(l, &vars)
+        .iter()
+        .flat_map(|g| g.value().as_slice().to_vec())
+        .collect()
+}
+
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-3);
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// Gradient and HVP of the whole network against finite differences.
+fn check_network(name: &str, a: Architecture, n: usize, seed: u64) {
+    let net = random_net(a, seed);
+    let d: usize = net.arch.input_shape.iter().product();
+    let (x, y) = data(n, d, net.arch.classes, seed + 1);
+    for mode in [Mode::Eval, Mode::Train] {
+        if mode == Mode::Train && !net.arch.has_batchnorm() {
+            continue;
+        }
+        let g = grad_at(&net, &net.params, &x, &y, mode);
+        let h = 1e-6;
+        let mut fd = Vec::with_capacity(g.len());
+        for k in 0..net.params.len() {
+            for e in 0..net.params[k].len() {
+                let mut plus = net.params.clone();
+                let mut minus = net.params.clone();
+                plus[k].as_mut_slice()[e] += h;
+                minus[k].as_mut_slice()[e] -= h;
+                fd.push(
+                    (loss_at(&net, &plus, &x, &y, mode) - loss_at(&net, &minus, &x, &y, mode))
+                        / (2.0 * h),
+                );
+            }
+        }
+        let e = rel_err(&g, &fd);
+        assert!(
+            e <= 1e-6,
+            "{name} ({mode:?}): gradient relative error {e:.3e}"
+        );
+
+        // HVP by double backward against differences of gradients.
+        let mut rng = Rng::new(seed + 7);
+        let v: Vec<Matrix<f64>> = net
+            .params
+            .iter()
+            .map(|p| Matrix::from_fn(p.rows(), p.cols(), |_, _| rng.normal()))
+            .collect();
+        let (_, _, hv) = hvp(&net.params, &v, |_t, vars| {
+            net.loss_tape(vars, &x, &y, mode).0
+        });
+        let eps = 1e-5;
+        let moved = |s: f64| {
+            let p: Vec<Matrix<f64>> = net
+                .params
+                .iter()
+                .zip(&v)
+                .map(|(m, d)| {
+                    let mut m = m.clone();
+                    m.axpy(s, d);
+                    m
+                })
+                .collect();
+            grad_at(&net, &p, &x, &y, mode)
+        };
+        let (gp, gm) = (moved(eps), moved(-eps));
+        let fdh: Vec<f64> = gp
+            .iter()
+            .zip(&gm)
+            .map(|(a, b)| (a - b) / (2.0 * eps))
+            .collect();
+        let hvf: Vec<f64> = hv.iter().flat_map(|m| m.as_slice().to_vec()).collect();
+        let e = rel_err(&hvf, &fdh);
+        assert!(e <= 1e-5, "{name} ({mode:?}): HVP relative error {e:.3e}");
+    }
+}
+
+#[test]
+fn conv_layers_match_finite_differences() {
+    // Stride, padding, odd channel counts and sizes; bias on and off.
+    for (cin, hw, seed) in [(1usize, 5usize, 1u64), (3, 7, 2), (7, 5, 3)] {
+        let a = arch(
+            [cin, hw, hw],
+            3,
+            vec![
+                conv("c1", 3, 3, 1, 1, true),
+                tanh(),
+                conv("c2", 2, 3, 2, 1, false),
+                tanh(),
+                conv("c3", 3, 2, 1, 0, true),
+                LayerSpec::GlobalAvgPool,
+                linear("fc", 3, true),
+            ],
+        );
+        check_network(&format!("conv {cin}x{hw}x{hw}"), a, 3, seed);
+    }
+}
+
+#[test]
+fn batchnorm_nets_match_finite_differences_in_both_modes() {
+    for (cin, hw, affine, seed) in [
+        (1usize, 5usize, true, 4u64),
+        (3, 7, false, 5),
+        (7, 5, true, 6),
+    ] {
+        let a = arch(
+            [cin, hw, hw],
+            4,
+            vec![
+                conv("c1", 3, 3, 1, 1, false),
+                bn("b1", affine),
+                tanh(),
+                conv("c2", 5, 3, 2, 0, true),
+                bn("b2", true),
+                tanh(),
+                LayerSpec::Flatten,
+                linear("fc1", 6, true),
+                bn("b3", affine),
+                tanh(),
+                linear("fc2", 4, true),
+            ],
+        );
+        check_network(&format!("bn {cin}x{hw}x{hw} affine={affine}"), a, 6, seed);
+    }
+}
+
+#[test]
+fn pooling_layers_match_finite_differences() {
+    // Max pools (floor and ceil mode, padding), average and global pools.
+    let a = arch(
+        [3, 7, 7],
+        3,
+        vec![
+            conv("c1", 3, 3, 1, 1, true),
+            relu(),
+            LayerSpec::MaxPool2d {
+                kernel: 2,
+                stride: Some(2),
+                padding: 0,
+                ceil_mode: true,
+            },
+            conv("c2", 4, 1, 1, 0, true),
+            tanh(),
+            LayerSpec::MaxPool2d {
+                kernel: 3,
+                stride: Some(1),
+                padding: 1,
+                ceil_mode: false,
+            },
+            LayerSpec::AvgPool2d {
+                kernel: 2,
+                stride: Some(1),
+            },
+            LayerSpec::GlobalMaxPool,
+            linear("fc", 3, true),
+        ],
+    );
+    check_network("pools", a, 3, 8);
+    let a = arch(
+        [1, 5, 5],
+        2,
+        vec![
+            conv("c1", 2, 3, 1, 0, true),
+            tanh(),
+            LayerSpec::AvgPool2d {
+                kernel: 3,
+                stride: None,
+            },
+            LayerSpec::Flatten,
+            linear("fc", 2, true),
+        ],
+    );
+    check_network("avg pool to 1x1", a, 4, 9);
+}
+
+#[test]
+fn residual_blocks_match_finite_differences() {
+    // Identity and projection shortcuts, BatchNorm, stride 2; train and eval mode.
+    let block = |pre: &str, out: usize, stride: usize, proj: bool| LayerSpec::Residual {
+        body: vec![
+            conv(&format!("{pre}.conv1"), out, 3, stride, 1, false),
+            bn(&format!("{pre}.bn1"), true),
+            tanh(),
+            conv(&format!("{pre}.conv2"), out, 3, 1, 1, false),
+            bn(&format!("{pre}.bn2"), true),
+        ],
+        shortcut: proj.then(|| {
+            vec![
+                conv(&format!("{pre}.shortcut.0"), out, 1, stride, 0, false),
+                bn(&format!("{pre}.shortcut.1"), true),
+            ]
+        }),
+        post: Some(Activation::Tanh),
+    };
+    for (cin, hw, seed) in [(3usize, 7usize, 10u64), (1, 5, 11)] {
+        let a = arch(
+            [cin, hw, hw],
+            3,
+            vec![
+                conv("conv1", 2, 3, 1, 1, false),
+                bn("bn1", true),
+                tanh(),
+                block("layer1.0", 2, 1, false),
+                block("layer2.0", 3, 2, true),
+                LayerSpec::GlobalAvgPool,
+                linear("linear", 3, true),
+            ],
+        );
+        check_network(&format!("resnet {cin}x{hw}x{hw}"), a, 4, seed);
+    }
+}
+
+#[test]
+fn max_pool_ties_take_the_first_maximum() {
+    // A 1 x 1 x 2 x 2 input whose four values tie: the gradient goes to the
+    // first position in row-major order only (PyTorch's CPU rule).
+    let a = arch(
+        [1, 2, 2],
+        2,
+        vec![
+            LayerSpec::MaxPool2d {
+                kernel: 2,
+                stride: None,
+                padding: 0,
+                ceil_mode: false,
+            },
+            LayerSpec::Flatten,
+            linear("fc", 2, false),
+        ],
+    );
+    let net =
+        Network::<f64>::new(a, vec![Matrix::from_vec(2, 1, vec![1.0, -1.0])], vec![]).unwrap();
+    // The selected value reaches the logits; raising one value moves the choice.
+    let x = Matrix::from_vec(1, 4, vec![0.5, 0.5, 0.5, 0.5]);
+    let z = net.logits(&x).unwrap();
+    assert_eq!(z.row(0), &[0.5, -0.5]);
+    let x2 = Matrix::from_vec(1, 4, vec![0.5, 0.5, 0.75, 0.5]);
+    assert_eq!(net.logits(&x2).unwrap().row(0), &[0.75, -0.75]);
+    let map =
+        landscape::nn::spatial::max_pool_map(&[0.5f64, 0.5, 0.5, 0.5], 1, 1, 2, 2, 2, 2, 0, 1, 1);
+    assert_eq!(map.indices(), &[0]);
+    let map =
+        landscape::nn::spatial::max_pool_map(&[0.1f64, 0.5, 0.2, 0.5], 1, 1, 2, 2, 2, 2, 0, 1, 1);
+    assert_eq!(map.indices(), &[1], "the first of two tied maxima");
+}
+
+fn preset_opts(shape: [usize; 3]) -> PresetOptions {
+    PresetOptions {
+        input_shape: shape,
+        classes: 10,
+        loss: LossKind::CrossEntropy,
+        width: 16,
+        mlp: None,
+    }
+}
+
+#[test]
+fn preset_parameter_counts_match_li_et_al() {
+    let counts = [
+        ("resnet20", 272_474usize),
+        ("resnet20-noshort", 269_722),
+        ("resnet56", 855_770),
+        ("resnet56-noshort", 853_018),
+        ("resnet110", 1_730_714),
+        ("resnet110-noshort", 1_727_962),
+        ("vgg9", 2_789_706),
+    ];
+    for (name, p) in counts {
+        let a = preset(name, &preset_opts([3, 32, 32])).unwrap();
+        assert_eq!(a.num_params().unwrap(), p, "{name}");
+    }
+    // ConvNet c = 32: 387,936 conv weights (DESIGN.md section 11) + the 256 -> 10 head.
+    let mut o = preset_opts([3, 32, 32]);
+    o.width = 32;
+    let a = preset("convnet", &o).unwrap();
+    assert_eq!(a.num_params().unwrap(), 387_936 + 256 * 10 + 10);
+    // Every preset also runs on 1 x 28 x 28 and 1 x 8 x 8.
+    for name in ["convnet", "resnet20", "resnet20-noshort", "vgg9"] {
+        for shape in [[1, 28, 28], [1, 8, 8]] {
+            preset(name, &preset_opts(shape))
+                .unwrap_or_else(|e| panic!("{name} on {shape:?}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn mlp_preset_is_bit_identical_to_the_mlp_code() {
+    for (act, bias, seed) in [(Activation::Relu, true, 1u64), (Activation::Tanh, false, 2)] {
+        let cfg = MlpConfig {
+            input_dim: 12,
+            hidden: vec![7, 5],
+            classes: 3,
+            activation: act,
+            leaky_slope: 0.01,
+            bias,
+            batchnorm: None,
+            loss: LossKind::CrossEntropy,
+        };
+        let mlp = Mlp::<f64>::init(cfg.clone(), Init::Torch, 1.0, seed).unwrap();
+        let a = landscape::nn::arch::from_mlp_config(&cfg, [3, 2, 2]);
+        let net = Network::<f64>::init(a, Init::Torch, 1.0, seed).unwrap();
+        assert_eq!(
+            net.param_vector(),
+            mlp.param_vector(),
+            "same draws, same order"
+        );
+        let (x, y) = data(9, 12, 3, seed);
+        assert_eq!(net.logits(&x).unwrap(), mlp.logits(&x).unwrap());
+        let g_net = grad_at(&net, &net.params, &x, &y, Mode::Eval);
+        let (_, g_mlp) = landscape::nn::backprop::loss_and_grad_analytic(&mlp, &x, &y).unwrap();
+        let g_mlp: Vec<f64> = g_mlp.iter().flat_map(|m| m.as_slice().to_vec()).collect();
+        assert!(rel_err(&g_net, &g_mlp) < 1e-13);
+        assert!(net.analytic_mlp().is_some());
+    }
+}
