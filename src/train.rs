@@ -11,7 +11,7 @@
 use crate::autodiff::Tape;
 use crate::error::{Error, Result};
 use crate::nn::backprop::loss_and_grad_analytic;
-use crate::nn::{loss::error_rate, Mlp, Mode};
+use crate::nn::{loss::error_rate, BatchStats, Mlp, Mode, Network};
 use crate::rng::Rng;
 use crate::tensor::{Matrix, Scalar};
 use serde::{Deserialize, Serialize};
@@ -102,10 +102,157 @@ pub struct EpochMetrics {
 }
 
 /// Optimiser state (one slot per parameter tensor).
-struct OptState<T> {
+pub struct OptState<T> {
     m: Vec<Matrix<T>>,
     s: Vec<Matrix<T>>,
     t: u64,
+}
+
+impl<T: Scalar> OptState<T> {
+    /// Zero state for tensors of these shapes.
+    pub fn new(params: &[&mut Matrix<T>]) -> Self {
+        let zeros: Vec<Matrix<T>> = params
+            .iter()
+            .map(|m| Matrix::zeros(m.rows(), m.cols()))
+            .collect();
+        Self {
+            m: zeros.clone(),
+            s: zeros,
+            t: 0,
+        }
+    }
+}
+
+/// Batch statistics of a training step, per BatchNorm layer.
+pub type StepStats<T> = Vec<Option<BatchStats<T>>>;
+
+/// What [`train`] needs of a model: its trainable tensors, a training-mode
+/// gradient, the BatchNorm running-average update and an evaluation.
+pub trait TrainModel<T: Scalar> {
+    fn check_input(&self, x: &Matrix<T>) -> Result<()>;
+    fn classes(&self) -> usize;
+    fn has_batchnorm(&self) -> bool;
+    /// Trainable tensors in parameter-vector order.
+    fn params_mut(&mut self) -> Vec<&mut Matrix<T>>;
+    /// Mean loss and gradients of a batch in training mode, with BatchNorm batch statistics.
+    fn train_grad(
+        &self,
+        x: &Matrix<T>,
+        labels: &[usize],
+    ) -> Result<(T, Vec<Matrix<T>>, StepStats<T>)>;
+    /// Updates the running statistics after a training step over `batch` samples.
+    fn apply_batch_stats(&mut self, stats: StepStats<T>, batch: usize);
+    /// Mean loss and error rate in evaluation mode.
+    fn evaluate(&self, x: &Matrix<T>, labels: &[usize]) -> Result<(f64, f64)>;
+}
+
+impl<T: Scalar> TrainModel<T> for Mlp<T> {
+    fn check_input(&self, x: &Matrix<T>) -> Result<()> {
+        Mlp::check_input(self, x)
+    }
+    fn classes(&self) -> usize {
+        self.config.classes
+    }
+    fn has_batchnorm(&self) -> bool {
+        self.config.batchnorm.is_some()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Matrix<T>> {
+        Mlp::params_mut(self)
+    }
+    fn train_grad(
+        &self,
+        x: &Matrix<T>,
+        labels: &[usize],
+    ) -> Result<(T, Vec<Matrix<T>>, StepStats<T>)> {
+        if self.config.batchnorm.is_some() {
+            let (l, g, st) = loss_and_grad(self, x, labels, Mode::Train);
+            let stats = st
+                .into_iter()
+                .map(|s| {
+                    s.map(|(mean, var)| BatchStats {
+                        mean,
+                        var,
+                        count: x.rows(),
+                    })
+                })
+                .collect();
+            Ok((l, g, stats))
+        } else {
+            let (l, g) = loss_and_grad_analytic(self, x, labels)?;
+            Ok((T::from_f64(l), g, Vec::new()))
+        }
+    }
+    fn apply_batch_stats(&mut self, stats: StepStats<T>, batch: usize) {
+        let pairs: Vec<Option<(Matrix<T>, Matrix<T>)>> = stats
+            .into_iter()
+            .map(|s| s.map(|b| (b.mean, b.var)))
+            .collect();
+        update_running_stats(self, &pairs, batch);
+    }
+    fn evaluate(&self, x: &Matrix<T>, labels: &[usize]) -> Result<(f64, f64)> {
+        evaluate(self, x, labels)
+    }
+}
+
+impl<T: Scalar> TrainModel<T> for Network<T> {
+    fn check_input(&self, x: &Matrix<T>) -> Result<()> {
+        Network::check_input(self, x)
+    }
+    fn classes(&self) -> usize {
+        self.arch.classes
+    }
+    fn has_batchnorm(&self) -> bool {
+        self.arch.has_batchnorm()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Matrix<T>> {
+        self.params.iter_mut().collect()
+    }
+    fn train_grad(
+        &self,
+        x: &Matrix<T>,
+        labels: &[usize],
+    ) -> Result<(T, Vec<Matrix<T>>, StepStats<T>)> {
+        let tape = Tape::new();
+        let params = self.params_on_tape(&tape);
+        let (loss, fwd) = self.loss_tape(&params, x, labels, Mode::Train);
+        let grads = tape.grad(loss, &params);
+        let gv = grads.iter().map(|g| g.value().clone()).collect();
+        Ok((loss.item(), gv, fwd.batch_stats))
+    }
+    fn apply_batch_stats(&mut self, stats: StepStats<T>, _batch: usize) {
+        self.update_running_stats(&stats);
+    }
+    fn evaluate(&self, x: &Matrix<T>, labels: &[usize]) -> Result<(f64, f64)> {
+        evaluate_network(self, x, labels)
+    }
+}
+
+/// Mean loss and error rate of a network on a dataset (evaluation-mode BatchNorm).
+pub fn evaluate_network<T: Scalar>(
+    net: &Network<T>,
+    x: &Matrix<T>,
+    labels: &[usize],
+) -> Result<(f64, f64)> {
+    if labels.is_empty() {
+        return Err(Error::InvalidArgument(
+            "cannot evaluate on an empty set".into(),
+        ));
+    }
+    if labels.len() != x.rows() {
+        return Err(Error::Shape(format!(
+            "{} samples but {} labels",
+            x.rows(),
+            labels.len()
+        )));
+    }
+    // The MLP fast path (the same numbers as the MLP code) where it applies.
+    if let Some(m) = net.to_mlp() {
+        return evaluate(&m, x, labels);
+    }
+    let z = net.logits(x)?;
+    let loss_sum: f64 = net.arch.loss.per_sample(&z, labels).iter().sum();
+    let err = error_rate(&z, labels);
+    Ok((loss_sum / labels.len() as f64, err))
 }
 
 /// Loss and gradients (parameter-vector order) on one batch through the
@@ -152,14 +299,14 @@ pub fn evaluate<T: Scalar>(model: &Mlp<T>, x: &Matrix<T>, labels: &[usize]) -> R
 /// Trains `model` in place. `on_epoch` is called after every epoch with the
 /// model and its metrics (checkpoints, progress); `on_step` after every step.
 #[allow(clippy::too_many_arguments)]
-pub fn train<T: Scalar>(
-    model: &mut Mlp<T>,
+pub fn train<T: Scalar, M: TrainModel<T>>(
+    model: &mut M,
     x: &Matrix<T>,
     labels: &[usize],
     test: Option<(&Matrix<T>, &[usize])>,
     cfg: &TrainConfig,
     mut on_step: impl FnMut(usize, usize, f64),
-    mut on_epoch: impl FnMut(&Mlp<T>, &EpochMetrics) -> Result<()>,
+    mut on_epoch: impl FnMut(&M, &EpochMetrics) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
     cfg.optimizer.validate()?;
     model.check_input(x)?;
@@ -176,21 +323,22 @@ pub fn train<T: Scalar>(
     if cfg.batch_size == 0 {
         return Err(Error::InvalidArgument("batch size must be positive".into()));
     }
-    if let Some(&bad) = labels.iter().find(|&&y| y >= model.config.classes) {
+    if let Some(&bad) = labels.iter().find(|&&y| y >= model.classes()) {
         return Err(Error::Shape(format!(
             "label {bad} is out of range for a model with {} outputs",
-            model.config.classes
+            model.classes()
         )));
     }
-    if model.config.batchnorm.is_some() && cfg.batch_size < 2 {
+    let has_bn = model.has_batchnorm();
+    if has_bn && cfg.batch_size < 2 {
         return Err(Error::InvalidArgument(
             "BatchNorm needs a batch size of at least 2".into(),
         ));
     }
     let zeros: Vec<Matrix<T>> = model
-        .named_params()
+        .params_mut()
         .iter()
-        .map(|(_, m)| Matrix::zeros(m.rows(), m.cols()))
+        .map(|m| Matrix::zeros(m.rows(), m.cols()))
         .collect();
     let mut state = OptState {
         m: zeros.clone(),
@@ -206,17 +354,12 @@ pub fn train<T: Scalar>(
         let mut steps = 0;
         for (step, idx) in order.chunks(cfg.batch_size).enumerate() {
             // A BatchNorm batch of one sample has zero variance: skip such a remainder.
-            if model.config.batchnorm.is_some() && idx.len() < 2 {
+            if has_bn && idx.len() < 2 {
                 continue;
             }
             let xb = x.select_rows(idx);
             let yb: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-            let (loss, grads, stats) = if model.config.batchnorm.is_some() {
-                loss_and_grad(model, &xb, &yb, Mode::Train)
-            } else {
-                let (l, g) = loss_and_grad_analytic(model, &xb, &yb)?;
-                (T::from_f64(l), g, Vec::new())
-            };
+            let (loss, grads, stats) = model.train_grad(&xb, &yb)?;
             if !loss.is_finite() {
                 return Err(Error::NonFinite {
                     what: "loss".into(),
@@ -231,9 +374,9 @@ pub fn train<T: Scalar>(
                     step: step + 1,
                 });
             }
-            apply_update(model, &grads, &mut state, &cfg.optimizer);
-            update_running_stats(model, &stats, idx.len());
-            if !model.named_params().iter().all(|(_, m)| m.all_finite()) {
+            apply_update(model.params_mut(), &grads, &mut state, &cfg.optimizer);
+            model.apply_batch_stats(stats, idx.len());
+            if !model.params_mut().iter().all(|m| m.all_finite()) {
                 return Err(Error::NonFinite {
                     what: "parameter".into(),
                     epoch,
@@ -245,10 +388,10 @@ pub fn train<T: Scalar>(
             global_step += 1;
             on_step(epoch, global_step, loss.to_f64());
         }
-        let (train_loss, train_error) = evaluate(model, x, labels)?;
+        let (train_loss, train_error) = model.evaluate(x, labels)?;
         let (test_loss, test_error) = match test {
             Some((tx, ty)) if !ty.is_empty() => {
-                let (l, e) = evaluate(model, tx, ty)?;
+                let (l, e) = model.evaluate(tx, ty)?;
                 (Some(l), Some(e))
             }
             _ => (None, None),
@@ -275,14 +418,14 @@ pub fn train<T: Scalar>(
     Ok(history)
 }
 
-fn apply_update<T: Scalar>(
-    model: &mut Mlp<T>,
+/// One optimiser step on `params` (in parameter-vector order).
+pub fn apply_update<T: Scalar>(
+    params: Vec<&mut Matrix<T>>,
     grads: &[Matrix<T>],
     st: &mut OptState<T>,
     opt: &Optimizer,
 ) {
     st.t += 1;
-    let params = model.params_mut();
     match *opt {
         Optimizer::Sgd {
             lr,

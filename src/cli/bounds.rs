@@ -53,7 +53,7 @@ pub struct BoundsArgs {
 }
 
 pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
-    let model = a.model.load()?;
+    let model = a.model.load_mlp_only("bounds")?;
     let bundle = a.data.load()?;
     super::check_model_fits(&model, &bundle)?;
     if model.layers.iter().any(|l| l.bn.is_some()) {

@@ -11,11 +11,15 @@ mod sweep;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use landscape::data::{self, DataBundle, DataOptions, Format, Normalize, Subset};
-use landscape::io::model_file::{load_mlp_f64, save_mlp, ImportOptions};
+use landscape::io::model_file::{load_mlp_f64, read_metadata, save_mlp, ImportOptions};
+use landscape::io::network_file::{load_network, save_network, NetworkImport, NETWORK_FORMAT};
 use landscape::io::npy::ExportFormat;
 use landscape::io::provenance::{write_json, Provenance};
+use landscape::nn::arch::{preset, Architecture, PresetOptions, PRESETS};
+use landscape::nn::Network;
 use landscape::nn::{Activation, BatchNormConfig, Init, LossKind, Mlp, MlpConfig};
-use landscape::train::{evaluate, train, EpochMetrics, Optimizer, TrainConfig};
+use landscape::train::evaluate_network;
+use landscape::train::{train, EpochMetrics, Optimizer, TrainConfig, TrainModel};
 use landscape::{Matrix, Scalar};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -151,6 +155,13 @@ enum OptimizerName {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
+    /// Architecture: `mlp` (default; widths from --hidden), a preset (convnet, resnet20,
+    /// resnet56, resnet110, their -noshort forms, vgg9) or an architecture JSON file.
+    #[arg(long, default_value = "mlp")]
+    arch: String,
+    /// Width c of the convnet preset.
+    #[arg(long, default_value_t = 16)]
+    width: usize,
     /// Hidden widths, comma-separated (e.g. 64 or 256,256); empty for logistic regression.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
@@ -170,9 +181,9 @@ struct TrainArgs {
     bn_no_affine: bool,
     #[arg(long, value_enum, default_value = "ce")]
     loss: LossKind,
-    /// Initialisation (He/Kaiming by default, the standard for rectifiers).
-    #[arg(long, value_enum, default_value = "kaiming")]
-    init: Init,
+    /// Initialisation (default: He/Kaiming for MLPs, PyTorch's default `torch` for other architectures).
+    #[arg(long, value_enum)]
+    init: Option<Init>,
     /// Multiplies every initial weight (and drawn bias).
     #[arg(long, default_value_t = 1.0)]
     init_scale: f64,
@@ -216,7 +227,7 @@ enum Split {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model file (safetensors; landscape's or a PyTorch nn.Sequential state dict).
+    /// Model file (safetensors: landscape's, or a PyTorch state dict).
     #[arg(long)]
     model: PathBuf,
     /// Activation for files without landscape metadata (PyTorch imports).
@@ -225,9 +236,27 @@ struct ModelArgs {
     /// Loss for files without landscape metadata.
     #[arg(long, value_enum)]
     loss: Option<LossKind>,
+    /// Architecture of a PyTorch state dict without landscape metadata: a preset
+    /// (convnet, resnet20, resnet56, resnet110, their -noshort forms, vgg9) or a JSON file.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Width c of the convnet preset (with --arch convnet).
+    #[arg(long, default_value_t = 16)]
+    width: usize,
 }
 
 impl ModelArgs {
+    /// The model as an MLP, for commands whose mathematics is MLP-only (`what` names the command).
+    fn load_mlp_only(&self, what: &str) -> Result<Mlp<f64>, String> {
+        if self.arch.as_deref().is_some_and(|a| a != "mlp") || is_network_file(&self.model) {
+            return Err(format!(
+                "{what} is defined for MLPs only (its mathematics uses the MLP's analytic structure); {} is not an MLP",
+                self.model.display()
+            ));
+        }
+        self.load()
+    }
+
     fn load(&self) -> Result<Mlp<f64>, String> {
         let opts = ImportOptions {
             activation: self.activation,
@@ -236,6 +265,130 @@ impl ModelArgs {
         };
         load_mlp_f64(&self.model, &opts).map_err(|e| e.to_string())
     }
+
+    /// Any architecture without data: landscape files carry theirs; a PyTorch
+    /// state dict with a preset `--arch` needs the data's shape, so use a JSON file then.
+    fn load_any(&self) -> Result<Network<f64>, String> {
+        let arch = match &self.arch {
+            Some(spec) if PRESETS.contains(&spec.as_str()) => {
+                return Err(format!(
+                    "--arch {spec} needs the input shape: pass an architecture JSON file (its input_shape) instead"
+                ))
+            }
+            Some(spec) => {
+                let text = std::fs::read_to_string(spec).map_err(|e| format!("{spec}: {e}"))?;
+                Some(serde_json::from_str(&text).map_err(|e| format!("{spec}: not a valid architecture description: {e}"))?)
+            }
+            None => None,
+        };
+        let opts = NetworkImport {
+            arch,
+            mlp: ImportOptions {
+                activation: self.activation,
+                loss: self.loss,
+                ..Default::default()
+            },
+        };
+        load_network::<f64>(&self.model, &opts)
+            .map(|r| r.0)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Any architecture; a PyTorch state dict needs `--arch` (else it is read as an
+    /// `nn.Sequential` MLP). The input shape of a preset comes from the data.
+    fn load_network(&self, bundle: &DataBundle) -> Result<Network<f64>, String> {
+        let arch = match &self.arch {
+            Some(spec) => Some(resolve_arch(
+                spec,
+                self.width,
+                bundle,
+                self.loss.unwrap_or(LossKind::CrossEntropy),
+            )?),
+            None => None,
+        };
+        let opts = NetworkImport {
+            arch,
+            mlp: ImportOptions {
+                activation: self.activation,
+                loss: self.loss,
+                ..Default::default()
+            },
+        };
+        let (net, _) = load_network::<f64>(&self.model, &opts).map_err(|e| e.to_string())?;
+        check_network_fits(&net, bundle)?;
+        Ok(net)
+    }
+}
+
+/// Whether a file is a landscape network file (not an MLP), reading only its header.
+fn is_network_file(path: &Path) -> bool {
+    read_metadata(path)
+        .ok()
+        .and_then(|m| m.get("format").cloned())
+        .is_some_and(|f| f == NETWORK_FORMAT)
+}
+
+/// The input shape of a dataset's samples: its image shape, or flat features.
+fn input_shape(bundle: &DataBundle) -> [usize; 3] {
+    bundle.image_shape.unwrap_or([bundle.features, 1, 1])
+}
+
+/// A preset name or an architecture JSON file, on the data's input shape.
+fn resolve_arch(
+    spec: &str,
+    width: usize,
+    bundle: &DataBundle,
+    loss: LossKind,
+) -> Result<Architecture, String> {
+    let shape = input_shape(bundle);
+    if PRESETS.contains(&spec) {
+        if spec == "mlp" {
+            return Err(
+                "--arch mlp: give the widths with --hidden (train) or load an MLP file".into(),
+            );
+        }
+        let o = PresetOptions {
+            input_shape: shape,
+            classes: bundle.classes,
+            loss,
+            width,
+            mlp: None,
+        };
+        return preset(spec, &o).map_err(|e| e.to_string());
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        return Err(format!(
+            "--arch {spec}: not a preset ({}) and no such JSON file",
+            PRESETS.join(", ")
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let a: Architecture = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a valid architecture description: {e}",
+            path.display()
+        )
+    })?;
+    a.layout().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(a)
+}
+
+fn check_network_fits(net: &Network<f64>, bundle: &DataBundle) -> Result<(), String> {
+    let d: usize = net.arch.input_shape.iter().product();
+    if d != bundle.features {
+        return Err(format!(
+            "model expects {d} input features ({:?}) but dataset {} has {}",
+            net.arch.input_shape, bundle.name, bundle.features
+        ));
+    }
+    if net.arch.classes < bundle.classes {
+        return Err(format!(
+            "model has {} outputs but dataset {} has {} classes",
+            net.arch.classes, bundle.name, bundle.classes
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -331,22 +484,11 @@ fn write_results(
     Ok(())
 }
 
-fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
-    let bundle = a.data.load()?;
-    let config = MlpConfig {
-        input_dim: bundle.features,
-        hidden: a.hidden.clone(),
-        classes: bundle.classes,
-        activation: a.activation,
-        leaky_slope: a.leaky_slope,
-        bias: !a.no_bias,
-        batchnorm: (a.batchnorm || a.bn_no_affine).then(|| BatchNormConfig {
-            affine: !a.bn_no_affine,
-            ..Default::default()
-        }),
-        loss: a.loss,
-    };
-    let optimizer = match a.optimizer {
+fn optimizer_of(a: &TrainArgs) -> Result<Optimizer, String> {
+    if a.optimizer == OptimizerName::Adam && a.momentum != 0.0 {
+        return Err("--momentum applies to --optimizer sgd only".into());
+    }
+    Ok(match a.optimizer {
         OptimizerName::Sgd => Optimizer::Sgd {
             lr: a.lr,
             momentum: a.momentum,
@@ -359,26 +501,81 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
             eps: 1e-8,
             weight_decay: a.weight_decay,
         },
-    };
-    if a.optimizer == OptimizerName::Adam && a.momentum != 0.0 {
-        return Err("--momentum applies to --optimizer sgd only".into());
+    })
+}
+
+/// A model the train command can save and report.
+trait TrainedModel<T: Scalar>: TrainModel<T> + Sized {
+    fn save(&self, path: &Path, meta: &BTreeMap<String, String>) -> landscape::Result<()>;
+    fn into_f64_network(self) -> Network<f64>;
+}
+
+impl<T: Scalar> TrainedModel<T> for Mlp<T> {
+    fn save(&self, path: &Path, meta: &BTreeMap<String, String>) -> landscape::Result<()> {
+        save_mlp(self, path, meta)
     }
+    fn into_f64_network(self) -> Network<f64> {
+        Network::from_mlp(&self.cast::<f64>())
+    }
+}
+
+impl<T: Scalar> TrainedModel<T> for Network<T> {
+    fn save(&self, path: &Path, meta: &BTreeMap<String, String>) -> landscape::Result<()> {
+        save_network(self, path, meta)
+    }
+    fn into_f64_network(self) -> Network<f64> {
+        self.cast::<f64>()
+    }
+}
+
+fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
+    let bundle = a.data.load()?;
+    let is_mlp = a.arch == "mlp";
+    if !is_mlp && (a.batchnorm || a.bn_no_affine || a.no_bias || a.hidden != [64]) {
+        return Err(format!(
+            "--hidden, --batchnorm, --bn-no-affine and --no-bias describe MLPs; --arch {} fixes its own layers",
+            a.arch
+        ));
+    }
+    let mlp_config = MlpConfig {
+        input_dim: bundle.features,
+        hidden: a.hidden.clone(),
+        classes: bundle.classes,
+        activation: a.activation,
+        leaky_slope: a.leaky_slope,
+        bias: !a.no_bias,
+        batchnorm: (a.batchnorm || a.bn_no_affine).then(|| BatchNormConfig {
+            affine: !a.bn_no_affine,
+            ..Default::default()
+        }),
+        loss: a.loss,
+    };
+    let arch = if is_mlp {
+        None
+    } else {
+        Some(resolve_arch(&a.arch, a.width, &bundle, a.loss)?)
+    };
     let tc = TrainConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
-        optimizer,
+        optimizer: optimizer_of(&a)?,
         seed: a.seed,
     };
+    let init = a
+        .init
+        .unwrap_or(if is_mlp { Init::Kaiming } else { Init::Torch });
+    let model_json = match &arch {
+        Some(ar) => json!(ar),
+        None => json!(mlp_config),
+    };
     let full_config = json!({
-        "model": config,
-        "init": a.init,
+        "model": model_json,
+        "init": init,
         "init_scale": a.init_scale,
         "train": tc,
         "dtype": a.dtype,
         "data": bundle.summary_json(),
     });
-    let model =
-        Mlp::<f64>::init(config, a.init, a.init_scale, a.seed).map_err(|e| e.to_string())?;
     let mut meta = BTreeMap::new();
     meta.insert("training".to_string(), full_config.to_string());
     if let Some(dir) = &a.checkpoint_dir {
@@ -386,18 +583,29 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
             .map_err(|e| format!("cannot create checkpoint directory {}: {e}", dir.display()))?;
     }
     let start = Instant::now();
-    let (history, final_model) = match a.dtype {
-        Dtype::F64 => run_training(model, &bundle, &tc, &a, &meta)?,
-        Dtype::F32 => {
-            let (h, m) = run_training(model.cast::<f32>(), &bundle, &tc, &a, &meta)?;
-            (h, m.cast::<f64>())
+    let (history, final_model) = match arch {
+        None => {
+            let model = Mlp::<f64>::init(mlp_config, init, a.init_scale, a.seed)
+                .map_err(|e| e.to_string())?;
+            match a.dtype {
+                Dtype::F64 => run_training(model, &bundle, &tc, &a, &meta)?,
+                Dtype::F32 => run_training(model.cast::<f32>(), &bundle, &tc, &a, &meta)?,
+            }
+        }
+        Some(ar) => {
+            let net =
+                Network::<f64>::init(ar, init, a.init_scale, a.seed).map_err(|e| e.to_string())?;
+            match a.dtype {
+                Dtype::F64 => run_training(net, &bundle, &tc, &a, &meta)?,
+                Dtype::F32 => run_training(net.cast::<f32>(), &bundle, &tc, &a, &meta)?,
+            }
         }
     };
     let seconds = start.elapsed().as_secs_f64();
     if let Some(out) = &a.out {
         match a.dtype {
-            Dtype::F64 => save_mlp(&final_model, out, &meta),
-            Dtype::F32 => save_mlp(&final_model.cast::<f32>(), out, &meta),
+            Dtype::F64 => save_network(&final_model, out, &meta),
+            Dtype::F32 => save_network(&final_model.cast::<f32>(), out, &meta),
         }
         .map_err(|e| e.to_string())?;
     }
@@ -428,19 +636,20 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         "epochs": history,
         "final": last,
         "num_params": final_model.num_params(),
+        "architecture": final_model.arch.name,
         "model_file": a.out.as_ref().map(|p| p.display().to_string()),
         "timing": {"train_seconds": seconds},
     });
     write_results(a.json.as_deref(), "train", results, &prov)
 }
 
-fn run_training<T: Scalar>(
-    mut model: Mlp<T>,
+fn run_training<T: Scalar, M: TrainedModel<T>>(
+    mut model: M,
     bundle: &DataBundle,
     tc: &TrainConfig,
     a: &TrainArgs,
     meta: &BTreeMap<String, String>,
-) -> Result<(Vec<EpochMetrics>, Mlp<f64>), String> {
+) -> Result<(Vec<EpochMetrics>, Network<f64>), String> {
     let x: Matrix<T> = bundle.train.x.cast();
     let test_x: Option<Matrix<T>> = bundle.test.as_ref().map(|t| t.x.cast());
     let test = test_x
@@ -462,24 +671,24 @@ fn run_training<T: Scalar>(
         |m, metrics| {
             if let Some(dir) = &a.checkpoint_dir {
                 let path = dir.join(format!("epoch-{:03}.safetensors", metrics.epoch));
-                save_mlp(m, &path, meta)?;
+                m.save(&path, meta)?;
             }
             Ok(())
         },
     )
     .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
-    Ok((history, model.cast::<f64>()))
+    Ok((history, model.into_f64_network()))
 }
 
 fn split_metrics(
-    model: &Mlp<f64>,
+    model: &Network<f64>,
     bundle: &DataBundle,
     split: Split,
 ) -> Result<serde_json::Value, String> {
     let mut out = serde_json::Map::new();
     let mut eval_one = |name: &str, d: &data::Dataset| -> Result<(), String> {
-        let (loss, err) = evaluate(model, &d.x, &d.y).map_err(|e| e.to_string())?;
+        let (loss, err) = evaluate_network(model, &d.x, &d.y).map_err(|e| e.to_string())?;
         eprintln!(
             "{name}: loss {loss:.6}, error {:.2}%, n = {}",
             100.0 * err,
@@ -526,17 +735,38 @@ fn check_model_fits(model: &Mlp<f64>, bundle: &DataBundle) -> Result<(), String>
 }
 
 fn cmd_eval(a: EvalArgs, command_line: &str) -> Result<(), String> {
-    let model = a.model.load()?;
     let bundle = a.data.load()?;
-    check_model_fits(&model, &bundle)?;
+    let model = a.model.load_network(&bundle)?;
     let results = split_metrics(&model, &bundle, a.split)?;
     let prov = Provenance::new(
         command_line,
         None,
         Some(bundle.summary_json()),
-        json!({"model_file": a.model.model.display().to_string(), "model": model.config}),
+        json!({"model_file": a.model.model.display().to_string(), "model": model_json(&model)}),
     );
     write_results(a.json.as_deref(), "eval", results, &prov)
+}
+
+/// The model's description for provenance: the MLP config, or the architecture.
+fn model_json(net: &Network<f64>) -> serde_json::Value {
+    match &net.arch.mlp {
+        Some(cfg) => json!(cfg),
+        None => json!(net.arch),
+    }
+}
+
+fn network_summary(net: &Network<f64>) -> serde_json::Value {
+    let tensors: Vec<serde_json::Value> = net
+        .named_params()
+        .iter()
+        .map(|(n, m)| json!({"name": n, "shape": [m.rows(), m.cols()], "frobenius_norm": m.frobenius_norm()}))
+        .collect();
+    json!({
+        "arch": net.arch,
+        "num_params": net.num_params(),
+        "batchnorm_layers": net.bn.len(),
+        "tensors": tensors,
+    })
 }
 
 fn model_summary(model: &Mlp<f64>) -> serde_json::Value {
@@ -559,7 +789,21 @@ fn cmd_info(a: InfoArgs, command_line: &str) -> Result<(), String> {
         return Err("info needs --model and/or --data".into());
     }
     let mut results = serde_json::Map::new();
-    if let Some(path) = &a.model {
+    if let Some(path) = a.model.as_ref().filter(|p| is_network_file(p)) {
+        let (net, _) =
+            load_network::<f64>(path, &NetworkImport::default()).map_err(|e| e.to_string())?;
+        println!(
+            "model {}: architecture {}, input {:?}, {} classes, {} parameters, {} BatchNorm layers, loss {}",
+            path.display(),
+            net.arch.name,
+            net.arch.input_shape,
+            net.arch.classes,
+            net.num_params(),
+            net.bn.len(),
+            net.arch.loss.name()
+        );
+        results.insert("model".into(), network_summary(&net));
+    } else if let Some(path) = &a.model {
         let model = load_mlp_f64(path, &ImportOptions::default()).map_err(|e| e.to_string())?;
         let s = model_summary(&model);
         println!(
@@ -596,18 +840,19 @@ fn cmd_info(a: InfoArgs, command_line: &str) -> Result<(), String> {
 }
 
 fn cmd_export(a: ExportArgs, command_line: &str) -> Result<(), String> {
-    let model = a.model.load()?;
-    landscape::io::npy::export_model(&model, &a.out, a.format).map_err(|e| e.to_string())?;
-    eprintln!(
-        "exported {} parameters to {}",
-        model.num_params(),
-        a.out.display()
-    );
+    let model = a.model.load_any()?;
     let prov = Provenance::new(
         command_line,
         None,
         None,
         json!({"model_file": a.model.model.display().to_string()}),
+    );
+    landscape::io::npy::export_network(&model, &a.out, a.format, None)
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "exported {} parameters to {}",
+        model.num_params(),
+        a.out.display()
     );
     write_results(
         a.json.as_deref(),

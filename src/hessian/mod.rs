@@ -14,6 +14,7 @@ pub mod directional;
 pub mod gn_norm;
 pub mod gpu;
 pub mod hvp;
+pub mod network;
 pub mod small_eig;
 pub mod structure;
 

@@ -12,11 +12,13 @@
 
 pub mod kernels;
 pub mod model_file;
+pub mod network_file;
 pub mod npy;
 pub mod provenance;
 pub mod results;
 
 pub use model_file::{load_mlp, load_mlp_f64, read_metadata, save_mlp, ImportOptions};
+pub use network_file::{load_network, save_network, NetworkImport};
 pub use npy::{export_model, ExportFormat};
 pub use provenance::Provenance;
 pub use results::write_json;

@@ -392,7 +392,7 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn describe_safetensors_error(e: &SafeTensorError) -> String {
+pub(crate) fn describe_safetensors_error(e: &SafeTensorError) -> String {
     let hint = match e {
         SafeTensorError::InvalidHeaderLength | SafeTensorError::HeaderTooLarge => {
             " (truncated file, or not a safetensors file?)"
@@ -406,13 +406,13 @@ fn describe_safetensors_error(e: &SafeTensorError) -> String {
     format!("not a valid safetensors file: {msg}{hint}")
 }
 
-struct TensorFile<'a> {
-    path: PathBuf,
-    tensors: BTreeMap<String, safetensors::tensor::TensorView<'a>>,
+pub(crate) struct TensorFile<'a> {
+    pub(crate) path: PathBuf,
+    pub(crate) tensors: BTreeMap<String, safetensors::tensor::TensorView<'a>>,
 }
 
 impl TensorFile<'_> {
-    fn err(&self, what: impl Into<String>) -> Error {
+    pub(crate) fn err(&self, what: impl Into<String>) -> Error {
         model_err(&self.path, what)
     }
 
@@ -421,7 +421,7 @@ impl TensorFile<'_> {
     }
 
     /// Decodes a float tensor to `T`, checking dtype and finiteness.
-    fn values<T: Scalar>(&self, name: &str) -> Result<Vec<T>> {
+    pub(crate) fn values<T: Scalar>(&self, name: &str) -> Result<Vec<T>> {
         let view = &self.tensors[name];
         let raw: Vec<f64> = match view.dtype() {
             Dtype::F64 => view
@@ -464,7 +464,7 @@ impl TensorFile<'_> {
         Ok(Matrix::row_vector(v))
     }
 
-    fn running_var<T: Scalar>(&self, name: &str) -> Result<Matrix<T>> {
+    pub(crate) fn running_var<T: Scalar>(&self, name: &str) -> Result<Matrix<T>> {
         let m = self.row_vector::<T>(name)?;
         if let Some(i) = m.as_slice().iter().position(|&v| v < T::ZERO) {
             return Err(self.err(format!(

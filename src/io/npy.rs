@@ -383,6 +383,87 @@ pub fn export_model_with_provenance<T: Scalar>(
     super::write_atomic(&dir.join("manifest.json"), text.as_bytes())
 }
 
+/// Exports any network: an MLP exactly as [`export_model`]; other architectures
+/// as `params.{npy,csv}` (the flat parameter vector), one file per state-dict
+/// tensor in its PyTorch shape (conv weights `(out, in, k, k)`), and a manifest
+/// with the architecture and each BatchNorm's `num_batches_tracked`.
+pub fn export_network<T: Scalar>(
+    net: &crate::nn::Network<T>,
+    dir: &Path,
+    format: ExportFormat,
+    provenance: Option<&Provenance>,
+) -> Result<()> {
+    use crate::nn::arch::TensorKind;
+    if let Some(m) = net.to_mlp() {
+        return export_model_with_provenance(&m, dir, format, provenance);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let ext = format.extension();
+    let write = |file: &str, shape: &[usize], data: &[T]| -> Result<()> {
+        let path = dir.join(file);
+        match format {
+            ExportFormat::Npy => write_npy(&path, shape, data),
+            ExportFormat::Csv => {
+                std::fs::write(&path, csv_text(shape, data)).map_err(|e| Error::io(&path, e))
+            }
+        }
+    };
+    let params = net.param_vector();
+    let params_file = format!("params.{ext}");
+    write(&params_file, &[params.len()], &params)?;
+    let lay = net.arch.layout()?;
+    let mut offsets = Vec::with_capacity(net.params.len());
+    let mut off = 0;
+    for p in &net.params {
+        offsets.push(off);
+        off += p.len();
+    }
+    let mut tensors = Vec::new();
+    let mut counts = serde_json::Map::new();
+    for t in &lay.tensors {
+        let (m, kind, offset) = match t.kind {
+            TensorKind::Param(i) => (&net.params[i], "param", Some(offsets[i])),
+            TensorKind::RunningMean(b) => (&net.bn[b].running_mean, "buffer", None),
+            TensorKind::RunningVar(b) => (&net.bn[b].running_var, "buffer", None),
+            TensorKind::NumBatchesTracked(b) => {
+                counts.insert(
+                    t.name.clone(),
+                    serde_json::json!(net.bn[b].num_batches_tracked),
+                );
+                continue;
+            }
+        };
+        let file = format!("{}.{ext}", t.name);
+        write(&file, &t.shape, m.as_slice())?;
+        tensors.push(ManifestTensor {
+            name: t.name.clone(),
+            file,
+            kind,
+            shape: t.shape.clone(),
+            offset,
+            size: m.len(),
+        });
+    }
+    let mut manifest = serde_json::json!({
+        "format": "landscape-export",
+        "format_version": 1,
+        "file_format": format,
+        "dtype": T::DTYPE,
+        "num_params": params.len(),
+        "param_order": "state-dict order of the trainable tensors, each flattened row-major in its PyTorch shape",
+        "arch": net.arch,
+        "params_file": params_file,
+        "tensors": tensors,
+        "num_batches_tracked": counts,
+    });
+    if let Some(p) = provenance {
+        manifest["provenance"] = serde_json::to_value(p).expect("provenance serialises");
+    }
+    let mut text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+    text.push('\n');
+    super::write_atomic(&dir.join("manifest.json"), text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
