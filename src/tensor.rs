@@ -539,6 +539,60 @@ fn gemm_serial<T: Scalar>(
     }
 }
 
+/// `A B` as a new matrix, without zeroing the output first: the kernel writes
+/// every element (`beta = 0` never reads `C`). The same row-block split as
+/// [`gemm`], so the result is bit-identical to it.
+pub fn matmul_new<T: Scalar>(par: Par, a: MatRef<'_, T>, b: MatRef<'_, T>) -> Matrix<T> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(
+        b.rows, k,
+        "matmul: inner dimensions differ ({m}x{k} * {}x{n})",
+        b.rows
+    );
+    if m == 0 || n == 0 || k == 0 {
+        return Matrix::zeros(m, n);
+    }
+    let mut data: Vec<T> = Vec::with_capacity(m * n);
+    // Raw address so the row blocks can be written from several threads.
+    let base = data.as_mut_ptr() as usize;
+    let run = |r0: usize, r1: usize| {
+        let sub = a.sub_rows(r0, r1);
+        // SAFETY: rows r0..r1 of the m x n output are written by this call only;
+        // the buffer has capacity m n; views were bounds-checked at construction.
+        unsafe {
+            T::gemm_raw(
+                r1 - r0,
+                k,
+                n,
+                T::ONE,
+                sub.data.as_ptr(),
+                sub.rs,
+                sub.cs,
+                b.data.as_ptr(),
+                b.rs,
+                b.cs,
+                T::ZERO,
+                (base as *mut T).add(r0 * n),
+                n as isize,
+                1,
+            );
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if par == Par::Seq || threads <= 1 || m * n * k < PARALLEL_GEMM_MIN_WORK || m < 2 {
+        run(0, m);
+    } else {
+        let block = m.div_ceil(threads * 2).max(8);
+        (0..m.div_ceil(block)).into_par_iter().for_each(|bi| {
+            let r0 = bi * block;
+            run(r0, (r0 + block).min(m));
+        });
+    }
+    // SAFETY: every element was written by the kernel above (beta = 0).
+    unsafe { data.set_len(m * n) };
+    Matrix::from_vec(m, n, data)
+}
+
 /// `A B` as a new matrix.
 pub fn matmul<T: Scalar>(a: MatRef<'_, T>, b: MatRef<'_, T>) -> Matrix<T> {
     let mut c = Matrix::zeros(a.rows, b.cols);

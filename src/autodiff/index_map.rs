@@ -23,6 +23,9 @@ const PARALLEL_MIN: usize = 1 << 16;
 pub struct IndexMap {
     src_len: usize,
     idx: Vec<u32>,
+    /// Maps used many times (cached im2col maps) build an inverse for a parallel
+    /// scatter-add; one-off maps (max-pool selections) scatter sequentially.
+    reusable: bool,
     inverse: OnceLock<Inverse>,
 }
 
@@ -50,7 +53,17 @@ impl IndexMap {
         Self {
             src_len,
             idx,
+            reusable: true,
             inverse: OnceLock::new(),
+        }
+    }
+
+    /// A map used once or twice (a data-dependent selection): its scatter-add
+    /// runs sequentially instead of building an inverse.
+    pub fn one_off(src_len: usize, idx: Vec<u32>) -> Self {
+        Self {
+            reusable: false,
+            ..Self::new(src_len, idx)
         }
     }
 
@@ -76,21 +89,18 @@ impl IndexMap {
     /// `out[j] = src[map[j]]`.
     pub fn gather<T: Scalar>(&self, src: &[T]) -> Vec<T> {
         assert_eq!(src.len(), self.src_len, "gather: source length");
-        let mut out = vec![T::ZERO; self.idx.len()];
-        let body = |(o, &s): (&mut T, &u32)| {
-            if s != NO_SOURCE {
-                *o = src[s as usize];
+        let read = |&s: &u32| {
+            if s == NO_SOURCE {
+                T::ZERO
+            } else {
+                src[s as usize]
             }
         };
         if self.idx.len() >= PARALLEL_MIN {
-            out.par_iter_mut()
-                .with_min_len(4096)
-                .zip(self.idx.par_iter())
-                .for_each(body);
+            self.idx.par_iter().with_min_len(4096).map(read).collect()
         } else {
-            out.iter_mut().zip(self.idx.iter()).for_each(body);
+            self.idx.iter().map(read).collect()
         }
-        out
     }
 
     fn inverse(&self) -> &Inverse {
@@ -121,6 +131,16 @@ impl IndexMap {
     /// `out[s] = sum_{j: map[j] = s} g[j]`, summed in increasing `j`.
     pub fn scatter_add<T: Scalar>(&self, g: &[T]) -> Vec<T> {
         assert_eq!(g.len(), self.idx.len(), "scatter_add: input length");
+        if !self.reusable || self.src_len < PARALLEL_MIN {
+            // Increasing j per slot, the same order as the inverse route.
+            let mut out = vec![T::ZERO; self.src_len];
+            for (&s, &v) in self.idx.iter().zip(g) {
+                if s != NO_SOURCE {
+                    out[s as usize] += v;
+                }
+            }
+            return out;
+        }
         let inv = self.inverse();
         let mut out = vec![T::ZERO; self.src_len];
         let body = |(s, o): (usize, &mut T)| {

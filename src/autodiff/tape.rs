@@ -11,7 +11,7 @@
 //! programming error and panics with both shapes.
 
 use super::index_map::IndexMap;
-use crate::tensor::{gemm, Matrix, Scalar};
+use crate::tensor::{matmul_new, Matrix, Par, Scalar};
 use std::cell::{Ref, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -395,9 +395,7 @@ impl<'t, T: Scalar> Var<'t, T> {
                     bv.rows(),
                     bv.cols()
                 );
-                let mut c = Matrix::zeros(av.rows(), bv.cols());
-                gemm(T::ONE, av, bv, T::ZERO, &mut c);
-                c
+                matmul_new(Par::Rayon, av, bv)
             },
         )
     }

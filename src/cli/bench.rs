@@ -13,6 +13,14 @@
 //! * `lanczos_b1000`: the largest Hessian eigenvalue to a relative residual of 1e-8,
 //!   784-64-64-10, 1,000 samples (on the GPU the Krylov basis stays on the device);
 //! * `train_step`: mean loss and gradient (forward + backward), 784-256-256-10, batch 128.
+//! * `convnet_step`: the sphere paper's ConvNet, width 16, on 1 x 28 x 28 mnist10k images:
+//!   mean loss and gradient (forward + backward, train-mode BatchNorm), batch 128, **f32**;
+//! * `convnet_hvp_n1000`: one exact HVP (double backward) of the same ConvNet's mean loss
+//!   over 1,000 images, f64, eval-mode BatchNorm;
+//! * `convnet_top_eig_n2000`: its largest Hessian eigenvalue over 2,000 images to a relative
+//!   residual of 1e-6 (Lanczos with full reorthogonalisation), f64, eval-mode BatchNorm.
+//!   The ConvNet holds the deterministic weights of `Network::fill_deterministic`, which
+//!   `benches/peers/torch_convnet.py` sets too, so both sides solve the same problem.
 //!
 //! Each timing is the median of `--reps` runs after one warm-up run (which also
 //! compiles the CUDA kernels).
@@ -29,7 +37,10 @@ use landscape::hessian::{dense_hessian, per_sample_gn_norms, HessianOperator, Pa
 use landscape::io::provenance::Provenance;
 use landscape::linalg::{lanczos, LanczosOptions, Which};
 use landscape::nn::backprop::loss_and_grad_analytic;
-use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
+use landscape::hessian::network::{BnMode, NetObjective};
+use landscape::nn::arch::{preset, PresetOptions};
+use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Network};
+use landscape::train::TrainModel;
 use landscape::Matrix;
 use serde_json::json;
 use std::path::PathBuf;
@@ -44,6 +55,9 @@ pub enum Workload {
     HvpB10000,
     LanczosB1000,
     TrainStep,
+    ConvnetStep,
+    ConvnetHvpN1000,
+    ConvnetTopEigN2000,
 }
 
 impl Workload {
@@ -56,7 +70,18 @@ impl Workload {
             Workload::HvpB10000 => "hvp_b10000",
             Workload::LanczosB1000 => "lanczos_b1000",
             Workload::TrainStep => "train_step",
+            Workload::ConvnetStep => "convnet_step",
+            Workload::ConvnetHvpN1000 => "convnet_hvp_n1000",
+            Workload::ConvnetTopEigN2000 => "convnet_top_eig_n2000",
         }
+    }
+
+    /// Workloads of the network engine (CPU only).
+    fn is_network(self) -> bool {
+        matches!(
+            self,
+            Workload::ConvnetStep | Workload::ConvnetHvpN1000 | Workload::ConvnetTopEigN2000
+        )
     }
 }
 
@@ -269,6 +294,7 @@ fn gpu_rows<T: CudaScalar>(
             })?;
             (r.0, r.1, ("steps", 1.0))
         }
+        _ => unreachable!("network workloads run on the CPU only"),
     };
     Ok(Row {
         workload: w.key(),
@@ -290,9 +316,93 @@ struct Inputs {
     train_model: Mlp<f64>,
     mnist_dir: Vec<f64>,
     hashes: serde_json::Value,
+    convnet: Network<f64>,
+}
+
+/// The benchmark ConvNet: width 16 on 1 x 28 x 28, deterministic weights.
+pub fn bench_convnet() -> Result<Network<f64>, String> {
+    let o = PresetOptions {
+        input_shape: [1, 28, 28],
+        classes: 10,
+        loss: LossKind::CrossEntropy,
+        width: 16,
+        mlp: None,
+    };
+    let arch = preset("convnet", &o).map_err(|e| e.to_string())?;
+    let mut net = Network::<f64>::init(arch, Init::Torch, 1.0, 0).map_err(|e| e.to_string())?;
+    net.fill_deterministic();
+    Ok(net)
+}
+
+fn network_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String> {
+    let e = |e: landscape::Error| e.to_string();
+    let net = &inputs.convnet;
+    let (x, y) = (&inputs.mnist.0, &inputs.mnist.1);
+    let mut dtype = "f64";
+    let (seconds, all, work) = match w {
+        Workload::ConvnetStep => {
+            dtype = "f32";
+            let net32 = net.cast::<f32>();
+            let xb: Matrix<f32> = x.rows_view(0, 128).to_owned().cast();
+            let yb = &y[..128];
+            let r = time_it(reps.max(10), || {
+                net32.train_grad(&xb, yb).map_err(e).map(|_| ())
+            })?;
+            (r.0, r.1, ("steps", 1.0))
+        }
+        Workload::ConvnetHvpN1000 => {
+            let xb = x.rows_view(0, 1000).to_owned();
+            let obj = NetObjective::new(net, &xb, &y[..1000], BnMode::Eval).map_err(e)?;
+            let mut rng = landscape::rng::Rng::new(1);
+            let v: Vec<f64> = (0..net.num_params()).map(|_| rng.normal()).collect();
+            let r = time_it(reps, || {
+                let _ = obj.hvp(&v);
+                Ok(())
+            })?;
+            (r.0, r.1, ("HVPs", 1.0))
+        }
+        Workload::ConvnetTopEigN2000 => {
+            let xb = x.rows_view(0, 2000).to_owned();
+            let obj = NetObjective::new(net, &xb, &y[..2000], BnMode::Eval).map_err(e)?;
+            let mut last = None;
+            let r = time_it(reps.min(3), || {
+                let res = lanczos(
+                    &obj,
+                    Which::Largest(1),
+                    &LanczosOptions {
+                        tol: 1e-6,
+                        max_iter: 200,
+                        check_every: 1,
+                        ..Default::default()
+                    },
+                )
+                .map_err(e)?;
+                last = Some((res.values[0], res.residuals[0], res.iterations));
+                Ok(())
+            })?;
+            if let Some((v, res, it)) = last {
+                eprintln!("convnet_top_eig_n2000: lambda_max {v:.12e}, residual {res:.2e} ({:.2e} relative), {it} HVPs", res / v.abs());
+            }
+            (r.0, r.1, ("solves", 1.0))
+        }
+        _ => unreachable!("network workloads only"),
+    };
+    Ok(Row {
+        workload: w.key(),
+        device: format!("cpu ({} threads)", rayon::current_num_threads()),
+        dtype,
+        seconds,
+        all,
+        work,
+        gemm_flops: None,
+        note: None,
+    })
 }
 
 fn cpu_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String> {
+    if w.is_network() {
+        return network_row(w, reps, inputs);
+    }
     let e = |e: landscape::Error| e.to_string();
     let (seconds, all, work) = match w {
         Workload::DenseDigits | Workload::DenseMnist => {
@@ -357,6 +467,7 @@ fn cpu_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String> {
             })?;
             (r.0, r.1, ("steps", 1.0))
         }
+        _ => unreachable!("network workloads are timed by network_row"),
     };
     Ok(Row {
         workload: w.key(),
@@ -406,6 +517,9 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
             Workload::HvpB10000,
             Workload::LanczosB1000,
             Workload::TrainStep,
+            Workload::ConvnetStep,
+            Workload::ConvnetHvpN1000,
+            Workload::ConvnetTopEigN2000,
         ]
     } else {
         a.workloads.clone()
@@ -438,6 +552,7 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
         train_model: Mlp::init(cfg(&[784, 256, 256, 10]), Init::Kaiming, 1.0, 0).map_err(e)?,
         mnist_dir,
         hashes: json!({"digits": dh, "mnist10k": mh}),
+        convnet: bench_convnet()?,
     };
     let mut rows = Vec::new();
     let pb = progress(workloads.len() as u64, "bench");
@@ -445,7 +560,7 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
         if a.devices != BenchDevices::Cuda && (w != Workload::DenseMnist || a.cpu_dense_mnist) {
             rows.push(cpu_row(w, a.reps, &inputs)?);
         }
-        if let Some(d) = &gpu {
+        if let Some(d) = gpu.as_ref().filter(|_| !w.is_network()) {
             rows.push(gpu_rows::<f64>(d, w, a.reps, &inputs)?);
             rows.push(gpu_rows::<f32>(d, w, a.reps, &inputs)?);
         }

@@ -280,6 +280,54 @@ impl<T: Scalar> Network<T> {
         }
     }
 
+    /// The deterministic parameter fill shared with the PyTorch reference
+    /// (`fill_deterministic` in `benches/peers/models.py`), so that both sides
+    /// hold identical weights without a weight file. Over the state-dict tensors
+    /// in order, skipping `num_batches_tracked` (set to 0), tensor `t`'s element
+    /// `i` (flat, PyTorch shape) gets `b = sin(0.5 + 0.731 i + 1.37 t)` mapped to:
+    /// weights of rank >= 2 `b / sqrt(fan_in)`, BatchNorm weights `1 + 0.1 b`,
+    /// biases `0.1 b`, running means `0.1 b`, running variances `1 + 0.5 b^2`.
+    pub fn fill_deterministic(&mut self) {
+        use super::arch::TensorKind;
+        let lay = self.layout();
+        let mut t = 0usize;
+        for spec in &lay.tensors {
+            let base = |i: usize| (0.5 + 0.731 * i as f64 + 1.37 * t as f64).sin();
+            match spec.kind {
+                TensorKind::Param(p) => {
+                    let fan: usize = spec.shape[1..].iter().product();
+                    let is_bias = spec.name.ends_with(".bias");
+                    for (i, v) in self.params[p].as_mut_slice().iter_mut().enumerate() {
+                        let b = base(i);
+                        *v = T::from_f64(if spec.shape.len() >= 2 {
+                            b / (fan as f64).sqrt()
+                        } else if is_bias {
+                            0.1 * b
+                        } else {
+                            1.0 + 0.1 * b
+                        });
+                    }
+                }
+                TensorKind::RunningMean(b) => {
+                    for (i, v) in self.bn[b].running_mean.as_mut_slice().iter_mut().enumerate() {
+                        *v = T::from_f64(0.1 * base(i));
+                    }
+                }
+                TensorKind::RunningVar(b) => {
+                    for (i, v) in self.bn[b].running_var.as_mut_slice().iter_mut().enumerate() {
+                        let x = base(i);
+                        *v = T::from_f64(1.0 + 0.5 * x * x);
+                    }
+                }
+                TensorKind::NumBatchesTracked(b) => {
+                    self.bn[b].num_batches_tracked = 0;
+                    continue;
+                }
+            }
+            t += 1;
+        }
+    }
+
     /// Checks that `x` has one row per sample of the input size.
     pub fn check_input(&self, x: &Matrix<T>) -> Result<()> {
         let d: usize = self.arch.input_shape.iter().product();

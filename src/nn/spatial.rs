@@ -134,23 +134,39 @@ pub fn max_pool_map<T: Scalar>(
     wo: usize,
 ) -> IndexMap {
     let mut idx = vec![NO_SOURCE; n * ho * wo * c];
-    windows(n, c, h, w, k, s, p, ho, wo, |o, win| {
-        let mut best: Option<(u32, T)> = None;
-        for &src in win.iter().flatten() {
-            let v = values[src as usize];
-            let better = match best {
-                None => true,
-                Some((_, b)) => v > b || (v.to_f64().is_nan() && !b.to_f64().is_nan()),
-            };
-            if better {
-                best = Some((src, v));
+    let mut best_v = vec![T::ZERO; c];
+    let mut best_i = vec![NO_SOURCE; c];
+    for i in 0..n {
+        for oy in 0..ho {
+            let y0 = (oy * s) as isize - p as isize;
+            let (ya, yb) = (y0.max(0) as usize, ((y0 + k as isize).min(h as isize)).max(0) as usize);
+            for ox in 0..wo {
+                let x0 = (ox * s) as isize - p as isize;
+                let (xa, xb) = (x0.max(0) as usize, ((x0 + k as isize).min(w as isize)).max(0) as usize);
+                best_i.fill(NO_SOURCE);
+                // Window positions in row-major order; all channels at once.
+                for y in ya..yb {
+                    for x in xa..xb {
+                        let base = nhwc(i, y, x, 0, h, w, c) as usize;
+                        let row = &values[base..base + c];
+                        for ch in 0..c {
+                            let v = row[ch];
+                            let take = best_i[ch] == NO_SOURCE
+                                || v > best_v[ch]
+                                || (v.to_f64().is_nan() && !best_v[ch].to_f64().is_nan());
+                            if take {
+                                best_v[ch] = v;
+                                best_i[ch] = (base + ch) as u32;
+                            }
+                        }
+                    }
+                }
+                let o = ((i * ho + oy) * wo + ox) * c;
+                idx[o..o + c].copy_from_slice(&best_i);
             }
         }
-        if let Some((src, _)) = best {
-            idx[o] = src;
-        }
-    });
-    IndexMap::new(n * h * w * c, idx)
+    }
+    IndexMap::one_off(n * h * w * c, idx)
 }
 
 /// Average pooling windows as a gather into an `(n Ho Wo C) x (k k)` matrix
@@ -174,30 +190,11 @@ pub fn avg_pool_map(
     IndexMap::new(n * h * w * c, idx)
 }
 
-/// Global max pooling as a selection `(n) x C` (ties: the first position in
+/// Global max pooling as a selection `n x C` (ties: the first position in
 /// row-major order; NaN wins).
 pub fn global_max_map<T: Scalar>(values: &[T], n: usize, c: usize, h: usize, w: usize) -> IndexMap {
-    let mut idx = vec![NO_SOURCE; n * c];
-    for i in 0..n {
-        for ch in 0..c {
-            let mut best: Option<(u32, T)> = None;
-            for y in 0..h {
-                for x in 0..w {
-                    let src = nhwc(i, y, x, ch, h, w, c);
-                    let v = values[src as usize];
-                    let better = match best {
-                        None => true,
-                        Some((_, b)) => v > b || (v.to_f64().is_nan() && !b.to_f64().is_nan()),
-                    };
-                    if better {
-                        best = Some((src, v));
-                    }
-                }
-            }
-            idx[i * c + ch] = best.expect("non-empty image").0;
-        }
-    }
-    IndexMap::new(n * h * w * c, idx)
+    let k = h.max(w);
+    max_pool_map(values, n, c, h, w, k, k, 0, 1, 1)
 }
 
 /// Flatten in PyTorch's order: row `i` of the `n x (C H W)` output holds
