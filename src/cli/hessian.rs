@@ -10,7 +10,8 @@ use landscape::hessian::{
 use landscape::io::model_file::{write_safetensors, RawTensor};
 use landscape::io::provenance::Provenance;
 use landscape::linalg::{self, LanczosOptions, SymOp, Which};
-use landscape::nn::Mlp;
+use landscape::hessian::network::{BlockOp, BnMode, NetObjective};
+use landscape::nn::{Mlp, Network};
 use landscape::Matrix;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -75,6 +76,22 @@ pub struct HessianArgs {
     /// Seed of the random start and probe vectors.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Per parameter tensor: the top eigenvalue (with residual) and trace of its diagonal Hessian block.
+    #[arg(long)]
+    pub per_layer: bool,
+    /// Exact trace of the Fisher / Gauss-Newton matrix J^T A J (per-sample Jacobians, the model's own predictive distribution).
+    #[arg(long)]
+    pub fisher_trace: bool,
+    /// Mean and spread of the batch-gradient norm over fixed consecutive batches of this size (the GM metric).
+    #[arg(long)]
+    pub grad_norms: Option<usize>,
+    /// BatchNorm statistics while measuring: `eval` (running statistics, per-sample mean loss)
+    /// or `train` (each batch of --bn-batch-size consecutive samples normalised by its own statistics).
+    #[arg(long, value_enum, default_value = "eval")]
+    pub bn_mode: BnModeArg,
+    /// Batch size of --bn-mode train.
+    #[arg(long, default_value_t = 128)]
+    pub bn_batch_size: usize,
     /// Where to compute: `cuda` fails cleanly without a GPU, `auto` falls back to the CPU.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
@@ -83,6 +100,12 @@ pub struct HessianArgs {
     pub dtype: Dtype,
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BnModeArg {
+    Eval,
+    Train,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -98,12 +121,8 @@ enum OperatorAdapter<'a> {
     /// Analytic HVPs on a CUDA device.
     Gpu64(GpuHessianOperator<'a, f64>),
     Gpu32(GpuHessianOperator<'a, f32>),
-    /// Double backward through the autodiff tape (BatchNorm in evaluation mode).
-    Tape {
-        model: &'a Mlp<f64>,
-        x: Matrix<f64>,
-        y: Vec<usize>,
-    },
+    /// Double backward through the autodiff tape (any network, either BatchNorm mode).
+    Network(&'a NetObjective<'a>),
 }
 
 impl SymOp for OperatorAdapter<'_> {
@@ -112,7 +131,7 @@ impl SymOp for OperatorAdapter<'_> {
             OperatorAdapter::Analytic(op) => op.dim(),
             OperatorAdapter::Gpu64(op) => op.dim(),
             OperatorAdapter::Gpu32(op) => op.dim(),
-            OperatorAdapter::Tape { model, .. } => model.num_params(),
+            OperatorAdapter::Network(obj) => obj.dim(),
         }
     }
     fn apply(&self, v: &[f64], out: &mut [f64]) {
@@ -124,33 +143,7 @@ impl SymOp for OperatorAdapter<'_> {
             },
             OperatorAdapter::Gpu64(op) => SymOp::apply(op, v, out),
             OperatorAdapter::Gpu32(op) => SymOp::apply(op, v, out),
-            OperatorAdapter::Tape { model, x, y } => {
-                let params: Vec<Matrix<f64>> = model
-                    .named_params()
-                    .into_iter()
-                    .map(|(_, m)| m.clone())
-                    .collect();
-                let mut off = 0;
-                let dirs: Vec<Matrix<f64>> = params
-                    .iter()
-                    .map(|m| {
-                        let d =
-                            Matrix::from_vec(m.rows(), m.cols(), v[off..off + m.len()].to_vec());
-                        off += m.len();
-                        d
-                    })
-                    .collect();
-                let (_, _, hv) = landscape::autodiff::hvp(&params, &dirs, |t, vars| {
-                    model
-                        .loss_tape(vars, t.constant(x.clone()), y, landscape::nn::Mode::Eval)
-                        .0
-                });
-                let mut off = 0;
-                for h in hv {
-                    out[off..off + h.len()].copy_from_slice(h.as_slice());
-                    off += h.len();
-                }
-            }
+            OperatorAdapter::Network(obj) => SymOp::apply(*obj, v, out),
         }
     }
 }
@@ -188,13 +181,29 @@ fn select_samples(
 }
 
 pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
-    let model: Mlp<f64> = a.model.load()?;
     let bundle = a.data.load()?;
-    super::check_model_fits(&model, &bundle)?;
-    let batchnorm = model.layers.iter().any(|l| l.bn.is_some());
-    if batchnorm && (a.part != Part::Full || a.dense.is_some() || a.gn_norms.is_some()) {
-        return Err("a BatchNorm model has no analytic G/D/F structure here: use --part full with --top/--bottom/--trace/--density (double-backward HVPs of the evaluation-mode loss)".into());
+    let net: Network<f64> = a.model.load_network(&bundle)?;
+    let bn_mode = match a.bn_mode {
+        BnModeArg::Eval => BnMode::Eval,
+        BnModeArg::Train => BnMode::Train {
+            batch: a.bn_batch_size,
+        },
+    };
+    // The analytic MLP Hessian is the fast path; every other network goes through the tape.
+    let analytic: Option<Mlp<f64>> = if bn_mode == BnMode::Eval {
+        net.analytic_mlp()
+    } else {
+        None
+    };
+    if analytic.is_none() {
+        if a.part != Part::Full {
+            return Err("--part gn/hterm uses the analytic MLP structure (MLPs without BatchNorm); this network supports --part full".into());
+        }
+        if a.gn_norms.is_some() {
+            return Err("--gn-norms (the K x K route) is defined for MLPs without BatchNorm only; use --fisher-trace for the exact Gauss-Newton trace of this network".into());
+        }
     }
+    let batchnorm = analytic.is_none();
     let split = match a.split {
         SplitOne::Train => &bundle.train,
         SplitOne::Test => bundle
@@ -218,10 +227,11 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     }
     if gpu.is_some() && batchnorm {
         return Err(
-            "BatchNorm models run on the CPU (double-backward HVPs); use --device cpu".into(),
+            "networks other than MLPs without BatchNorm run on the CPU (double-backward HVPs); use --device cpu".into(),
         );
     }
-    let p = model.num_params();
+    let objective = NetObjective::new(&net, &x, &y, bn_mode).map_err(|e| e.to_string())?;
+    let p = net.num_params();
     let mut results = serde_json::Map::new();
     results.insert(
         "device".into(),
@@ -238,24 +248,27 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     results.insert(
         "hvp_method".into(),
         json!(if batchnorm {
-            "autodiff double backward (BatchNorm, evaluation mode)"
+            "autodiff double backward"
         } else {
             "analytic R-operator"
         }),
     );
+    results.insert("architecture".into(), json!(net.arch.name));
+    results.insert("bn_mode".into(), json!(bn_mode));
     let mut timing = serde_json::Map::new();
 
     let mut dense: Option<Matrix<f64>> = None;
     if let Some(path) = &a.dense {
         let t = Instant::now();
         let budget = (a.memory_budget * (1u64 << 30) as f64) as usize;
-        let h = match (&gpu, a.dtype) {
-            (None, _) => dense_hessian(&model, &x, &y, a.part, budget),
-            (Some(d), Dtype::F64) => {
-                gpu_dense_hessian::<f64>(d, &model, &x, &y, a.part).map(|r| r.0)
+        let h = match (&analytic, &gpu, a.dtype) {
+            (None, _, _) => dense_by_columns(&objective, budget),
+            (Some(model), None, _) => dense_hessian(model, &x, &y, a.part, budget),
+            (Some(model), Some(d), Dtype::F64) => {
+                gpu_dense_hessian::<f64>(d, model, &x, &y, a.part).map(|r| r.0)
             }
-            (Some(d), Dtype::F32) => {
-                gpu_dense_hessian::<f32>(d, &model, &x, &y, a.part).map(|r| r.0)
+            (Some(model), Some(d), Dtype::F32) => {
+                gpu_dense_hessian::<f32>(d, model, &x, &y, a.part).map(|r| r.0)
             }
         }
         .map_err(|e| e.to_string())?;
@@ -270,10 +283,8 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
             "parameter_order".to_string(),
             "[vec(W0), b0, vec(W1), b1, ...], vec = row-major".to_string(),
         );
-        meta.insert(
-            "model".to_string(),
-            serde_json::to_string(&model.config).unwrap_or_default(),
-        );
+        meta.insert("model".to_string(), super::model_json(&net).to_string());
+        meta.insert("bn_mode".to_string(), json!(bn_mode).to_string());
         meta.insert("samples".to_string(), selection.to_string());
         meta.insert("dataset".to_string(), bundle.summary_json().to_string());
         write_safetensors(
@@ -291,12 +302,12 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         dense = Some(h);
     }
 
-    if let Some(csv) = &a.gn_norms {
+    if let (Some(csv), Some(model)) = (&a.gn_norms, &analytic) {
         let t = Instant::now();
         let g = match (&gpu, a.dtype) {
-            (None, _) => per_sample_gn_norms_with_curvature(&model, &x, &y),
-            (Some(d), Dtype::F64) => gpu_gn_norms::<f64>(d, &model, &x, &y),
-            (Some(d), Dtype::F32) => gpu_gn_norms::<f32>(d, &model, &x, &y),
+            (None, _) => per_sample_gn_norms_with_curvature(model, &x, &y),
+            (Some(d), Dtype::F64) => gpu_gn_norms::<f64>(d, model, &x, &y),
+            (Some(d), Dtype::F32) => gpu_gn_norms::<f32>(d, model, &x, &y),
         }
         .map_err(|e| e.to_string())?;
         timing.insert("gn_norms_s".into(), json!(t.elapsed().as_secs_f64()));
@@ -341,26 +352,17 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
 
     let need_operator = a.top.is_some() || a.bottom.is_some() || a.trace || a.density.is_some();
     if need_operator {
-        let op = if batchnorm {
-            OperatorAdapter::Tape {
-                model: &model,
-                x: x.clone(),
-                y: y.clone(),
-            }
-        } else {
-            match (&gpu, a.dtype) {
-                (None, _) => OperatorAdapter::Analytic(
-                    HessianOperator::new(&model, &x, &y, a.part).map_err(|e| e.to_string())?,
-                ),
-                (Some(d), Dtype::F64) => OperatorAdapter::Gpu64(
-                    GpuHessianOperator::new(d, &model, &x, &y, a.part)
-                        .map_err(|e| e.to_string())?,
-                ),
-                (Some(d), Dtype::F32) => OperatorAdapter::Gpu32(
-                    GpuHessianOperator::new(d, &model, &x, &y, a.part)
-                        .map_err(|e| e.to_string())?,
-                ),
-            }
+        let op = match (&analytic, &gpu, a.dtype) {
+            (None, _, _) => OperatorAdapter::Network(&objective),
+            (Some(model), None, _) => OperatorAdapter::Analytic(
+                HessianOperator::new(model, &x, &y, a.part).map_err(|e| e.to_string())?,
+            ),
+            (Some(model), Some(d), Dtype::F64) => OperatorAdapter::Gpu64(
+                GpuHessianOperator::new(d, model, &x, &y, a.part).map_err(|e| e.to_string())?,
+            ),
+            (Some(model), Some(d), Dtype::F32) => OperatorAdapter::Gpu32(
+                GpuHessianOperator::new(d, model, &x, &y, a.part).map_err(|e| e.to_string())?,
+            ),
         };
         let max_iter = a.max_iter.unwrap_or(p.min(300));
         if a.top.is_some() || a.bottom.is_some() {
@@ -463,12 +465,54 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
             );
         }
     }
+    if a.per_layer {
+        let t = Instant::now();
+        let layers = per_layer(&objective, &net, &a).map_err(|e| e.to_string())?;
+        timing.insert("per_layer_s".into(), json!(t.elapsed().as_secs_f64()));
+        results.insert("per_layer".into(), json!(layers));
+    }
+    if a.fisher_trace {
+        let t = Instant::now();
+        let tr = objective.fisher_trace();
+        timing.insert("fisher_trace_s".into(), json!(t.elapsed().as_secs_f64()));
+        eprintln!("Fisher (Gauss-Newton) trace: {tr:.10e} (exact)");
+        results.insert(
+            "fisher_trace".into(),
+            json!({"value": tr, "method": "exact: sum over samples and classes of ||J^T c||^2 with A = C C^T (no estimate)", "interval": [tr, tr]}),
+        );
+    }
+    if let Some(b) = a.grad_norms {
+        let t = Instant::now();
+        let norms = objective
+            .batch_gradient_norms(b)
+            .map_err(|e| e.to_string())?;
+        timing.insert("grad_norms_s".into(), json!(t.elapsed().as_secs_f64()));
+        let k = norms.len() as f64;
+        let mean = norms.iter().sum::<f64>() / k;
+        let var = norms.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (k - 1.0).max(1.0);
+        let std = var.sqrt();
+        let half = landscape::linalg::t_quantile_975(norms.len().saturating_sub(1).max(1)) * std / k.sqrt();
+        eprintln!(
+            "batch-gradient norm (B = {b}, {} batches): mean {mean:.6e} [{:.6e}, {:.6e}], std {std:.3e}",
+            norms.len(),
+            mean - half,
+            mean + half
+        );
+        results.insert(
+            "grad_norms".into(),
+            json!({"batch_size": b, "batches": norms.len(), "mean": mean, "std": std,
+                   "ci95_of_mean": [mean - half, mean + half],
+                   "min": norms.iter().copied().fold(f64::INFINITY, f64::min),
+                   "max": norms.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                   "norms": norms}),
+        );
+    }
     results.insert("timing".into(), serde_json::Value::Object(timing));
     let prov = Provenance::new(
         command_line,
         Some(a.seed),
         Some(bundle.summary_json()),
-        json!({"model_file": a.model.model.display().to_string(), "model": model.config, "part": a.part, "samples": selection, "split": matches!(a.split, SplitOne::Test).then_some("test").unwrap_or("train")}),
+        json!({"model_file": a.model.model.display().to_string(), "model": super::model_json(&net), "part": a.part, "bn_mode": bn_mode, "samples": selection, "split": matches!(a.split, SplitOne::Test).then_some("test").unwrap_or("train")}),
     );
     write_results(
         a.json.as_deref(),
@@ -476,4 +520,96 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         serde_json::Value::Object(results),
         &prov,
     )
+}
+
+/// The dense Hessian of a network from `P` exact HVPs (columns `H e_j`),
+/// symmetrised as `(H + H^T) / 2` (the columns agree to rounding).
+fn dense_by_columns(obj: &NetObjective, budget: usize) -> landscape::Result<Matrix<f64>> {
+    let p = obj.dim();
+    let bytes = p.saturating_mul(p).saturating_mul(8);
+    if bytes > budget {
+        return Err(landscape::Error::InvalidArgument(format!(
+            "the dense Hessian needs {:.2} GiB (P = {p}), over --memory-budget {:.2} GiB",
+            bytes as f64 / (1u64 << 30) as f64,
+            budget as f64 / (1u64 << 30) as f64
+        )));
+    }
+    let pb = progress(p as u64, "dense (HVP columns)");
+    let mut h = Matrix::zeros(p, p);
+    let mut e = vec![0.0; p];
+    for j in 0..p {
+        e[j] = 1.0;
+        let col = obj.hvp(&e);
+        e[j] = 0.0;
+        for i in 0..p {
+            h.set(i, j, col[i]);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    for i in 0..p {
+        for j in 0..i {
+            let s = 0.5 * (h.get(i, j) + h.get(j, i));
+            h.set(i, j, s);
+            h.set(j, i, s);
+        }
+    }
+    Ok(h)
+}
+
+/// Per parameter tensor: top eigenvalue of its diagonal block (Lanczos, with
+/// the true residual) and the block's trace (exact from unit vectors up to 64
+/// entries, else Hutchinson with a 95% interval).
+fn per_layer(
+    obj: &NetObjective,
+    net: &Network<f64>,
+    a: &HessianArgs,
+) -> landscape::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    let named = net.named_params();
+    let pb = progress(named.len() as u64, "per-layer blocks");
+    for (name, m) in named {
+        let range = off..off + m.len();
+        off += m.len();
+        let op = BlockOp {
+            obj,
+            range: range.clone(),
+        };
+        let dim = range.len();
+        let res = linalg::lanczos(
+            &op,
+            Which::Largest(1),
+            &LanczosOptions {
+                max_iter: a.max_iter.unwrap_or(dim.min(100)).min(dim),
+                tol: a.tol.max(1e-8),
+                seed: a.seed,
+                ..Default::default()
+            },
+        )?;
+        let trace = if dim <= 64 {
+            let t = linalg::exact_trace(&op);
+            json!({"value": t, "method": "exact (unit vectors)", "interval": [t, t]})
+        } else {
+            let h = linalg::hutchinson(&op, a.probes.max(2), a.seed)?;
+            json!({"value": h.estimate, "method": h.method, "interval": [h.ci95.0, h.ci95.1], "std_error": h.std_error, "matvecs": h.matvecs})
+        };
+        eprintln!(
+            "{name}: top eigenvalue {:.6e} (residual {:.1e}), trace {}",
+            res.values[0], res.residuals[0], trace["value"]
+        );
+        out.push(json!({
+            "tensor": name,
+            "offset": range.start,
+            "size": dim,
+            "top_eigenvalue": res.values[0],
+            "residual": res.residuals[0],
+            "converged": res.converged,
+            "iterations": res.iterations,
+            "trace": trace,
+        }));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
 }
