@@ -428,3 +428,191 @@ fn mlp_preset_is_bit_identical_to_the_mlp_code() {
         assert!(net.analytic_mlp().is_some());
     }
 }
+
+/// A tiny BatchNorm ConvNet for the curvature outputs.
+fn tiny_bn_net(seed: u64) -> Network<f64> {
+    random_net(
+        arch(
+            [2, 5, 5],
+            3,
+            vec![
+                conv("c1", 2, 3, 2, 1, false),
+                bn("b1", true),
+                tanh(),
+                LayerSpec::GlobalAvgPool,
+                linear("fc", 3, true),
+            ],
+        ),
+        seed,
+    )
+}
+
+/// Logits of sample rows `x` at flat parameters `theta` in the given mode.
+fn logits_at(net: &Network<f64>, theta: &[f64], x: &Matrix<f64>, mode: Mode) -> Vec<f64> {
+    let mut m = net.clone();
+    m.set_param_vector(theta).unwrap();
+    let tape = Tape::new();
+    let vars = m.params_on_tape(&tape);
+    let z = m.forward_tape(&vars, x, mode).logits;
+    let v = z.value().as_slice().to_vec();
+    v
+}
+
+#[test]
+fn fisher_trace_matches_finite_difference_jacobians() {
+    use landscape::hessian::network::{BnMode, NetObjective};
+    let net = tiny_bn_net(21);
+    let (x, y) = data(6, 50, 3, 22);
+    let theta = net.param_vector();
+    let p = theta.len();
+    for (mode, bm, batch) in [
+        (Mode::Eval, BnMode::Eval, 1usize),
+        (Mode::Train, BnMode::Train { batch: 3 }, 3),
+    ] {
+        // Reference: central-difference Jacobian of each chunk's logits,
+        // tr(J^T A J) per sample with A = diag(p) - p p^T, divided by the chunk
+        // size (the chunk's loss is its mean), averaged over chunks.
+        let mut total = 0.0;
+        let chunks = 6 / batch;
+        for c in 0..chunks {
+            let xb = x.rows_view(c * batch, (c + 1) * batch).to_owned();
+            let z0 = logits_at(&net, &theta, &xb, mode);
+            let h = 1e-6;
+            let mut jac = vec![vec![0.0; p]; z0.len()];
+            for j in 0..p {
+                let mut tp = theta.clone();
+                let mut tm = theta.clone();
+                tp[j] += h;
+                tm[j] -= h;
+                let (zp, zm) = (
+                    logits_at(&net, &tp, &xb, mode),
+                    logits_at(&net, &tm, &xb, mode),
+                );
+                for r in 0..z0.len() {
+                    jac[r][j] = (zp[r] - zm[r]) / (2.0 * h);
+                }
+            }
+            let mut tr = 0.0;
+            for i in 0..batch {
+                let z = &z0[i * 3..i * 3 + 3];
+                let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                let pr: Vec<f64> = e.iter().map(|v| v / s).collect();
+                for a in 0..3 {
+                    for b in 0..3 {
+                        let aab = if a == b { pr[a] } else { 0.0 } - pr[a] * pr[b];
+                        let dot: f64 = (0..p).map(|j| jac[i * 3 + a][j] * jac[i * 3 + b][j]).sum();
+                        tr += aab * dot;
+                    }
+                }
+            }
+            total += tr / batch as f64;
+        }
+        let reference = total / chunks as f64;
+        let obj = NetObjective::new(&net, &x, &y, bm).unwrap();
+        let ours = obj.fisher_trace();
+        assert!(
+            (ours - reference).abs() <= 1e-6 * reference.abs(),
+            "{mode:?}: Fisher trace {ours} vs finite differences {reference}"
+        );
+    }
+}
+
+#[test]
+fn per_block_curvature_and_batch_gradients_match_dense_references() {
+    use landscape::hessian::network::{BlockOp, BnMode, NetObjective};
+    use landscape::hessian::small_eig::jacobi_eigenvalues;
+    use landscape::linalg::{lanczos, LanczosOptions, SymOp, Which};
+    let net = tiny_bn_net(31);
+    let (x, y) = data(8, 50, 3, 32);
+    for bm in [BnMode::Eval, BnMode::Train { batch: 4 }] {
+        let mode = if bm == BnMode::Eval {
+            Mode::Eval
+        } else {
+            Mode::Train
+        };
+        let obj = NetObjective::new(&net, &x, &y, bm).unwrap();
+        let p = obj.dim();
+        // Dense Hessian by central differences of the full-batch tape gradient
+        // (in train mode: the mean over the two BN batches of their gradients).
+        let grad = |theta: &[f64]| -> Vec<f64> {
+            let mut m = net.clone();
+            m.set_param_vector(theta).unwrap();
+            match bm {
+                BnMode::Eval => grad_at(&m, &m.params, &x, &y, mode),
+                BnMode::Train { batch } => {
+                    let mut acc = vec![0.0; p];
+                    for c in 0..2 {
+                        let xb = x.rows_view(c * batch, (c + 1) * batch).to_owned();
+                        let g = grad_at(&m, &m.params, &xb, &y[c * batch..(c + 1) * batch], mode);
+                        for (a, b) in acc.iter_mut().zip(g) {
+                            *a += 0.5 * b;
+                        }
+                    }
+                    acc
+                }
+            }
+        };
+        let theta = net.param_vector();
+        let mut h = Matrix::zeros(p, p);
+        for j in 0..p {
+            let mut tp = theta.clone();
+            let mut tm = theta.clone();
+            tp[j] += 1e-5;
+            tm[j] -= 1e-5;
+            let (gp, gm) = (grad(&tp), grad(&tm));
+            for i in 0..p {
+                h.set(i, j, (gp[i] - gm[i]) / 2e-5);
+            }
+        }
+        // Our HVP columns against the FD Hessian.
+        let mut e = vec![0.0; p];
+        for j in 0..p {
+            e[j] = 1.0;
+            let col = obj.hvp(&e);
+            e[j] = 0.0;
+            for i in 0..p {
+                assert!(
+                    (col[i] - h.get(i, j)).abs() <= 1e-5 * (1.0 + h.get(i, j).abs()),
+                    "{bm:?} H[{i},{j}]"
+                );
+            }
+        }
+        // The conv weight block (first tensor): Lanczos top eigenvalue vs dense eigenvalues.
+        let n0 = net.params[0].len();
+        let block = Matrix::from_fn(n0, n0, |i, j| 0.5 * (h.get(i, j) + h.get(j, i)));
+        let dense_top = jacobi_eigenvalues(&block)
+            .into_iter()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let op = BlockOp {
+            obj: &obj,
+            range: 0..n0,
+        };
+        assert_eq!(op.dim(), n0);
+        let res = lanczos(
+            &op,
+            Which::Largest(1),
+            &LanczosOptions {
+                max_iter: n0,
+                tol: 1e-10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            (res.values[0] - dense_top).abs() <= 1e-5 * dense_top.abs().max(1.0),
+            "{bm:?}: block top {} vs {dense_top}",
+            res.values[0]
+        );
+        // Batch-gradient norms: batches of 4 against direct gradients.
+        let norms = obj.batch_gradient_norms(4).unwrap();
+        assert_eq!(norms.len(), 2);
+        for (c, nrm) in norms.iter().enumerate() {
+            let xb = x.rows_view(c * 4, c * 4 + 4).to_owned();
+            let g = grad_at(&net, &net.params, &xb, &y[c * 4..c * 4 + 4], mode);
+            let direct = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+            assert!((nrm - direct).abs() <= 1e-12 * direct, "{bm:?}: batch {c}");
+        }
+    }
+}
