@@ -10,6 +10,7 @@ mod hessian_checks;
 mod linalg_checks;
 mod model_files;
 mod network_checks;
+mod network_cli;
 mod plot_checks;
 mod sample_size_checks;
 mod theory_checks;
