@@ -33,12 +33,12 @@ use landscape::hessian::gpu::{
     gpu_dense_hessian_device, gpu_gn_norms, gpu_gn_norms_resident, gpu_lanczos, gpu_loss_and_grad,
     GpuHessianOperator, GpuModel,
 };
+use landscape::hessian::network::{BnMode, NetObjective};
 use landscape::hessian::{dense_hessian, per_sample_gn_norms, HessianOperator, Part};
 use landscape::io::provenance::Provenance;
 use landscape::linalg::{lanczos, LanczosOptions, Which};
-use landscape::nn::backprop::loss_and_grad_analytic;
-use landscape::hessian::network::{BnMode, NetObjective};
 use landscape::nn::arch::{preset, PresetOptions};
+use landscape::nn::backprop::loss_and_grad_analytic;
 use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Network};
 use landscape::train::TrainModel;
 use landscape::Matrix;

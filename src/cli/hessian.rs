@@ -4,13 +4,13 @@ use super::{progress, write_results, DataArgs, ModelArgs};
 use clap::{Args, ValueEnum};
 use landscape::backend::cuda::{resolve_device, DeviceChoice};
 use landscape::hessian::gpu::{gpu_dense_hessian, gpu_gn_norms, gpu_lanczos, GpuHessianOperator};
+use landscape::hessian::network::{BlockOp, BnMode, NetObjective};
 use landscape::hessian::{
     dense_hessian, per_sample_gn_norms_with_curvature, HessianOperator, Part,
 };
 use landscape::io::model_file::{write_safetensors, RawTensor};
 use landscape::io::provenance::Provenance;
 use landscape::linalg::{self, LanczosOptions, SymOp, Which};
-use landscape::hessian::network::{BlockOp, BnMode, NetObjective};
 use landscape::nn::{Mlp, Network};
 use landscape::Matrix;
 use serde_json::json;
@@ -491,7 +491,8 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         let mean = norms.iter().sum::<f64>() / k;
         let var = norms.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (k - 1.0).max(1.0);
         let std = var.sqrt();
-        let half = landscape::linalg::t_quantile_975(norms.len().saturating_sub(1).max(1)) * std / k.sqrt();
+        let half = landscape::linalg::t_quantile_975(norms.len().saturating_sub(1).max(1)) * std
+            / k.sqrt();
         eprintln!(
             "batch-gradient norm (B = {b}, {} batches): mean {mean:.6e} [{:.6e}, {:.6e}], std {std:.3e}",
             norms.len(),

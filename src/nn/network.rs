@@ -309,7 +309,12 @@ impl<T: Scalar> Network<T> {
                     }
                 }
                 TensorKind::RunningMean(b) => {
-                    for (i, v) in self.bn[b].running_mean.as_mut_slice().iter_mut().enumerate() {
+                    for (i, v) in self.bn[b]
+                        .running_mean
+                        .as_mut_slice()
+                        .iter_mut()
+                        .enumerate()
+                    {
                         *v = T::from_f64(0.1 * base(i));
                     }
                 }

@@ -139,10 +139,16 @@ pub fn max_pool_map<T: Scalar>(
     for i in 0..n {
         for oy in 0..ho {
             let y0 = (oy * s) as isize - p as isize;
-            let (ya, yb) = (y0.max(0) as usize, ((y0 + k as isize).min(h as isize)).max(0) as usize);
+            let (ya, yb) = (
+                y0.max(0) as usize,
+                ((y0 + k as isize).min(h as isize)).max(0) as usize,
+            );
             for ox in 0..wo {
                 let x0 = (ox * s) as isize - p as isize;
-                let (xa, xb) = (x0.max(0) as usize, ((x0 + k as isize).min(w as isize)).max(0) as usize);
+                let (xa, xb) = (
+                    x0.max(0) as usize,
+                    ((x0 + k as isize).min(w as isize)).max(0) as usize,
+                );
                 best_i.fill(NO_SOURCE);
                 // Window positions in row-major order; all channels at once.
                 for y in ya..yb {
