@@ -616,3 +616,238 @@ fn per_block_curvature_and_batch_gradients_match_dense_references() {
         }
     }
 }
+
+/// Compares a gradient or HVP with a PyTorch summary (norm, dot with
+/// `sin(1.1 + 0.29 i)`, every s-th entry) at relative tolerance `tol`.
+/// Entries are compared relative to their tensor, with a floor of `tol` times
+/// the whole vector's norm (a bias before BatchNorm has a gradient that is zero
+/// up to rounding on both sides).
+fn check_summary(
+    what: &str,
+    ours: &[Matrix<f64>],
+    names: &[String],
+    summ: &serde_json::Value,
+    tol: f64,
+) {
+    let total: f64 = names
+        .iter()
+        .map(|n| summ[n.as_str()]["norm"].as_f64().unwrap().powi(2))
+        .sum::<f64>()
+        .sqrt();
+    for (m, name) in ours.iter().zip(names) {
+        let s = &summ[name.as_str()];
+        let v = m.as_slice();
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let rn = s["norm"].as_f64().unwrap();
+        assert!(
+            (norm - rn).abs() <= tol * rn.max(total),
+            "{what} {name}: norm {norm} vs {rn}"
+        );
+        let dot: f64 = v
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x * (1.1 + 0.29 * i as f64).sin())
+            .sum();
+        let rd = s["dot"].as_f64().unwrap();
+        assert!(
+            (dot - rd).abs() <= tol * rd.abs().max(rn).max(total),
+            "{what} {name}: dot {dot} vs {rd}"
+        );
+        let stride = s["stride"].as_u64().unwrap() as usize;
+        let vals = s["values"].as_array().unwrap();
+        let scale = vals
+            .iter()
+            .fold(0.0f64, |a, x| a.max(x.as_f64().unwrap().abs()))
+            .max(rn / (v.len() as f64).sqrt())
+            .max(total * 1e-3);
+        for (k, r) in vals.iter().enumerate() {
+            let r = r.as_f64().unwrap();
+            let o = v[k * stride];
+            assert!(
+                (o - r).abs() <= tol * scale,
+                "{what} {name}[{}]: {o} vs {r}",
+                k * stride
+            );
+        }
+    }
+}
+
+#[test]
+fn presets_agree_with_pytorch() {
+    use landscape::nn::BatchNormConfig;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 11, "fixtures missing in {}", dir.display());
+    for f in files {
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let name = doc["preset"].as_str().unwrap();
+        let sh: Vec<usize> = doc["input_shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let shape = [sh[0], sh[1], sh[2]];
+        let (n, classes) = (
+            doc["n"].as_u64().unwrap() as usize,
+            doc["classes"].as_u64().unwrap() as usize,
+        );
+        let o = &doc["options"];
+        let arch = if name == "mlp" {
+            let act = Activation::from_name(o["activation"].as_str().unwrap()).unwrap();
+            let cfg = MlpConfig {
+                input_dim: shape.iter().product(),
+                hidden: o["hidden"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect(),
+                classes,
+                activation: act,
+                leaky_slope: 0.01,
+                bias: o["bias"].as_bool().unwrap(),
+                batchnorm: o["batchnorm"]
+                    .as_bool()
+                    .unwrap()
+                    .then(BatchNormConfig::default),
+                loss: LossKind::CrossEntropy,
+            };
+            landscape::nn::arch::from_mlp_config(&cfg, shape)
+        } else {
+            let mut po = preset_opts(shape);
+            po.classes = classes;
+            po.width = o["width"].as_u64().unwrap_or(16) as usize;
+            preset(name, &po).unwrap()
+        };
+        let mut net = Network::<f64>::init(arch, Init::Torch, 1.0, 0).unwrap();
+        net.fill_deterministic();
+        let lay = net.arch.layout().unwrap();
+        let theirs: Vec<(String, Vec<usize>)> = doc["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["shape"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_u64().unwrap() as usize)
+                        .collect(),
+                )
+            })
+            .collect();
+        let ours: Vec<(String, Vec<usize>)> = lay
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        assert_eq!(ours, theirs, "{}: state-dict names and shapes", f.display());
+        assert_eq!(net.num_params() as u64, doc["num_params"].as_u64().unwrap());
+        let d: usize = shape.iter().product();
+        let x = Matrix::from_vec(
+            n,
+            d,
+            (0..n * d).map(|j| (0.3 + 0.173 * j as f64).sin()).collect(),
+        );
+        let y: Vec<usize> = (0..n).map(|k| k % classes).collect();
+        let names: Vec<String> = net.named_params().into_iter().map(|(s, _)| s).collect();
+        let v: Vec<Matrix<f64>> = net
+            .params
+            .iter()
+            .enumerate()
+            .map(|(t, p)| {
+                Matrix::from_vec(
+                    p.rows(),
+                    p.cols(),
+                    (0..p.len())
+                        .map(|i| (2.0 + 0.417 * i as f64 + 0.91 * t as f64).sin())
+                        .collect(),
+                )
+            })
+            .collect();
+        for (mode, key) in [(Mode::Eval, "eval"), (Mode::Train, "train")] {
+            let r = &doc["modes"][key];
+            let tag = format!("{} ({key})", f.file_name().unwrap().to_string_lossy());
+            // 1e-10, or 1000x the case's own conditioning as the fixture measured it
+            // (PyTorch against itself under a batch reversal or a 1e-15 input
+            // scaling): deep nets without shortcuts in train mode amplify rounding.
+            let sens = r["sensitivity"].as_f64().unwrap();
+            let tol = (1e3 * sens).max(1e-10);
+            if tol >= 1e-2 {
+                eprintln!(
+                    "{tag}: no value comparison, PyTorch changes by {sens:.1e} against itself"
+                );
+                continue;
+            }
+            let tape = Tape::new();
+            let vars = net.params_on_tape(&tape);
+            let (loss, fwd) = net.loss_tape(&vars, &x, &y, mode);
+            let z = fwd.logits.value().clone();
+            let rz = r["logits"].as_array().unwrap();
+            let zscale = z.max_abs().max(1e-3);
+            for i in 0..n {
+                for k in 0..classes {
+                    let t = rz[i][k].as_f64().unwrap();
+                    assert!(
+                        (z.get(i, k) - t).abs() <= tol * zscale,
+                        "{tag}: logit [{i},{k}] {} vs {t}",
+                        z.get(i, k)
+                    );
+                }
+            }
+            let rl = r["loss"].as_f64().unwrap();
+            assert!(
+                (loss.item() - rl).abs() <= tol * rl.abs(),
+                "{tag}: loss {} vs {rl}",
+                loss.item()
+            );
+            let g: Vec<Matrix<f64>> = tape
+                .grad(loss, &vars)
+                .iter()
+                .map(|g| g.value().clone())
+                .collect();
+            check_summary(&format!("{tag} grad"), &g, &names, &r["grad"], tol);
+            let (_, _, hv) = hvp(&net.params, &v, |_t, p| net.loss_tape(p, &x, &y, mode).0);
+            check_summary(&format!("{tag} hvp"), &hv, &names, &r["hvp"], tol);
+            if mode == Mode::Train {
+                let mut after = net.clone();
+                after.update_running_stats(&fwd.batch_stats);
+                let bn_names: Vec<String> = lay
+                    .tensors
+                    .iter()
+                    .filter(|t| t.name.ends_with(".running_mean"))
+                    .map(|t| t.name.trim_end_matches(".running_mean").to_string())
+                    .collect();
+                for (b, bname) in bn_names.iter().enumerate() {
+                    let rr = &r["running"][bname.as_str()];
+                    for (ours, key) in [
+                        (&after.bn[b].running_mean, "running_mean"),
+                        (&after.bn[b].running_var, "running_var"),
+                    ] {
+                        let theirs = rr[key].as_array().unwrap();
+                        for (o, t) in ours.as_slice().iter().zip(theirs) {
+                            let t = t.as_f64().unwrap();
+                            assert!(
+                                (o - t).abs() <= tol * t.abs().max(1.0),
+                                "{tag}: {bname}.{key} {o} vs {t}"
+                            );
+                        }
+                    }
+                    assert_eq!(
+                        after.bn[b].num_batches_tracked,
+                        rr["num_batches_tracked"].as_u64().unwrap()
+                    );
+                }
+            }
+        }
+    }
+}
