@@ -480,3 +480,274 @@ mod never_panic {
         }
     }
 }
+
+/// `.npy` bytes built by hand: header dict, padded so the data start at a multiple of 64.
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape_txt = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn f64_le(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A zip archive of `(name, bytes)` members, stored or deflated (CRCs are not checked by the reader).
+fn zip(members: &[(&str, Vec<u8>)], deflate: bool) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in members {
+        let body = if deflate {
+            let mut e =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        } else {
+            data.clone()
+        };
+        let method: u16 = if deflate { 8 } else { 0 };
+        let offset = out.len() as u32;
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[20, 0, 0, 0]);
+        out.extend_from_slice(&method.to_le_bytes());
+        out.extend_from_slice(&[0; 8]); // time, date, crc
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&body);
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&[20, 0, 20, 0, 0, 0]);
+        central.extend_from_slice(&method.to_le_bytes());
+        central.extend_from_slice(&[0; 8]);
+        central.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        central.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        central.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        central.extend_from_slice(&[0; 12]); // extra, comment, disk, attrs
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+#[test]
+fn npy_and_npz_datasets() {
+    let d = temp_dir("npy");
+    let none = DataOptions {
+        normalize: Normalize::None,
+        ..Default::default()
+    };
+    // Feature vectors (f4) with int64 labels.
+    let feats: Vec<u8> = (0..6)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
+    let x = write(&d, "x.npy", &npy("<f4", &[3, 2], &feats));
+    let labels: Vec<u8> = [2i64, 0, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let y = write(&d, "y.npy", &npy("<i8", &[3], &labels));
+    let opts = DataOptions {
+        labels: Some(y.clone()),
+        ..none.clone()
+    };
+    let b = load(x.to_str().unwrap(), &opts).unwrap();
+    assert_eq!(b.train.x.as_slice(), &[0.0, 0.5, 1.0, 1.5, 2.0, 2.5]);
+    assert_eq!(b.train.y, vec![2, 0, 1]);
+    assert_eq!(b.image_shape, None);
+    assert_eq!(b.classes, 3);
+    // --input-shape makes them images; a mismatch is a one-line error.
+    let b = load(
+        x.to_str().unwrap(),
+        &DataOptions {
+            input_shape: Some([1, 1, 2]),
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(b.image_shape, Some([1, 1, 2]));
+    let e = load(
+        x.to_str().unwrap(),
+        &DataOptions {
+            input_shape: Some([1, 2, 2]),
+            ..opts.clone()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("--input-shape") && e.contains("2 features"),
+        "{e}"
+    );
+    // uint8 images (n, H, W): shape [1, H, W] and the [0, 255] range of images.
+    let px: Vec<u8> = (0..8).map(|i| (i * 30) as u8).collect();
+    let xi = write(&d, "img.npy", &npy("|u1", &[2, 2, 2], &px));
+    let yi = write(&d, "imgy.npy", &npy("|u1", &[2], &[1, 0]));
+    let b = load(
+        xi.to_str().unwrap(),
+        &DataOptions {
+            labels: Some(yi.clone()),
+            normalize: Normalize::Unit,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(b.image_shape, Some([1, 2, 2]));
+    assert!((b.train.x.get(1, 3) - 210.0 / 255.0).abs() < 1e-15);
+    // Big-endian float64 NCHW images and float labels that are integers.
+    let be: Vec<u8> = (0..12).flat_map(|i| (i as f64).to_be_bytes()).collect();
+    let xb = write(&d, "be.npy", &npy(">f8", &[2, 3, 2, 1], &be));
+    let yb = write(&d, "bey.npy", &npy("<f8", &[2], &f64_le(&[1.0, 3.0])));
+    let b = load(
+        xb.to_str().unwrap(),
+        &DataOptions {
+            labels: Some(yb),
+            ..none.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(b.image_shape, Some([3, 2, 1]));
+    assert_eq!(b.train.x.get(1, 5), 11.0);
+    assert_eq!(b.train.y, vec![1, 3]);
+
+    // .npz, stored and deflated, with a test split and with named arrays.
+    let xs = npy("<f8", &[2, 2], &f64_le(&[1.0, 2.0, 3.0, 4.0]));
+    let ys = npy("<i4", &[2], &[0, 0, 0, 0, 1, 0, 0, 0]);
+    let xt = npy("<f8", &[1, 2], &f64_le(&[5.0, 6.0]));
+    let yt = npy("<i4", &[1], &[1, 0, 0, 0]);
+    for deflate in [false, true] {
+        let z = write(
+            &d,
+            &format!("a{deflate}.npz"),
+            &zip(
+                &[
+                    ("x.npy", xs.clone()),
+                    ("y.npy", ys.clone()),
+                    ("x_test.npy", xt.clone()),
+                    ("y_test.npy", yt.clone()),
+                ],
+                deflate,
+            ),
+        );
+        let b = load(z.to_str().unwrap(), &none).unwrap();
+        assert_eq!(b.train.x.as_slice(), &[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(b.train.y, vec![0, 1]);
+        let t = b.test.unwrap();
+        assert_eq!(
+            (t.x.as_slice(), t.y.as_slice()),
+            (&[5.0, 6.0][..], &[1usize][..])
+        );
+    }
+    let z = write(
+        &d,
+        "named.npz",
+        &zip(
+            &[("feats.npy", xs.clone()), ("targets.npy", ys.clone())],
+            true,
+        ),
+    );
+    let keyed = DataOptions {
+        npz_keys: Some(("feats".into(), "targets".into())),
+        ..none.clone()
+    };
+    assert_eq!(
+        load(z.to_str().unwrap(), &keyed).unwrap().train.y,
+        vec![0, 1]
+    );
+
+    // One-line errors naming the file.
+    let one_line = |p: &Path, o: &DataOptions, needle: &str| {
+        let e = load(p.to_str().unwrap(), o).unwrap_err().to_string();
+        assert!(
+            !e.contains('\n') && e.contains(needle),
+            "expected '{needle}': {e}"
+        );
+    };
+    one_line(&z, &none, "no array 'x'");
+    let full = npy("<f4", &[3, 2], &feats);
+    let trunc = write(&d, "trunc.npy", &full[..full.len() - 3]);
+    one_line(&trunc, &opts, "trunc.npy");
+    let badmagic = write(&d, "bad.npy", b"NUMPY not really an array at all");
+    one_line(&badmagic, &opts, "bad magic");
+    one_line(&x, &none, "--labels");
+    let y2 = write(&d, "y2.npy", &npy("<i8", &[2], &labels[..16]));
+    one_line(
+        &x,
+        &DataOptions {
+            labels: Some(y2),
+            ..none.clone()
+        },
+        "2 labels for 3 samples",
+    );
+    let yf = write(&d, "yf.npy", &npy("<f8", &[3], &f64_le(&[0.0, 1.5, 2.0])));
+    one_line(
+        &x,
+        &DataOptions {
+            labels: Some(yf),
+            ..none.clone()
+        },
+        "not a non-negative integer",
+    );
+    let yn = write(&d, "yn.npy", &npy("<i2", &[3], &[0, 0, 255, 255, 1, 0]));
+    one_line(
+        &x,
+        &DataOptions {
+            labels: Some(yn),
+            ..none.clone()
+        },
+        "label -1",
+    );
+    let nan = write(
+        &d,
+        "nan.npy",
+        &npy("<f8", &[1, 2], &f64_le(&[1.0, f64::NAN])),
+    );
+    let y1 = write(&d, "y1.npy", &npy("<i8", &[1], &labels[..8]));
+    one_line(
+        &nan,
+        &DataOptions {
+            labels: Some(y1),
+            ..none.clone()
+        },
+        "non-finite",
+    );
+    one_line(
+        &x,
+        &DataOptions {
+            labels: Some(y.clone()),
+            classes: Some(2),
+            ..none.clone()
+        },
+        "out of range",
+    );
+    let trunc_zip = zip(&[("x.npy", xs.clone()), ("y.npy", ys.clone())], true);
+    let tz = write(&d, "t.npz", &trunc_zip[..trunc_zip.len() - 10]);
+    one_line(&tz, &none, "t.npz");
+}

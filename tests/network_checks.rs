@@ -572,9 +572,9 @@ fn per_block_curvature_and_batch_gradients_match_dense_references() {
             e[j] = 1.0;
             let col = obj.hvp(&e);
             e[j] = 0.0;
-            for i in 0..p {
+            for (i, &c) in col.iter().enumerate() {
                 assert!(
-                    (col[i] - h.get(i, j)).abs() <= 1e-5 * (1.0 + h.get(i, j).abs()),
+                    (c - h.get(i, j)).abs() <= 1e-5 * (1.0 + h.get(i, j).abs()),
                     "{bm:?} H[{i},{j}]"
                 );
             }
@@ -794,9 +794,9 @@ fn presets_agree_with_pytorch() {
             let z = fwd.logits.value().clone();
             let rz = r["logits"].as_array().unwrap();
             let zscale = z.max_abs().max(1e-3);
-            for i in 0..n {
-                for k in 0..classes {
-                    let t = rz[i][k].as_f64().unwrap();
+            for (i, row) in rz.iter().enumerate() {
+                for (k, t) in row.as_array().unwrap().iter().enumerate() {
+                    let t = t.as_f64().unwrap();
                     assert!(
                         (z.get(i, k) - t).abs() <= tol * zscale,
                         "{tag}: logit [{i},{k}] {} vs {t}",

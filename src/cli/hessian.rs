@@ -542,8 +542,8 @@ fn dense_by_columns(obj: &NetObjective, budget: usize) -> landscape::Result<Matr
         e[j] = 1.0;
         let col = obj.hvp(&e);
         e[j] = 0.0;
-        for i in 0..p {
-            h.set(i, j, col[i]);
+        for (i, &c) in col.iter().enumerate() {
+            h.set(i, j, c);
         }
         pb.inc(1);
     }

@@ -72,7 +72,7 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct DataArgs {
-    /// Dataset: `mnist10k`, `digits` (embedded) or a path (IDX image file, CIFAR .bin, CSV).
+    /// Dataset: `mnist10k`, `digits` (embedded) or a path (IDX image file, CIFAR .bin, CSV, .npy with --labels, .npz).
     #[arg(long)]
     data: String,
     /// Input normalisation.
@@ -110,6 +110,12 @@ struct DataArgs {
     test_split: f64,
     #[arg(long, default_value_t = 0)]
     split_seed: u64,
+    /// Array names of features and labels in an .npz archive (default x,y).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    npz_keys: Option<Vec<String>>,
+    /// Shape C,H,W of each sample for feature files (CSV, .npy) that hold images.
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    input_shape: Option<Vec<usize>>,
 }
 
 impl DataArgs {
@@ -131,6 +137,8 @@ impl DataArgs {
             test_subset: subset(self.test_size),
             test_split: self.test_split,
             split_seed: self.split_seed,
+            npz_keys: self.npz_keys.as_ref().map(|k| (k[0].clone(), k[1].clone())),
+            input_shape: self.input_shape.as_ref().map(|s| [s[0], s[1], s[2]]),
         }
     }
 

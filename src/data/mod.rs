@@ -6,6 +6,7 @@
 //! Every malformed file gives [`Error::MalformedData`] naming the file, what is
 //! wrong and where (byte offset, record or line).
 
+mod arrays;
 mod readers;
 
 use crate::error::{Error, Result};
@@ -43,6 +44,10 @@ pub enum Format {
     Cifar10,
     Cifar100,
     Csv,
+    /// NumPy `.npy` features (labels from `--labels`).
+    Npy,
+    /// NumPy `.npz` archive with `x` and `y` (or `--npz-keys`), optionally `x_test`, `y_test`.
+    Npz,
 }
 
 /// Which samples to keep.
@@ -78,6 +83,11 @@ pub struct DataOptions {
     /// For data without a test set: the fraction held out (seeded by `split_seed`).
     pub test_split: f64,
     pub split_seed: u64,
+    /// Names of the feature and label arrays in an `.npz` archive (default `x`, `y`).
+    pub npz_keys: Option<(String, String)>,
+    /// `[C, H, W]` of each sample, for feature files (CSV, `.npy`) holding images;
+    /// overrides the shape a file implies. `C H W` must equal the feature count.
+    pub input_shape: Option<[usize; 3]>,
 }
 
 impl Default for DataOptions {
@@ -94,6 +104,8 @@ impl Default for DataOptions {
             test_subset: Subset::All,
             test_split: 0.0,
             split_seed: 0,
+            npz_keys: None,
+            input_shape: None,
         }
     }
 }
@@ -274,6 +286,12 @@ fn detect_format(path: &Path, bytes: &[u8], forced: Format) -> Result<Format> {
     if name.ends_with(".csv") || name.ends_with(".csv.gz") {
         return Ok(Format::Csv);
     }
+    if bytes.starts_with(b"\x93NUMPY") || name.ends_with(".npy") {
+        return Ok(Format::Npy);
+    }
+    if bytes.starts_with(b"PK\x03\x04") || name.ends_with(".npz") {
+        return Ok(Format::Npz);
+    }
     let head = readers::maybe_gunzip(path, bytes)?;
     if head.len() >= 4
         && head[0] == 0
@@ -356,6 +374,14 @@ fn load_one(
             None,
             None,
         )),
+        Format::Npy => {
+            let (raw, f) = arrays::load_npy_pair(path, &bytes, labels, hashed)?;
+            Ok((raw, f.image_shape, f.range, None))
+        }
+        Format::Npz => {
+            let (raw, f, _) = arrays::load_npz(path, &bytes, opts.npz_keys.as_ref())?;
+            Ok((raw, f.image_shape, f.range, None))
+        }
     }
 }
 
@@ -367,6 +393,8 @@ fn load_path(path: &Path, opts: &DataOptions) -> Result<Source> {
         load_one(path, opts.labels.as_deref(), format, opts, &mut hashed)?;
     let test = match &opts.test {
         Some(t) => Some(load_one(t, opts.test_labels.as_deref(), format, opts, &mut hashed)?.0),
+        // An .npz archive may hold its own test split.
+        None if format == Format::Npz => arrays::load_npz(path, &bytes, opts.npz_keys.as_ref())?.2,
         None => None,
     };
     let classes = match default_classes {
@@ -473,6 +501,20 @@ fn finish(name: &str, src: Source, opts: &DataOptions) -> Result<DataBundle> {
             test = Some(t.subset(&idx));
         }
     }
+    let mut image_shape = src.image_shape;
+    if let Some(shape) = opts.input_shape {
+        let d: usize = shape.iter().product();
+        if d != train.x.cols() || shape.contains(&0) {
+            return Err(Error::Shape(format!(
+                "--input-shape {},{},{} has {d} values per sample, the data have {} features",
+                shape[0],
+                shape[1],
+                shape[2],
+                train.x.cols()
+            )));
+        }
+        image_shape = Some(shape);
+    }
     normalize(&mut train, test.as_mut(), opts.normalize, src.range);
     Ok(DataBundle {
         name: name.to_string(),
@@ -480,7 +522,7 @@ fn finish(name: &str, src: Source, opts: &DataOptions) -> Result<DataBundle> {
         content_hash: sha256_hex(&src.hashed),
         classes,
         features: train.x.cols(),
-        image_shape: src.image_shape,
+        image_shape,
         normalize: opts.normalize,
         train_subset: opts.train_subset.clone(),
         test_subset: opts.test_subset.clone(),

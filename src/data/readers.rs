@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 enum LabelOrigin {
     /// Byte offset of label `i` is `base + i * stride`.
     Bytes { base: usize, stride: usize },
+    /// Element `i` of a named array.
+    Element,
     /// 1-based line number of each row.
     Lines(Vec<usize>),
 }
@@ -62,7 +64,25 @@ impl Raw {
                 format!("record {i}, byte {}", base + i * stride)
             }
             LabelOrigin::Lines(lines) => format!("line {}", lines[i]),
+            LabelOrigin::Element => format!("element {i}"),
         }
+    }
+
+    /// Features and labels from arrays (`.npy` / `.npz`); counts must match.
+    pub fn arrays(label_path: &Path, x: Matrix<f64>, y: Vec<usize>) -> Result<Self> {
+        if x.rows() != y.len() {
+            return Err(Error::malformed(
+                label_path,
+                format!("{} labels for {} samples", y.len(), x.rows()),
+                "shape",
+            ));
+        }
+        Ok(Self {
+            x,
+            y,
+            label_path: label_path.to_path_buf(),
+            origin: LabelOrigin::Element,
+        })
     }
 }
 

@@ -130,6 +130,19 @@ pub fn write_matrix_npy<T: Scalar>(path: &Path, m: &Matrix<T>) -> Result<()> {
 pub enum NpyDtype {
     F32,
     F64,
+    /// Integers (signed or not) of 1, 2, 4 or 8 bytes: values widened to `f64`
+    /// (exact up to 2^53).
+    Int {
+        signed: bool,
+        bytes: u8,
+    },
+    Bool,
+}
+
+impl NpyDtype {
+    pub fn is_integer(self) -> bool {
+        matches!(self, NpyDtype::Int { .. } | NpyDtype::Bool)
+    }
 }
 
 /// An array read from an `.npy` file; values widened to `f64`, C order.
@@ -160,7 +173,8 @@ impl NpyArray {
     }
 }
 
-/// Reads an `.npy` file (versions 1-3, `'<f4'`/`'<f8'`, C order).
+/// Reads an `.npy` file (versions 1-3; floats `f4`/`f8`, integers `i1`..`i8`,
+/// `u1`..`u8`, `b1`, either byte order; C order).
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_npy(path, &bytes)
@@ -193,12 +207,30 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
         std::str::from_utf8(header).map_err(|_| bad("header is not text".into(), "header"))?;
     let descr =
         dict_value(header, "descr").ok_or_else(|| bad("header has no 'descr'".into(), "header"))?;
-    let dtype = match descr.trim_matches(|c| c == '\'' || c == '"') {
-        "<f8" => NpyDtype::F64,
-        "<f4" => NpyDtype::F32,
-        other => {
+    let code = descr.trim_matches(|c| c == '\'' || c == '"');
+    let (order, kind) = code.split_at(code.len().min(1));
+    let big = match order {
+        "<" | "|" | "=" => false,
+        ">" => true,
+        _ => return Err(bad(format!("unsupported dtype '{code}'"), "header 'descr'")),
+    };
+    let dtype = match kind {
+        "f8" => NpyDtype::F64,
+        "f4" => NpyDtype::F32,
+        "b1" => NpyDtype::Bool,
+        k if (k.starts_with('i') || k.starts_with('u'))
+            && matches!(&k[1..], "1" | "2" | "4" | "8") =>
+        {
+            NpyDtype::Int {
+                signed: k.starts_with('i'),
+                bytes: k[1..].parse().expect("1, 2, 4 or 8"),
+            }
+        }
+        _ => {
             return Err(bad(
-                format!("unsupported dtype '{other}' (expected '<f8' or '<f4')"),
+                format!(
+                "unsupported dtype '{code}' (expected floats f4/f8, integers i1..i8/u1..u8 or b1)"
+            ),
                 "header 'descr'",
             ))
         }
@@ -232,6 +264,8 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
     let width = match dtype {
         NpyDtype::F32 => 4,
         NpyDtype::F64 => 8,
+        NpyDtype::Int { bytes, .. } => bytes as usize,
+        NpyDtype::Bool => 1,
     };
     let body = &bytes[hstart + hlen..];
     if numel.checked_mul(width) != Some(body.len()) {
@@ -244,16 +278,34 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
             "data",
         ));
     }
-    let data = match dtype {
-        NpyDtype::F64 => body
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-        NpyDtype::F32 => body
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
-            .collect(),
-    };
+    let data = body
+        .chunks_exact(width)
+        .map(|c| {
+            // Little-endian bytes of the element.
+            let mut le = [0u8; 8];
+            le[..width].copy_from_slice(c);
+            if big {
+                le[..width].reverse();
+            }
+            match dtype {
+                NpyDtype::F64 => f64::from_le_bytes(le),
+                NpyDtype::F32 => f32::from_le_bytes(le[..4].try_into().expect("4 bytes")) as f64,
+                NpyDtype::Bool => (le[0] != 0) as u8 as f64,
+                NpyDtype::Int { signed, bytes } => {
+                    let bits = 8 * bytes as u32;
+                    let u = u64::from_le_bytes(le);
+                    if signed && bits < 64 && (u >> (bits - 1)) & 1 == 1 {
+                        // Sign-extend.
+                        (u | (!0u64 << bits)) as i64 as f64
+                    } else if signed {
+                        u as i64 as f64
+                    } else {
+                        u as f64
+                    }
+                }
+            }
+        })
+        .collect();
     Ok(NpyArray { dtype, shape, data })
 }
 

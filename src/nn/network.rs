@@ -499,6 +499,17 @@ enum Act<'t, T: Scalar> {
     Image(Var<'t, T>, usize, usize, usize),
 }
 
+impl<'t, T: Scalar> Act<'t, T> {
+    /// The same shape holding another value.
+    fn with_var(self, v: Var<'t, T>) -> Self {
+        match self {
+            Act::Input(_, c, h, w) => Act::Input(v, c, h, w),
+            Act::Flat(_, d) => Act::Flat(v, d),
+            Act::Image(_, c, h, w) => Act::Image(v, c, h, w),
+        }
+    }
+}
+
 struct Walk<'a, 't, T: Scalar> {
     net: &'a Network<T>,
     params: &'a [Var<'t, T>],
@@ -612,12 +623,13 @@ impl<'t, T: Scalar> Walk<'_, 't, T> {
                 Act::Image(z, *out, ho, wo)
             }
             LayerSpec::Batchnorm { affine, eps, .. } => {
-                let (x, rebuild): (Var<'t, T>, Box<dyn Fn(Var<'t, T>) -> Act<'t, T>>) = match a {
-                    Act::Flat(v, d) => (v, Box::new(move |v| Act::Flat(v, d))),
-                    Act::Input(v, c, 1, 1) => (v, Box::new(move |v| Act::Flat(v, c))),
+                // `like` keeps the activation's shape; the output replaces its value.
+                let (x, like) = match a {
+                    Act::Flat(v, _) => (v, a),
+                    Act::Input(v, c, 1, 1) => (v, Act::Flat(v, c)),
                     other => {
                         let (v, c, h, w) = self.image(other);
-                        (v, Box::new(move |v| Act::Image(v, c, h, w)))
+                        (v, Act::Image(v, c, h, w))
                     }
                 };
                 let (gamma, beta) = if *affine {
@@ -644,7 +656,7 @@ impl<'t, T: Scalar> Walk<'_, 't, T> {
                         batchnorm_eval(x, gamma, beta, &st.running_mean, &st.running_var, *eps)
                     }
                 };
-                rebuild(y)
+                like.with_var(y)
             }
             LayerSpec::Activation { act } => {
                 let f = |v: Var<'t, T>| match act {
