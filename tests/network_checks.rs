@@ -851,3 +851,34 @@ fn presets_agree_with_pytorch() {
         }
     }
 }
+
+#[test]
+fn filter_normalisation_of_conv_and_linear_directions() {
+    use landscape::experiments::geometry::{normalize_network_direction, Normalization};
+    let net = tiny_bn_net(41);
+    let mut rng = Rng::new(5);
+    let mut d: Vec<f64> = (0..net.num_params()).map(|_| rng.normal()).collect();
+    normalize_network_direction(&net, &mut d, Normalization::Filter, false).unwrap();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mut off = 0;
+    for (name, w) in net.named_params() {
+        let block = &d[off..off + w.len()];
+        off += w.len();
+        if name.ends_with(".weight") && w.rows() > 1 && !name.starts_with("b1") {
+            // Each output filter (row of the matrix form) has the weights' filter norm.
+            for (a, row) in block.chunks(w.cols()).enumerate() {
+                assert!(
+                    (norm(row) - norm(w.row(a))).abs() <= 1e-12 * norm(w.row(a)),
+                    "{name} row {a}"
+                );
+            }
+        } else {
+            assert!(
+                block.iter().all(|&v| v == 0.0),
+                "{name}: bias and BN directions are zeroed"
+            );
+        }
+    }
+    // Conv filters are rows of out x (in k k): the conv here has 2 filters of 2*3*3 = 18 weights.
+    assert_eq!(net.params[0].shape(), (2, 18));
+}

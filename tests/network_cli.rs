@@ -389,3 +389,166 @@ fn convnet_training_is_reproducible() {
     }
     assert_eq!(files[0], files[1], "byte-identical model files");
 }
+
+#[test]
+fn geometry_commands_run_on_bn_convnets() {
+    let d = TempDir::new("convnet-geometry");
+    let (a, b) = (d.join("a.safetensors"), d.join("b.safetensors"));
+    for (p, seed) in [(&a, "0"), (&b, "1")] {
+        ok(&run(&[
+            "train",
+            "--arch",
+            "convnet",
+            "--width",
+            "2",
+            "--data",
+            "digits",
+            "--train-size",
+            "200",
+            "--test-split",
+            "0.2",
+            "--epochs",
+            "1",
+            "--seed",
+            seed,
+            "--out",
+            p.to_str().unwrap(),
+        ]));
+    }
+    let (ma, mb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    for mode in ["eval", "train"] {
+        let lj = d.join(format!("line-{mode}.json"));
+        ok(&run(&[
+            "line",
+            "--model",
+            ma,
+            "--to",
+            mb,
+            "--data",
+            "digits",
+            "--samples",
+            "64",
+            "--range",
+            "0:1:3",
+            "--bn-mode",
+            mode,
+            "--bn-batch-size",
+            "32",
+            "--json",
+            lj.to_str().unwrap(),
+        ]));
+        let l = json(&lj);
+        let loss = l["results"]["train_loss"].as_array().unwrap();
+        assert_eq!(loss.len(), 3);
+        if mode == "eval" {
+            // t = 0 is model A itself: compare with `eval` on the same samples. (Along
+            // the path BatchNorm keeps A's running statistics, so t = 1 is B's weights
+            // with A's statistics, not model B.)
+            let ej = d.join("e.json");
+            ok(&run(&[
+                "eval",
+                "--model",
+                ma,
+                "--data",
+                "digits",
+                "--train-size",
+                "64",
+                "--split",
+                "train",
+                "--json",
+                ej.to_str().unwrap(),
+            ]));
+            let direct = json(&ej)["results"]["train"]["loss"].as_f64().unwrap();
+            assert!(
+                (loss[0].as_f64().unwrap() - direct).abs() <= 1e-12 * direct,
+                "{} vs {direct}",
+                loss[0]
+            );
+        }
+        let sj = d.join(format!("surface-{mode}.json"));
+        ok(&run(&[
+            "surface",
+            "--model",
+            ma,
+            "--data",
+            "digits",
+            "--samples",
+            "64",
+            "--grid",
+            "-1:1:3x-1:1:3",
+            "--curvature-grid",
+            "0:1:2x0:1:2",
+            "--bn-mode",
+            mode,
+            "--bn-batch-size",
+            "32",
+            "--json",
+            sj.to_str().unwrap(),
+            "--out",
+            d.join(format!("s-{mode}.safetensors")).to_str().unwrap(),
+        ]));
+        let s = json(&sj);
+        assert_eq!(s["results"]["points"], 9);
+        assert!(s["results"]["curvature"][0]["curvature"]["lambda_max"]
+            .as_f64()
+            .unwrap()
+            .is_finite());
+        assert_eq!(s["provenance"]["config"]["bn_mode"]["mode"], mode);
+    }
+    let cj = d.join("connect.json");
+    ok(&run(&[
+        "connect",
+        "--a",
+        ma,
+        "--b",
+        mb,
+        "--data",
+        "digits",
+        "--train-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--points",
+        "3",
+        "--eigen-points",
+        "2",
+        "--eigen-samples",
+        "32",
+        "--out",
+        d.join("bend.safetensors").to_str().unwrap(),
+        "--json",
+        cj.to_str().unwrap(),
+    ]));
+    let c = json(&cj);
+    assert!(c["results"]["summary"]["linear_train"]["max_loss"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    // A model of another architecture is refused in one line.
+    let other = d.join("mlp.safetensors");
+    ok(&run(&[
+        "train",
+        "--data",
+        "digits",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        other.to_str().unwrap(),
+    ]));
+    clean_failure(
+        &run(&[
+            "connect",
+            "--a",
+            ma,
+            "--b",
+            other.to_str().unwrap(),
+            "--data",
+            "digits",
+        ]),
+        "different architectures",
+    );
+}

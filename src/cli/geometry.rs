@@ -1,19 +1,17 @@
 //! `landscape line`, `landscape surface`, `landscape connect`: loss-landscape geometry
 //! (see `landscape::experiments::geometry`).
 
+use super::hessian::{bn_mode_of, BnModeArg};
 use super::{progress, write_results, DataArgs, ModelArgs};
 use clap::Args;
 use landscape::experiments::geometry::{
-    curvature_at, curve_point, parse_grid, parse_range, pca_directions, plane_basis, point,
-    random_direction, train_bend, BendTraining, CurveKind, Normalization, PlaneEvaluator,
+    curve_point, parse_grid, parse_range, pca_directions, plane_basis, point, train_bend_geo,
+    BendTraining, CurveKind, GeoModel, Normalization,
 };
-use landscape::hessian::{HessianOperator, Part};
-use landscape::io::model_file::{
-    load_mlp_f64, save_mlp, write_safetensors, ImportOptions, RawTensor,
-};
+use landscape::io::model_file::{write_safetensors, RawTensor};
+use landscape::io::network_file::{load_network, save_network, NetworkImport};
 use landscape::io::provenance::Provenance;
-use landscape::linalg::{lanczos, LanczosOptions, Which};
-use landscape::nn::Mlp;
+use landscape::nn::Network;
 use landscape::plot::{
     heatmap, heatmap_with_overlay, line_plot, surface3d, LineFigure, Overlay, Series,
 };
@@ -40,11 +38,11 @@ fn files_of(r: landscape::Result<Vec<PathBuf>>) -> Result<Vec<String>, String> {
 #[allow(clippy::type_complexity)]
 fn splits(
     data: &DataArgs,
-    model: &Mlp<f64>,
+    model: &Network<f64>,
     samples: Option<usize>,
 ) -> Result<(landscape::data::DataBundle, Matrix<f64>, Vec<usize>), String> {
     let bundle = data.load()?;
-    super::check_model_fits(model, &bundle)?;
+    super::check_network_fits(model, &bundle)?;
     let n = bundle.train.y.len();
     let m = samples.unwrap_or(n);
     if m == 0 || m > n {
@@ -59,7 +57,7 @@ fn splits(
 #[allow(clippy::too_many_arguments)]
 fn direction(
     spec: &str,
-    model: &Mlp<f64>,
+    model: &GeoModel,
     x: &Matrix<f64>,
     y: &[usize],
     norm: Normalization,
@@ -77,18 +75,15 @@ fn direction(
         v
     };
     if spec == "random" {
-        let d = random_direction(model, norm, keep_bias, seed).map_err(e)?;
+        let d = model.random_direction(norm, keep_bias, seed).map_err(e)?;
         return Ok((
             d,
             json!({"kind": "random", "normalization": norm, "keep_bias": keep_bias, "seed": seed}),
         ));
     }
     if spec == "gradient" {
-        let (_, g) = landscape::nn::backprop::loss_and_grad_analytic(model, x, y).map_err(e)?;
-        let flat: Vec<f64> = g
-            .iter()
-            .flat_map(|t| t.as_slice().iter().map(|v| -v))
-            .collect();
+        let g = model.gradient(x, y).map_err(e)?;
+        let flat: Vec<f64> = g.iter().map(|v| -v).collect();
         return Ok((unit(flat), json!({"kind": "negative gradient (unit norm)"})));
     }
     if let Some(k) = spec.strip_prefix("eigen:") {
@@ -97,24 +92,13 @@ fn direction(
             .ok()
             .filter(|&k| k >= 1)
             .ok_or_else(|| format!("direction '{spec}': eigen:K needs K >= 1"))?;
-        let op = HessianOperator::new(model, x, y, Part::Full).map_err(e)?;
         let p = model.num_params();
         if k > p {
             return Err(format!(
                 "direction '{spec}': the model has only {p} parameters"
             ));
         }
-        let r = lanczos(
-            &op,
-            Which::Largest(k),
-            &LanczosOptions {
-                max_iter: p.min(400),
-                tol: 1e-8,
-                seed,
-                ..Default::default()
-            },
-        )
-        .map_err(e)?;
+        let r = model.top_eigenpairs(x, y, k, seed).map_err(e)?;
         return Ok((
             r.vectors[k - 1].clone(),
             json!({"kind": "hessian eigenvector (unit norm)", "k": k, "eigenvalue": r.values[k - 1], "residual": r.residuals[k - 1]}),
@@ -124,23 +108,22 @@ fn direction(
         let traj = trajectory.as_ref().ok_or(
             "direction 'pca' needs --trajectory DIR (checkpoints from train --checkpoint-dir)",
         )?;
-        let (dirs, explained) =
-            pca_directions(traj, &model.param_vector(), pca_index + 1).map_err(e)?;
+        let (dirs, explained) = pca_directions(traj, &model.theta0(), pca_index + 1).map_err(e)?;
         return Ok((
             dirs[pca_index].clone(),
             json!({"kind": "pca of the trajectory (unit norm)", "component": pca_index + 1, "explained_variance_ratio": explained[pca_index], "checkpoints": traj.len()}),
         ));
     }
     if let Some(path) = spec.strip_prefix("model:") {
-        let other = load_mlp_f64(Path::new(path), &ImportOptions::default()).map_err(e)?;
-        if other.config.widths() != model.config.widths() || other.config.bias != model.config.bias
-        {
+        let (other, _) =
+            load_network::<f64>(Path::new(path), &NetworkImport::default()).map_err(e)?;
+        if !same_architecture(&other, &model.net) {
             return Err(format!("{path}: a different architecture than the model"));
         }
         let d: Vec<f64> = other
             .param_vector()
             .iter()
-            .zip(model.param_vector())
+            .zip(model.theta0())
             .map(|(a, b)| a - b)
             .collect();
         return Ok((
@@ -151,6 +134,16 @@ fn direction(
     Err(format!(
         "unknown direction '{spec}': use random, gradient, eigen:K, pca or model:PATH"
     ))
+}
+
+/// Whether two networks have the same layers and parameter shapes (an MLP
+/// imported without an input image shape matches the same MLP with one).
+fn same_architecture(a: &Network<f64>, b: &Network<f64>) -> bool {
+    match (&a.arch.mlp, &b.arch.mlp) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a.arch.layers == b.arch.layers && a.arch.input_shape == b.arch.input_shape,
+        _ => false,
+    }
 }
 
 fn load_trajectory(dir: &Option<PathBuf>) -> Result<Option<Vec<Vec<f64>>>, String> {
@@ -168,8 +161,8 @@ fn load_trajectory(dir: &Option<PathBuf>) -> Result<Option<Vec<Vec<f64>>>, Strin
     files
         .iter()
         .map(|f| {
-            load_mlp_f64(f, &ImportOptions::default())
-                .map(|m| m.param_vector())
+            load_network::<f64>(f, &NetworkImport::default())
+                .map(|m| m.0.param_vector())
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()
@@ -200,6 +193,11 @@ pub struct LineArgs {
     /// Use the first N training samples (default all).
     #[arg(long)]
     pub samples: Option<usize>,
+    /// BatchNorm statistics at every point: running (eval) or per fixed batch (train).
+    #[arg(long, value_enum, default_value = "eval")]
+    pub bn_mode: BnModeArg,
+    #[arg(long, default_value_t = 128)]
+    pub bn_batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -211,8 +209,10 @@ pub struct LineArgs {
 }
 
 pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
-    let model = a.model.load()?;
-    let (bundle, x, y) = splits(&a.data, &model, a.samples)?;
+    let net = a.model.load_network(&a.data.load()?)?;
+    let (bundle, x, y) = splits(&a.data, &net, a.samples)?;
+    let bn_mode = bn_mode_of(a.bn_mode, a.bn_batch_size);
+    let model = GeoModel::new(net, bn_mode).map_err(|e| e.to_string())?;
     let alphas = parse_range(&a.range).map_err(|e| e.to_string())?;
     let traj = load_trajectory(&a.trajectory)?;
     let spec = match &a.to {
@@ -223,15 +223,17 @@ pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
     direction_norm("line", &d)?;
     let pts: Vec<Vec<f64>> = alphas.iter().map(|&t| vec![t]).collect();
     let t0 = Instant::now();
-    let train_ev =
-        PlaneEvaluator::new(&model, vec![d.clone()], &x, &y).map_err(|e| e.to_string())?;
+    let train_ev = model
+        .evaluator(vec![d.clone()], &x, &y)
+        .map_err(|e| e.to_string())?;
     let pb = progress(pts.len() as u64 * 2, "line");
     let train = train_ev
         .eval_many(&pts, || pb.inc(1))
         .map_err(|e| e.to_string())?;
     let test = match &bundle.test {
         Some(t) => {
-            let ev = PlaneEvaluator::new(&model, vec![d.clone()], &t.x, &t.y)
+            let ev = model
+                .evaluator(vec![d.clone()], &t.x, &t.y)
                 .map_err(|e| e.to_string())?;
             Some(
                 ev.eval_many(&pts, || pb.inc(1))
@@ -288,7 +290,7 @@ pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
         command_line,
         Some(a.seed),
         Some(bundle.summary_json()),
-        json!({"model_file": a.model.model.display().to_string(), "direction": spec, "range": a.range, "samples": y.len()}),
+        json!({"model_file": a.model.model.display().to_string(), "model": super::model_json(&model.net), "bn_mode": bn_mode, "direction": spec, "range": a.range, "samples": y.len()}),
     );
     write_results(a.json.as_deref(), "line", results, &prov)
 }
@@ -339,6 +341,11 @@ pub struct SurfaceArgs {
     /// Dense eigendecomposition at or below this many parameters, Lanczos above.
     #[arg(long, default_value_t = 2000)]
     pub dense_limit: usize,
+    /// BatchNorm statistics at every point: running (eval) or per fixed batch (train).
+    #[arg(long, value_enum, default_value = "eval")]
+    pub bn_mode: BnModeArg,
+    #[arg(long, default_value_t = 128)]
+    pub bn_batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The surface, its directions and provenance (safetensors).
@@ -540,8 +547,11 @@ pub fn cmd_replot(a: ReplotArgs) -> Result<(), String> {
 pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
     let model_path = &a.model;
     let data = &a.data;
-    let model = load_mlp_f64(model_path, &ImportOptions::default()).map_err(|e| e.to_string())?;
-    let (bundle, x, y) = splits(data, &model, a.samples)?;
+    let (net, _) =
+        load_network::<f64>(model_path, &NetworkImport::default()).map_err(|e| e.to_string())?;
+    let (bundle, x, y) = splits(data, &net, a.samples)?;
+    let bn_mode = bn_mode_of(a.bn_mode, a.bn_batch_size);
+    let model = GeoModel::new(net, bn_mode).map_err(|e| e.to_string())?;
     let (gx, gy) = parse_grid(&a.grid).map_err(|e| e.to_string())?;
     let traj = load_trajectory(&a.trajectory)?;
     let (dx, ix) = direction(&a.x, &model, &x, &y, a.norm, a.keep_bias, a.seed, &traj, 0)?;
@@ -559,7 +569,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
     check_plane(&dx, &dy)?;
     let trajectory_xy = traj
         .as_ref()
-        .map(|t| project_on_plane(t, &model.param_vector(), &dx, &dy))
+        .map(|t| project_on_plane(t, &model.theta0(), &dx, &dy))
         .transpose()?;
     let t0 = Instant::now();
     let pts: Vec<Vec<f64>> = gy
@@ -572,7 +582,8 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         .collect();
     let pb = progress((pts.len() * sets.len()) as u64, "surface");
     for (name, xs, ys) in &sets {
-        let ev = PlaneEvaluator::new(&model, vec![dx.clone(), dy.clone()], xs, ys)
+        let ev = model
+            .evaluator(vec![dx.clone(), dy.clone()], xs, ys)
             .map_err(|e| e.to_string())?;
         let r = ev
             .eval_many(&pts, || pb.inc(1))
@@ -600,7 +611,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         let (cx, cy) = parse_grid(spec).map_err(|e| e.to_string())?;
         let cm = a.curvature_samples.unwrap_or(y.len()).min(y.len());
         let (xc, yc) = (x.rows_view(0, cm).to_owned(), &y[..cm]);
-        let theta0 = model.param_vector();
+        let theta0 = model.theta0();
         let dirs = vec![dx.clone(), dy.clone()];
         let pb = progress((cx.len() * cy.len()) as u64, "curvature");
         let mut fields = [
@@ -611,10 +622,9 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         ];
         for &b in &cy {
             for &aa in &cx {
-                let mut m = model.clone();
-                m.set_param_vector(&point(&theta0, &dirs, &[aa, b]))
-                    .map_err(|e| e.to_string())?;
-                let c = curvature_at(&m, &xc, yc, a.dense_limit, 1e-8, 30, a.seed)
+                let theta = point(&theta0, &dirs, &[aa, b]);
+                let c = model
+                    .curvature_at(&theta, &xc, yc, a.dense_limit, 1e-8, 30, a.seed)
                     .map_err(|e| e.to_string())?;
                 fields[0].push(c.lambda_max);
                 fields[1].push(c.lambda_min);
@@ -637,7 +647,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         command_line,
         Some(a.seed),
         Some(bundle.summary_json()),
-        json!({"model_file": model_path.display().to_string(), "x": a.x, "y": a.y, "grid": a.grid,
+        json!({"model_file": model_path.display().to_string(), "model": super::model_json(&model.net), "bn_mode": bn_mode, "x": a.x, "y": a.y, "grid": a.grid,
                "normalization": a.norm, "keep_bias": a.keep_bias, "samples": y.len(),
                "curvature_grid": a.curvature_grid, "curvature_samples": curv.as_ref().map(|c| c.3.samples)}),
     );
@@ -647,7 +657,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
             RawTensor::f64("grid_y", vec![gy.len()], &gy),
             RawTensor::f64("direction_x", vec![dx.len()], &dx),
             RawTensor::f64("direction_y", vec![dy.len()], &dy),
-            RawTensor::f64("theta0", vec![dx.len()], &model.param_vector()),
+            RawTensor::f64("theta0", vec![dx.len()], &model.theta0()),
         ];
         for (n, m) in &maps {
             tensors.push(RawTensor::f64(
@@ -683,10 +693,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         );
         meta.insert("direction_x".into(), ix.to_string());
         meta.insert("direction_y".into(), iy.to_string());
-        meta.insert(
-            "model".into(),
-            serde_json::to_string(&model.config).unwrap_or_default(),
-        );
+        meta.insert("model".into(), super::model_json(&model.net).to_string());
         meta.insert(
             "provenance".into(),
             serde_json::to_string(&prov).unwrap_or_default(),
@@ -763,6 +770,11 @@ pub struct ConnectArgs {
     /// The trained bend, as a model file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// BatchNorm statistics at every point: running (eval) or per fixed batch (train).
+    #[arg(long, value_enum, default_value = "eval")]
+    pub bn_mode: BnModeArg,
+    #[arg(long, default_value_t = 128)]
+    pub bn_batch_size: usize,
     #[arg(long)]
     pub csv: Option<PathBuf>,
     #[arg(long)]
@@ -773,9 +785,9 @@ pub struct ConnectArgs {
 
 pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
     let e = |e: landscape::Error| e.to_string();
-    let ma = load_mlp_f64(&a.a, &ImportOptions::default()).map_err(e)?;
-    let mb = load_mlp_f64(&a.b, &ImportOptions::default()).map_err(e)?;
-    if ma.config != mb.config {
+    let (ma, _) = load_network::<f64>(&a.a, &NetworkImport::default()).map_err(e)?;
+    let (mb, _) = load_network::<f64>(&a.b, &NetworkImport::default()).map_err(e)?;
+    if !same_architecture(&ma, &mb) || ma.arch.mlp != mb.arch.mlp {
         return Err(format!(
             "{} and {} have different architectures or settings",
             a.a.display(),
@@ -792,6 +804,8 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
     }
     let (bundle, x, y) = splits(&a.data, &ma, None)?;
     let (ta, tb) = (ma.param_vector(), mb.param_vector());
+    let bn_mode = bn_mode_of(a.bn_mode, a.bn_batch_size);
+    let geo = GeoModel::new(ma, bn_mode).map_err(e)?;
     let t0 = Instant::now();
     let cfg = BendTraining {
         epochs: a.epochs,
@@ -804,7 +818,7 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
         "bend",
     );
     let (bend, history) =
-        train_bend(&ma, a.curve, &ta, &tb, &x, &y, &cfg, || pb.inc(1)).map_err(e)?;
+        train_bend_geo(&geo, a.curve, &ta, &tb, &x, &y, &cfg, || pb.inc(1)).map_err(e)?;
     pb.finish_and_clear();
     let train_s = t0.elapsed().as_secs_f64();
     let ts: Vec<f64> = (0..a.points)
@@ -826,7 +840,9 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
     let mut err_series = Vec::new();
     let mut summary = serde_json::Map::new();
     for (name, xs, ys) in &sets {
-        let ev = PlaneEvaluator::new(&ma, vec![d1.clone(), d2.clone()], xs, ys).map_err(e)?;
+        let ev = geo
+            .evaluator(vec![d1.clone(), d2.clone()], xs, ys)
+            .map_err(e)?;
         for kind in [CurveKind::Linear, a.curve] {
             let pts: Vec<Vec<f64>> = ts.iter().map(|&t| coords(kind, t)).collect();
             let r = ev.eval_many(&pts, || {}).map_err(e)?;
@@ -872,21 +888,12 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
         let mut vals = Vec::new();
         let mut res = Vec::new();
         for &t in &te {
-            let mut m = ma.clone();
+            let mut m = geo.net.clone();
             m.set_param_vector(&curve_point(kind, &ta, &bend, &tb, t))
                 .map_err(e)?;
-            let op = HessianOperator::new(&m, &xe, ye, Part::Full).map_err(e)?;
-            let r = lanczos(
-                &op,
-                Which::Largest(1),
-                &LanczosOptions {
-                    max_iter: m.num_params().min(300),
-                    tol: 1e-8,
-                    seed: a.seed,
-                    ..Default::default()
-                },
-            )
-            .map_err(e)?;
+            let r = GeoModel::new(m, bn_mode)
+                .and_then(|g| g.top_eigenpairs(&xe, ye, 1, a.seed))
+                .map_err(e)?;
             vals.push(r.values[0]);
             res.push(r.residuals[0]);
             pb.inc(1);
@@ -944,7 +951,9 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
         let gy: Vec<f64> = (0..n)
             .map(|i| ymin - my + (ymax - ymin + 2.0 * my) * i as f64 / (n - 1) as f64)
             .collect();
-        let ev = PlaneEvaluator::new(&ma, vec![u.clone(), v.clone()], &x, &y).map_err(e)?;
+        let ev = geo
+            .evaluator(vec![u.clone(), v.clone()], &x, &y)
+            .map_err(e)?;
         let grid_pts: Vec<Vec<f64>> = gy
             .iter()
             .flat_map(|&b| gx.iter().map(move |&a| vec![a, b]))
@@ -983,14 +992,14 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
         std::fs::write(p, &csv).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     }
     if let Some(out) = &a.out {
-        let mut m = ma.clone();
+        let mut m = geo.net.clone();
         m.set_param_vector(&bend).map_err(e)?;
         let mut meta = BTreeMap::new();
         meta.insert(
             "curve_bend_of".to_string(),
             format!("{} -> {}", a.a.display(), a.b.display()),
         );
-        save_mlp(&m, out, &meta).map_err(e)?;
+        save_network(&m, out, &meta).map_err(e)?;
     }
     let results = json!({
         "curve": a.curve, "bend_training": {"config": cfg, "epoch_mean_batch_loss": history, "seconds": train_s},
@@ -1002,7 +1011,7 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
         command_line,
         Some(a.seed),
         Some(bundle.summary_json()),
-        json!({"a": a.a.display().to_string(), "b": a.b.display().to_string(), "curve": a.curve, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size}),
+        json!({"a": a.a.display().to_string(), "b": a.b.display().to_string(), "model": super::model_json(&geo.net), "bn_mode": bn_mode, "curve": a.curve, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size}),
     );
     write_results(a.json.as_deref(), "connect", results, &prov)
 }

@@ -180,15 +180,18 @@ fn select_samples(
     ))
 }
 
+/// The BatchNorm mode of the command line.
+pub fn bn_mode_of(arg: BnModeArg, batch: usize) -> BnMode {
+    match arg {
+        BnModeArg::Eval => BnMode::Eval,
+        BnModeArg::Train => BnMode::Train { batch },
+    }
+}
+
 pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     let bundle = a.data.load()?;
     let net: Network<f64> = a.model.load_network(&bundle)?;
-    let bn_mode = match a.bn_mode {
-        BnModeArg::Eval => BnMode::Eval,
-        BnModeArg::Train => BnMode::Train {
-            batch: a.bn_batch_size,
-        },
-    };
+    let bn_mode = bn_mode_of(a.bn_mode, a.bn_batch_size);
     // The analytic MLP Hessian is the fast path; every other network goes through the tape.
     let analytic: Option<Mlp<f64>> = if bn_mode == BnMode::Eval {
         net.analytic_mlp()
