@@ -605,6 +605,23 @@ fn per_block_curvature_and_batch_gradients_match_dense_references() {
             "{bm:?}: block top {} vs {dense_top}",
             res.values[0]
         );
+        // Block traces from shared Hutchinson probes against the FD Hessian's diagonal.
+        let mut ranges = Vec::new();
+        let mut off = 0;
+        for m in &net.params {
+            ranges.push(off..off + m.len());
+            off += m.len();
+        }
+        let est = landscape::linalg::block_hutchinson(&obj, &ranges, 400, 9).unwrap();
+        for (r, e) in ranges.iter().zip(&est) {
+            let exact: f64 = r.clone().map(|i| h.get(i, i)).sum();
+            assert!(
+                (e.estimate - exact).abs() <= 4.0 * e.std_error + 1e-6,
+                "{bm:?}: block {r:?} trace {} +- {} vs {exact}",
+                e.estimate,
+                e.std_error
+            );
+        }
         // Batch-gradient norms: batches of 4 against direct gradients.
         let norms = obj.batch_gradient_norms(4).unwrap();
         assert_eq!(norms.len(), 2);

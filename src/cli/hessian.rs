@@ -562,20 +562,26 @@ fn dense_by_columns(obj: &NetObjective, budget: usize) -> landscape::Result<Matr
 }
 
 /// Per parameter tensor: top eigenvalue of its diagonal block (Lanczos, with
-/// the true residual) and the block's trace (exact from unit vectors up to 64
-/// entries, else Hutchinson with a 95% interval).
+/// the true residual; tolerance `max(--tol, 1e-6)`, at most `--max-iter` or 40
+/// products per block) and the block's trace (exact from unit vectors up to 16
+/// entries, else Hutchinson with a 95% interval, the probes shared by all blocks).
 fn per_layer(
     obj: &NetObjective,
     net: &Network<f64>,
     a: &HessianArgs,
 ) -> landscape::Result<Vec<serde_json::Value>> {
-    let mut out = Vec::new();
-    let mut off = 0;
     let named = net.named_params();
-    let pb = progress(named.len() as u64, "per-layer blocks");
-    for (name, m) in named {
-        let range = off..off + m.len();
+    let mut ranges = Vec::with_capacity(named.len());
+    let mut off = 0;
+    for (_, m) in &named {
+        ranges.push(off..off + m.len());
         off += m.len();
+    }
+    let pb = progress(named.len() as u64 + 1, "per-layer blocks");
+    let shared = linalg::block_hutchinson(obj, &ranges, a.probes.max(2), a.seed)?;
+    pb.inc(1);
+    let mut out = Vec::new();
+    for (((name, _), range), est) in named.iter().zip(&ranges).zip(shared) {
         let op = BlockOp {
             obj,
             range: range.clone(),
@@ -585,18 +591,17 @@ fn per_layer(
             &op,
             Which::Largest(1),
             &LanczosOptions {
-                max_iter: a.max_iter.unwrap_or(dim.min(100)).min(dim),
-                tol: a.tol.max(1e-8),
+                max_iter: a.max_iter.unwrap_or(40).min(dim).max(1),
+                tol: a.tol.max(1e-6),
                 seed: a.seed,
                 ..Default::default()
             },
         )?;
-        let trace = if dim <= 64 {
+        let trace = if dim <= 16 {
             let t = linalg::exact_trace(&op);
             json!({"value": t, "method": "exact (unit vectors)", "interval": [t, t]})
         } else {
-            let h = linalg::hutchinson(&op, a.probes.max(2), a.seed)?;
-            json!({"value": h.estimate, "method": h.method, "interval": [h.ci95.0, h.ci95.1], "std_error": h.std_error, "matvecs": h.matvecs})
+            json!({"value": est.estimate, "method": est.method, "interval": [est.ci95.0, est.ci95.1], "std_error": est.std_error, "matvecs": est.matvecs})
         };
         eprintln!(
             "{name}: top eigenvalue {:.6e} (residual {:.1e}), trace {}",
