@@ -1,23 +1,44 @@
 //! Loss-landscape geometry: directions, 1-D/2-D evaluations, curvature maps and
-//! mode-connecting curves (Li et al. 2018; Garipov et al. 2018).
+//! mode-connecting curves (Li et al. 2018; Garipov et al. 2018), for every
+//! architecture.
 //!
-//! Parameter vectors are in the engine's order `[vec(W0), b0, vec(W1), b1, ...]`.
+//! * This module: the primitives (normalisation of MLP directions, the MLP plane
+//!   evaluator, grids, PCA of a trajectory, curves, curvature of an MLP, the plane
+//!   through three points).
+//! * [`network`]: the same for any [`crate::nn::Network`] — [`GeoModel`] is the one
+//!   place the analytic MLP fast path is chosen; other networks run on the tape in a
+//!   stated BatchNorm mode, with BatchNorm statistics stored, interpolated or
+//!   recomputed at every point.
+//! * [`run`]: the experiments behind `landscape line`, `surface` and `connect` as
+//!   library functions with typed configurations ([`LineConfig`], [`SurfaceConfig`],
+//!   [`ConnectConfig`], [`DirectionSpec`]) returning result structs; the CLI only
+//!   parses arguments and writes files.
+//!
+//! Parameter vectors are in the engine's order: the trainable tensors in state-dict
+//! order, each flattened row-major (an MLP's `[vec(W0), b0, vec(W1), b1, ...]`).
 //! A point of a plane is `theta(c) = theta0 + sum_j c_j d_j`.
 //!
 //! * **Filter normalisation** (Li et al.): every row `a` of every weight matrix of a
 //!   direction is rescaled to the norm of the same row of the model,
-//!   `d_W(p)[a, :] <- d_W(p)[a, :] ||W(p)[a, :]|| / ||d_W(p)[a, :]||`; bias entries are
-//!   set to zero ("ignored") unless kept, when each bias vector is rescaled to the norm
-//!   of the model's. **Layer normalisation** rescales each layer's weight block to the
-//!   Frobenius norm of the model's; **none** leaves the direction as drawn.
-//! * Evaluations precompute the first layer's products `X W0^T` and `X D_j^T` once, so a
-//!   grid point costs only the later layers (the first layer dominates for image inputs).
+//!   `d_W(p)[a, :] <- d_W(p)[a, :] ||W(p)[a, :]|| / ||d_W(p)[a, :]||`. A convolution's
+//!   weight is the `out x (in k k)` matrix, so a row is one output filter; a linear
+//!   layer's row is one output unit. Bias and BatchNorm entries are set to zero
+//!   ("ignored") unless kept, when each such vector is rescaled to the norm of the
+//!   model's. **Layer normalisation** rescales each weight tensor to the Frobenius
+//!   norm of the model's; **none** leaves the direction as drawn.
+//! * MLP evaluations precompute the first layer's products `X W0^T` and `X D_j^T` once,
+//!   so a grid point costs only the later layers (the first layer dominates for image
+//!   inputs).
+
+pub mod network;
+pub mod run;
+
+pub use network::*;
+pub use run::*;
 
 use crate::error::{Error, Result};
-use crate::hessian::network::{BnMode, NetObjective};
 use crate::hessian::structure::ParamLayout;
-use crate::nn::arch::ParamRole;
-use crate::nn::{Mlp, Network};
+use crate::nn::Mlp;
 use crate::rng::Rng;
 use crate::tensor::{gemm, Matrix};
 use rayon::prelude::*;
@@ -32,7 +53,7 @@ pub enum Normalization {
     None,
 }
 
-fn norm(v: &[f64]) -> f64 {
+pub(crate) fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
@@ -246,12 +267,13 @@ impl<'a> PlaneEvaluator<'a> {
     }
 }
 
-/// `lo:hi:n`: `n >= 1` evenly spaced values from `lo` to `hi` (`lo < hi` when `n > 1`).
+/// `lo:hi:n`: `n` evenly spaced values from `lo` to `hi`, `lo < hi` and `n >= 2`, or the
+/// single value `lo:lo:1` (e.g. curvature at the model only).
 pub fn parse_range(s: &str) -> Result<Vec<f64>> {
     let parts: Vec<&str> = s.split(':').collect();
     let bad = || {
         Error::InvalidArgument(format!(
-            "range '{s}' must be LO:HI:N with LO < HI and N >= 2 (e.g. -1:1:51)"
+            "range '{s}' must be LO:HI:N with LO < HI and N >= 2 (e.g. -1:1:51), or X:X:1"
         ))
     };
     if parts.len() != 3 {
@@ -260,7 +282,13 @@ pub fn parse_range(s: &str) -> Result<Vec<f64>> {
     let lo: f64 = parts[0].trim().parse().map_err(|_| bad())?;
     let hi: f64 = parts[1].trim().parse().map_err(|_| bad())?;
     let n: usize = parts[2].trim().parse().map_err(|_| bad())?;
-    if !(lo.is_finite() && hi.is_finite()) || n < 2 || lo >= hi || n > 100_000 {
+    if !(lo.is_finite() && hi.is_finite()) || n > 100_000 {
+        return Err(bad());
+    }
+    if n == 1 && lo == hi {
+        return Ok(vec![lo]);
+    }
+    if n < 2 || lo >= hi {
         return Err(bad());
     }
     Ok((0..n)
@@ -430,83 +458,11 @@ pub fn train_bend(
     cfg: &BendTraining,
     on_step: impl FnMut(),
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    let geo = GeoModel::new(Network::from_mlp(model), BnMode::Eval)?;
+    let geo = GeoModel::new(
+        crate::nn::Network::from_mlp(model),
+        crate::hessian::network::BnMode::Eval,
+    )?;
     train_bend_geo(&geo, kind, a, b, x, labels, cfg, on_step)
-}
-
-/// [`train_bend`] for any network (the gradient in the model's BN mode; in
-/// train mode each minibatch is one BN batch).
-#[allow(clippy::too_many_arguments)]
-pub fn train_bend_geo(
-    geo: &GeoModel,
-    kind: CurveKind,
-    a: &[f64],
-    b: &[f64],
-    x: &Matrix<f64>,
-    labels: &[usize],
-    cfg: &BendTraining,
-    mut on_step: impl FnMut(),
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    if kind == CurveKind::Linear {
-        return Err(Error::InvalidArgument(
-            "a linear path has no bend to train".into(),
-        ));
-    }
-    if cfg.epochs == 0 || cfg.batch_size == 0 || !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::InvalidArgument(
-            "bend training needs epochs >= 1, batch size >= 1 and a positive learning rate".into(),
-        ));
-    }
-    let p = a.len();
-    if b.len() != p || geo.num_params() != p {
-        return Err(Error::Shape(
-            "the two ends are different architectures".into(),
-        ));
-    }
-    let mut bend: Vec<f64> = a.iter().zip(b).map(|(x, y)| 0.5 * (x + y)).collect();
-    let (mut m1, mut m2) = (vec![0.0; p], vec![0.0; p]);
-    let (beta1, beta2, eps) = (0.9f64, 0.999f64, 1e-8);
-    let mut step = 0;
-    let mut rng_t = Rng::derived(cfg.seed, 7);
-    let mut history = Vec::new();
-    let min_batch = if geo.bn_mode == BnMode::Eval { 1 } else { 2 };
-    for epoch in 0..cfg.epochs {
-        let order = Rng::derived(cfg.seed, epoch as u64).permutation(x.rows());
-        let mut sum = 0.0;
-        let mut batches = 0;
-        for chunk in order.chunks(cfg.batch_size) {
-            if chunk.len() < min_batch {
-                continue;
-            }
-            let t = rng_t.uniform();
-            let (_, wm, _) = curve_weights(kind, t);
-            let theta = curve_point(kind, a, &bend, b, t);
-            let xb = x.select_rows(chunk);
-            let yb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
-            let (loss, grads) = geo.batch_loss_and_grad(&theta, &xb, &yb)?;
-            if !loss.is_finite() {
-                return Err(Error::NonFinite {
-                    what: "curve loss".into(),
-                    epoch,
-                    step,
-                });
-            }
-            step += 1;
-            let bc1 = 1.0 - beta1.powi(step as i32);
-            let bc2 = 1.0 - beta2.powi(step as i32);
-            for (j, g) in grads.iter().enumerate() {
-                let gb = wm * g;
-                m1[j] = beta1 * m1[j] + (1.0 - beta1) * gb;
-                m2[j] = beta2 * m2[j] + (1.0 - beta2) * gb * gb;
-                bend[j] -= cfg.lr * (m1[j] / bc1) / ((m2[j] / bc2).sqrt() + eps);
-            }
-            sum += loss;
-            batches += 1;
-            on_step();
-        }
-        history.push(sum / batches as f64);
-    }
-    Ok((bend, history))
 }
 
 /// Exact curvature of the mean loss at one point.
@@ -611,340 +567,4 @@ pub fn plane_basis(
         v.iter_mut().for_each(|x| *x /= nv);
     }
     Ok((u, v, [(0.0, 0.0), (nab, 0.0), (along, nv)]))
-}
-
-// ------------------------------------------------------------------ any network
-
-/// Rescales a direction of any network (see the module docs): per output filter
-/// (a row of a convolution's `out x (in k k)` weight, or of a linear weight) for
-/// `Filter`, per weight tensor for `Layer`. Biases and BatchNorm parameters are
-/// zeroed (Li et al.) unless `keep_bias`, then rescaled to their tensor's norm.
-pub fn normalize_network_direction(
-    net: &Network<f64>,
-    d: &mut [f64],
-    norm_kind: Normalization,
-    keep_bias: bool,
-) -> Result<()> {
-    if d.len() != net.num_params() {
-        return Err(Error::Shape(format!(
-            "direction of length {} for a model with {} parameters",
-            d.len(),
-            net.num_params()
-        )));
-    }
-    let lay = net.layout();
-    let mut off = 0;
-    for (i, w) in net.params.iter().enumerate() {
-        let block = &mut d[off..off + w.len()];
-        off += w.len();
-        match lay.param_roles[i] {
-            ParamRole::LinearWeight | ParamRole::ConvWeight => match norm_kind {
-                Normalization::Filter => {
-                    let cols = w.cols();
-                    for (a, row) in block.chunks_mut(cols).enumerate() {
-                        let cur = norm(row);
-                        let s = if cur > 0.0 { norm(w.row(a)) / cur } else { 0.0 };
-                        row.iter_mut().for_each(|v| *v *= s);
-                    }
-                }
-                Normalization::Layer => {
-                    let cur = norm(block);
-                    let s = if cur > 0.0 {
-                        w.frobenius_norm() / cur
-                    } else {
-                        0.0
-                    };
-                    block.iter_mut().for_each(|v| *v *= s);
-                }
-                Normalization::None => {}
-            },
-            ParamRole::Bias | ParamRole::BnWeight | ParamRole::BnBias => {
-                if !keep_bias {
-                    block.iter_mut().for_each(|v| *v = 0.0);
-                } else if norm_kind != Normalization::None {
-                    let cur = norm(block);
-                    let s = if cur > 0.0 {
-                        w.frobenius_norm() / cur
-                    } else {
-                        0.0
-                    };
-                    block.iter_mut().for_each(|v| *v *= s);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The model of a geometry experiment: any network, with the analytic MLP fast
-/// path chosen here, in one place (an MLP without BatchNorm measured in eval mode).
-pub struct GeoModel {
-    pub net: Network<f64>,
-    pub mlp: Option<Mlp<f64>>,
-    pub bn_mode: BnMode,
-}
-
-impl GeoModel {
-    pub fn new(net: Network<f64>, bn_mode: BnMode) -> Result<Self> {
-        if matches!(bn_mode, BnMode::Train { .. }) && !net.arch.has_batchnorm() {
-            return Err(Error::InvalidArgument(
-                "--bn-mode train applies to networks with BatchNorm only".into(),
-            ));
-        }
-        let mlp = if bn_mode == BnMode::Eval {
-            net.analytic_mlp()
-        } else {
-            None
-        };
-        Ok(Self { net, mlp, bn_mode })
-    }
-
-    pub fn num_params(&self) -> usize {
-        self.net.num_params()
-    }
-
-    pub fn theta0(&self) -> Vec<f64> {
-        self.net.param_vector()
-    }
-
-    /// A seeded Gaussian direction, normalised (the MLP path draws and scales
-    /// exactly as [`random_direction`]).
-    pub fn random_direction(
-        &self,
-        norm_kind: Normalization,
-        keep_bias: bool,
-        seed: u64,
-    ) -> Result<Vec<f64>> {
-        if let Some(m) = &self.mlp {
-            return random_direction(m, norm_kind, keep_bias, seed);
-        }
-        let mut rng = Rng::new(seed);
-        let mut d: Vec<f64> = (0..self.num_params()).map(|_| rng.normal()).collect();
-        normalize_network_direction(&self.net, &mut d, norm_kind, keep_bias)?;
-        Ok(d)
-    }
-
-    /// The gradient of the mean loss over `(x, labels)` in the model's BN mode.
-    pub fn gradient(&self, x: &Matrix<f64>, labels: &[usize]) -> Result<Vec<f64>> {
-        if let Some(m) = &self.mlp {
-            let (_, g) = crate::nn::backprop::loss_and_grad_analytic(m, x, labels)?;
-            return Ok(g.iter().flat_map(|t| t.as_slice().to_vec()).collect());
-        }
-        Ok(NetObjective::new(&self.net, x, labels, self.bn_mode)?
-            .loss_and_grad()
-            .1)
-    }
-
-    /// The `k` largest Hessian eigenpairs (Lanczos, exact HVPs).
-    pub fn top_eigenpairs(
-        &self,
-        x: &Matrix<f64>,
-        labels: &[usize],
-        k: usize,
-        seed: u64,
-    ) -> Result<crate::linalg::LanczosResult> {
-        let p = self.num_params();
-        let opts = crate::linalg::LanczosOptions {
-            max_iter: p.min(400),
-            tol: 1e-8,
-            seed,
-            ..Default::default()
-        };
-        let which = crate::linalg::Which::Largest(k);
-        match &self.mlp {
-            Some(m) => {
-                let op =
-                    crate::hessian::HessianOperator::new(m, x, labels, crate::hessian::Part::Full)?;
-                crate::linalg::lanczos(&op, which, &opts)
-            }
-            None => {
-                let obj = NetObjective::new(&self.net, x, labels, self.bn_mode)?;
-                crate::linalg::lanczos(&obj, which, &opts)
-            }
-        }
-    }
-
-    /// An evaluator of `(loss, error)` at `theta0 + sum_j c_j d_j` over `(x, labels)`.
-    pub fn evaluator<'a>(
-        &'a self,
-        dirs: Vec<Vec<f64>>,
-        x: &'a Matrix<f64>,
-        labels: &'a [usize],
-    ) -> Result<Evaluator<'a>> {
-        match &self.mlp {
-            Some(m) => Ok(Evaluator::Mlp(PlaneEvaluator::new(m, dirs, x, labels)?)),
-            None => {
-                // Validates the data and the BN batches once.
-                NetObjective::new(&self.net, x, labels, self.bn_mode)?;
-                for d in &dirs {
-                    if d.len() != self.num_params() || !d.iter().all(|v| v.is_finite()) {
-                        return Err(Error::InvalidArgument(
-                            "a direction has the wrong length or a non-finite entry".into(),
-                        ));
-                    }
-                }
-                Ok(Evaluator::Net {
-                    geo: self,
-                    theta0: self.theta0(),
-                    dirs,
-                    x,
-                    labels,
-                })
-            }
-        }
-    }
-
-    /// Extreme eigenvalues and trace at `theta` (see [`curvature_at`]); other
-    /// networks: Lanczos at both ends and a Hutch++ trace with its interval.
-    #[allow(clippy::too_many_arguments)]
-    pub fn curvature_at(
-        &self,
-        theta: &[f64],
-        x: &Matrix<f64>,
-        labels: &[usize],
-        dense_limit: usize,
-        tol: f64,
-        probes: usize,
-        seed: u64,
-    ) -> Result<CurvaturePoint> {
-        if let Some(m) = &self.mlp {
-            let mut mm = m.clone();
-            mm.set_param_vector(theta)?;
-            return curvature_at(&mm, x, labels, dense_limit, tol, probes, seed);
-        }
-        let mut net = self.net.clone();
-        net.set_param_vector(theta)?;
-        let obj = NetObjective::new(&net, x, labels, self.bn_mode)?;
-        let p = obj.dim();
-        let r = crate::linalg::lanczos(
-            &obj,
-            crate::linalg::Which::BothEnds {
-                largest: 1,
-                smallest: 1,
-            },
-            &crate::linalg::LanczosOptions {
-                max_iter: p.min(300),
-                tol,
-                seed,
-                check_every: 5,
-            },
-        )?;
-        let (hi, lo) = (r.values[0], r.values[1]);
-        let t = crate::linalg::hutch_pp(&obj, probes.max(3), seed)?;
-        Ok(CurvaturePoint {
-            lambda_max: hi,
-            lambda_min: lo,
-            ratio: (lo / hi).abs(),
-            trace: t.estimate,
-            trace_ci: Some(t.ci95),
-            residual_max: r.residuals[0],
-            residual_min: r.residuals[1],
-            method: "lanczos (tape HVPs)".into(),
-        })
-    }
-
-    /// Mean loss and flat gradient on a batch at `theta` (for curve training).
-    pub fn batch_loss_and_grad(
-        &self,
-        theta: &[f64],
-        x: &Matrix<f64>,
-        labels: &[usize],
-    ) -> Result<(f64, Vec<f64>)> {
-        if let Some(m) = &self.mlp {
-            let mut mm = m.clone();
-            mm.set_param_vector(theta)?;
-            let (l, g) = crate::nn::backprop::loss_and_grad_analytic(&mm, x, labels)?;
-            return Ok((l, g.iter().flat_map(|t| t.as_slice().to_vec()).collect()));
-        }
-        let mut net = self.net.clone();
-        net.set_param_vector(theta)?;
-        // A training batch is one BN batch in train mode.
-        let mode = match self.bn_mode {
-            BnMode::Eval => BnMode::Eval,
-            BnMode::Train { .. } => BnMode::Train {
-                batch: labels.len(),
-            },
-        };
-        Ok(NetObjective::new(&net, x, labels, mode)?.loss_and_grad())
-    }
-}
-
-/// `(loss, error)` over a fixed dataset along a plane.
-pub enum Evaluator<'a> {
-    Mlp(PlaneEvaluator<'a>),
-    Net {
-        geo: &'a GeoModel,
-        theta0: Vec<f64>,
-        dirs: Vec<Vec<f64>>,
-        x: &'a Matrix<f64>,
-        labels: &'a [usize],
-    },
-}
-
-impl Evaluator<'_> {
-    /// `(mean loss, error rate)` at coordinates `c`. Networks in train BN mode
-    /// average the loss over the fixed BN batches and count errors of the
-    /// train-mode logits; in eval mode BatchNorm uses the stored running statistics.
-    pub fn eval(&self, c: &[f64]) -> Result<(f64, f64)> {
-        match self {
-            Evaluator::Mlp(e) => e.eval(c),
-            Evaluator::Net {
-                geo,
-                theta0,
-                dirs,
-                x,
-                labels,
-            } => {
-                if c.len() != dirs.len() || !c.iter().all(|v| v.is_finite()) {
-                    return Err(Error::InvalidArgument(format!(
-                        "{} finite coordinates needed, got {c:?}",
-                        dirs.len()
-                    )));
-                }
-                let mut net = geo.net.clone();
-                net.set_param_vector(&point(theta0, dirs, c))?;
-                match geo.bn_mode {
-                    BnMode::Eval => crate::train::evaluate_network(&net, x, labels),
-                    BnMode::Train { batch } => {
-                        let obj = NetObjective::new(&net, x, labels, geo.bn_mode)?;
-                        let loss = obj.loss_at(&net.params);
-                        let mut wrong = 0usize;
-                        for r in crate::tensor::sample_blocks(labels.len(), batch) {
-                            let xb = x.rows_view(r.start, r.end).to_owned();
-                            let tape = crate::autodiff::Tape::new();
-                            let p: Vec<_> = net
-                                .params
-                                .iter()
-                                .map(|m| tape.constant(m.clone()))
-                                .collect();
-                            let z = net.forward_tape(&p, &xb, crate::nn::Mode::Train).logits;
-                            let e = crate::nn::loss::error_rate(&z.value(), &labels[r.clone()]);
-                            wrong += (e * r.len() as f64).round() as usize;
-                        }
-                        Ok((loss, wrong as f64 / labels.len() as f64))
-                    }
-                }
-            }
-        }
-    }
-
-    /// [`Evaluator::eval`] at many points (MLPs in parallel over points,
-    /// networks in parallel inside each evaluation); results in order.
-    pub fn eval_many(
-        &self,
-        points: &[Vec<f64>],
-        tick: impl Fn() + Sync,
-    ) -> Result<Vec<(f64, f64)>> {
-        match self {
-            Evaluator::Mlp(e) => e.eval_many(points, tick),
-            Evaluator::Net { .. } => points
-                .iter()
-                .map(|c| {
-                    let r = self.eval(c);
-                    tick();
-                    r
-                })
-                .collect(),
-        }
-    }
 }
