@@ -625,3 +625,612 @@ fn pca_surface_projects_the_trajectory() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(d.join("r_train_loss.svg").exists());
 }
+
+// ------------------------------------------------------------------ any architecture
+
+use landscape::data::{DataBundle, DataOptions, Subset};
+use landscape::experiments::geometry::{
+    normalize_network_direction, random_network_direction, recompute_bn_stats, run_line, BnStats,
+    DirectionSpec, LineConfig, NoProgress,
+};
+use landscape::hessian::network::{BnMode, NetObjective};
+use landscape::io::network_file::{load_network, save_network};
+use landscape::nn::arch::{Architecture, LayerSpec, ParamRole, TensorKind};
+use landscape::nn::{Mode, Network};
+use landscape::train::evaluate_network;
+
+/// A small ConvNet on 1 x 8 x 8 images (digits) with every kind of tensor a direction
+/// can have: conv weights with and without bias, affine BatchNorm, a linear layer with
+/// bias. Deterministic non-trivial values (BN gammas and betas away from 1 and 0).
+fn small_convnet(seed: u64) -> Network<f64> {
+    let bn = |name: &str| LayerSpec::Batchnorm {
+        name: name.into(),
+        affine: true,
+        eps: 1e-5,
+        momentum: 0.1,
+    };
+    let arch = Architecture {
+        name: "custom".into(),
+        input_shape: [1, 8, 8],
+        classes: 10,
+        loss: LossKind::CrossEntropy,
+        leaky_slope: 0.01,
+        layers: vec![
+            LayerSpec::Conv2d {
+                name: "conv1".into(),
+                out: 4,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                bias: true,
+            },
+            bn("bn1"),
+            LayerSpec::Activation {
+                act: Activation::Relu,
+            },
+            LayerSpec::MaxPool2d {
+                kernel: 2,
+                stride: None,
+                padding: 0,
+                ceil_mode: false,
+            },
+            LayerSpec::Conv2d {
+                name: "conv2".into(),
+                out: 3,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                bias: false,
+            },
+            bn("bn2"),
+            LayerSpec::Activation {
+                act: Activation::Relu,
+            },
+            LayerSpec::GlobalAvgPool,
+            LayerSpec::Linear {
+                name: "fc".into(),
+                out: 10,
+                bias: true,
+            },
+        ],
+        mlp: None,
+    };
+    let mut net = Network::init(arch, Init::Torch, 1.0, seed).unwrap();
+    net.fill_deterministic();
+    // Perturb the deterministic fill by the seed so that two seeds differ.
+    let mut rng = Rng::new(seed);
+    let theta: Vec<f64> = net
+        .param_vector()
+        .iter()
+        .map(|v| v * (1.0 + 0.2 * rng.normal()))
+        .collect();
+    net.set_param_vector(&theta).unwrap();
+    net
+}
+
+fn digits(train: usize, test_split: f64) -> DataBundle {
+    landscape::data::load(
+        "digits",
+        &DataOptions {
+            train_subset: Subset::First(train),
+            test_split,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-300)
+}
+
+#[test]
+fn filter_normalisation_of_a_conv_direction() {
+    let net = small_convnet(1);
+    let lay = net.layout();
+    // A convolution's matrix form is out x (in k k): one row per output filter, i.e.
+    // the PyTorch (out, in, k, k) tensor with each filter flattened.
+    for t in &lay.tensors {
+        if let TensorKind::Param(i) = t.kind {
+            let (r, c) = lay.param_shapes[i];
+            assert_eq!(r * c, t.shape.iter().product::<usize>(), "{}", t.name);
+            if lay.param_roles[i] == ParamRole::ConvWeight {
+                assert_eq!((r, c), (t.shape[0], t.shape[1..].iter().product()));
+            }
+        }
+    }
+    let roles = lay.param_roles.clone();
+    assert!(roles.contains(&ParamRole::ConvWeight) && roles.contains(&ParamRole::BnWeight));
+    for (norm_kind, keep_bias, seed) in [
+        (Normalization::Filter, false, 3),
+        (Normalization::Filter, true, 4),
+        (Normalization::Layer, false, 5),
+    ] {
+        let d = random_network_direction(&net, norm_kind, keep_bias, seed).unwrap();
+        let mut off = 0;
+        for (w, role) in net.params.iter().zip(&roles) {
+            let block = &d[off..off + w.len()];
+            off += w.len();
+            match role {
+                ParamRole::ConvWeight | ParamRole::LinearWeight => {
+                    if norm_kind == Normalization::Filter {
+                        for (a, row) in block.chunks(w.cols()).enumerate() {
+                            let want = row_norm(w.row(a));
+                            assert!(rel(row_norm(row), want) <= 1e-12, "{role:?} filter {a}");
+                        }
+                    } else {
+                        assert!(rel(row_norm(block), w.frobenius_norm()) <= 1e-12);
+                    }
+                }
+                ParamRole::Bias | ParamRole::BnWeight | ParamRole::BnBias => {
+                    if keep_bias {
+                        assert!(rel(row_norm(block), row_norm(w.as_slice())) <= 1e-12);
+                    } else {
+                        assert!(block.iter().all(|&v| v == 0.0), "{role:?} must be zero");
+                    }
+                }
+            }
+        }
+        assert_eq!(off, d.len());
+    }
+    // An MLP gets exactly the directions of the MLP code.
+    let m = model(
+        &[7, 5, 3],
+        Activation::Relu,
+        true,
+        LossKind::CrossEntropy,
+        2,
+    );
+    let as_net = Network::from_mlp(&m);
+    for (nk, kb) in [
+        (Normalization::Filter, false),
+        (Normalization::Filter, true),
+        (Normalization::Layer, true),
+        (Normalization::None, false),
+    ] {
+        assert_eq!(
+            random_direction(&m, nk, kb, 9).unwrap(),
+            random_network_direction(&as_net, nk, kb, 9).unwrap()
+        );
+    }
+    let mut short = vec![1.0; 3];
+    assert!(normalize_network_direction(&net, &mut short, Normalization::Filter, false).is_err());
+}
+
+/// Recomputed BatchNorm statistics are PyTorch's cumulative average over batches: one
+/// batch gives exactly what a training-mode pass with momentum 1 stores (an independent
+/// code path, `update_running_stats`), and several batches give the mean of the
+/// single-batch results.
+#[test]
+fn recomputed_bn_statistics_average_the_batches() {
+    let data = digits(50, 0.0);
+    let x = &data.train.x;
+    let mut net = small_convnet(2);
+    let mut one = net.clone();
+    assert_eq!(recompute_bn_stats(&mut one, x, 50).unwrap(), 1);
+    let mut reference = net.clone();
+    fn momentum_one(ls: &mut [LayerSpec]) {
+        for l in ls {
+            if let LayerSpec::Batchnorm { momentum, .. } = l {
+                *momentum = 1.0;
+            }
+        }
+    }
+    momentum_one(&mut reference.arch.layers);
+    let tape = landscape::autodiff::Tape::new();
+    let p = reference.params_on_tape(&tape);
+    let stats = reference.forward_tape(&p, x, Mode::Train).batch_stats;
+    reference.update_running_stats(&stats);
+    for (a, b) in one.bn.iter().zip(&reference.bn) {
+        for (u, v) in [
+            (&a.running_mean, &b.running_mean),
+            (&a.running_var, &b.running_var),
+        ] {
+            for (s, t) in u.as_slice().iter().zip(v.as_slice()) {
+                assert!((s - t).abs() <= 1e-13 * t.abs().max(1.0), "{s} vs {t}");
+            }
+        }
+    }
+    // Batches of 20: 20 + 20 + 10.
+    assert_eq!(recompute_bn_stats(&mut net, x, 20).unwrap(), 3);
+    let parts: Vec<Network<f64>> = [(0, 20), (20, 40), (40, 50)]
+        .iter()
+        .map(|&(s, e)| {
+            let mut n = small_convnet(2);
+            recompute_bn_stats(&mut n, &x.rows_view(s, e).to_owned(), 100).unwrap();
+            n
+        })
+        .collect();
+    for (l, b) in net.bn.iter().enumerate() {
+        assert_eq!(b.num_batches_tracked, 3);
+        for c in 0..b.running_mean.cols() {
+            let m: f64 = parts
+                .iter()
+                .map(|n| n.bn[l].running_mean.get(0, c))
+                .sum::<f64>()
+                / 3.0;
+            let v: f64 = parts
+                .iter()
+                .map(|n| n.bn[l].running_var.get(0, c))
+                .sum::<f64>()
+                / 3.0;
+            assert!((b.running_mean.get(0, c) - m).abs() <= 1e-13 * m.abs().max(1.0));
+            assert!(rel(b.running_var.get(0, c), v) <= 1e-13);
+        }
+    }
+}
+
+/// `line` from a ConvNet to the same net moved along a direction (with other
+/// BatchNorm statistics), against direct evaluation of the points in every mode.
+#[test]
+fn convnet_line_matches_direct_evaluation() {
+    let d = TempDir::new("geometry-convnet-line");
+    let data = digits(90, 0.25);
+    let (x, y) = (&data.train.x, &data.train.y);
+    let test = data.test.as_ref().expect("a test split");
+    let a = small_convnet(3);
+    let dir = random_network_direction(&a, Normalization::Filter, true, 7).unwrap();
+    let mut b = a.clone();
+    let theta_a = a.param_vector();
+    let theta_b: Vec<f64> = theta_a.iter().zip(&dir).map(|(t, v)| t + 0.5 * v).collect();
+    b.set_param_vector(&theta_b).unwrap();
+    recompute_bn_stats(&mut b, x, 30).unwrap();
+    let path_b = d.join("b.safetensors");
+    save_network(&b, &path_b, &Default::default()).unwrap();
+    let alphas = vec![-0.5, 0.0, 0.5, 1.0, 1.5];
+    let at = |alpha: f64, s: f64| {
+        let mut n = a.clone();
+        let th: Vec<f64> = theta_a
+            .iter()
+            .zip(&theta_b)
+            .map(|(p, q)| p + alpha * (q - p))
+            .collect();
+        n.set_param_vector(&th).unwrap();
+        for (nb, (ba, bb)) in n.bn.iter_mut().zip(a.bn.iter().zip(&b.bn)) {
+            for (t, (u, v)) in nb.running_mean.as_mut_slice().iter_mut().zip(
+                ba.running_mean
+                    .as_slice()
+                    .iter()
+                    .zip(bb.running_mean.as_slice()),
+            ) {
+                *t = (1.0 - s) * u + s * v;
+            }
+            for (t, (u, v)) in nb.running_var.as_mut_slice().iter_mut().zip(
+                ba.running_var
+                    .as_slice()
+                    .iter()
+                    .zip(bb.running_var.as_slice()),
+            ) {
+                *t = (1.0 - s) * u + s * v;
+            }
+        }
+        n
+    };
+    let mut cfg = LineConfig::new(DirectionSpec::Model(path_b.clone()), alphas.clone());
+    // Eval mode, stored statistics: interpolated between the two files.
+    let r = run_line(&a, &data, &cfg, &NoProgress).unwrap();
+    assert!(r.bn.bn_statistics.contains("interpolated"));
+    for (i, &alpha) in alphas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| [0, 2, 4].contains(i))
+    {
+        let n = at(alpha, alpha.clamp(0.0, 1.0));
+        let (l, e) = evaluate_network(&n, x, y).unwrap();
+        assert!(
+            rel(r.train_loss[i], l) <= 1e-12,
+            "{alpha}: {} vs {l}",
+            r.train_loss[i]
+        );
+        assert_eq!(r.train_error[i], e);
+        let (lt, _) = evaluate_network(&n, &test.x, &test.y).unwrap();
+        assert!(rel(r.test_loss.as_ref().unwrap()[i], lt) <= 1e-12);
+    }
+    // alpha = 1 is the file B itself.
+    let (b_file, _) = load_network::<f64>(&path_b, &Default::default()).unwrap();
+    let (lb, _) = evaluate_network(&b_file, x, y).unwrap();
+    assert!(rel(r.train_loss[3], lb) <= 1e-12);
+    // Train mode: every fixed batch of 30 normalised by its own statistics.
+    cfg.bn_mode = BnMode::Train { batch: 30 };
+    let r = run_line(&a, &data, &cfg, &NoProgress).unwrap();
+    for (i, &alpha) in alphas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| [0, 3].contains(i))
+    {
+        let n = at(alpha, 0.0);
+        let want = NetObjective::new(&n, x, y, cfg.bn_mode)
+            .unwrap()
+            .loss_at(&n.params);
+        assert!(rel(r.train_loss[i], want) <= 1e-12, "{alpha}");
+    }
+    // Eval mode with statistics recomputed at every point.
+    cfg.bn_mode = BnMode::Eval;
+    cfg.bn_stats = BnStats::Recompute { batch: 40 };
+    let r = run_line(&a, &data, &cfg, &NoProgress).unwrap();
+    assert!(r.bn.bn_statistics.contains("recomputed"));
+    for (i, &alpha) in alphas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| [1, 4].contains(i))
+    {
+        let mut n = at(alpha, 0.0);
+        recompute_bn_stats(&mut n, x, 40).unwrap();
+        let (l, e) = evaluate_network(&n, x, y).unwrap();
+        assert!(rel(r.train_loss[i], l) <= 1e-12, "{alpha}");
+        assert_eq!(r.train_error[i], e);
+    }
+    // A random direction with the stored statistics of the model at every point.
+    let mut cfg = LineConfig::new(DirectionSpec::Random, vec![0.0, 0.7]);
+    cfg.seed = 11;
+    let r = run_line(&a, &data, &cfg, &NoProgress).unwrap();
+    let d = random_network_direction(&a, Normalization::Filter, false, 11).unwrap();
+    assert_eq!(r.direction_values, d);
+    let mut n = a.clone();
+    n.set_param_vector(&point(&theta_a, &[d], &[0.7])).unwrap();
+    let (l, _) = evaluate_network(&n, x, y).unwrap();
+    assert!(rel(r.train_loss[1], l) <= 1e-12);
+    assert!(r.bn.bn_statistics.contains("stored"));
+}
+
+fn read_json(p: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// `surface` and `connect` on a tiny BatchNorm ConvNet trained by `landscape train`,
+/// in both BatchNorm modes, checked against direct evaluations of the models.
+#[test]
+fn convnet_surface_and_connect_end_to_end() {
+    let d = TempDir::new("geometry-convnet-cli");
+    let bin = env!("CARGO_BIN_EXE_landscape");
+    let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr))
+    };
+    let p = |f: &str| d.join(f).display().to_string();
+    for (seed, f) in [("1", "a.safetensors"), ("2", "b.safetensors")] {
+        ok(run(&[
+            "train",
+            "--arch",
+            "convnet",
+            "--width",
+            "2",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--train-size",
+            "200",
+            "--seed",
+            seed,
+            "--out",
+            &p(f),
+        ]));
+    }
+    let data = digits(64, 0.0);
+    let (x, y) = (&data.train.x, &data.train.y);
+    let load = |f: &str| {
+        load_network::<f64>(&d.join(f), &Default::default())
+            .unwrap()
+            .0
+    };
+    let (a, b) = (load("a.safetensors"), load("b.safetensors"));
+    assert!(!a.bn.is_empty());
+    for mode in ["eval", "train"] {
+        let out = p(&format!("s-{mode}.safetensors"));
+        let js = p(&format!("s-{mode}.json"));
+        ok(run(&[
+            "surface",
+            "--model",
+            &p("a.safetensors"),
+            "--data",
+            "digits",
+            "--train-size",
+            "64",
+            "--grid=-1:1:3x-1:1:3",
+            "--bn-mode",
+            mode,
+            "--bn-batch-size",
+            "32",
+            "--out",
+            &out,
+            "--json",
+            &js,
+        ]));
+        let j = read_json(std::path::Path::new(&js));
+        assert_eq!(j["results"]["points"], 9);
+        assert_eq!(j["results"]["bn_mode"]["mode"], mode);
+        assert_eq!(j["provenance"]["config"]["bn_mode"]["mode"], mode);
+        assert!(j["results"]["bn_statistics"].as_str().unwrap().len() > 10);
+        // The centre of the grid is the model itself.
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("train_loss").unwrap();
+        assert_eq!(t.shape(), &[3, 3]);
+        let centre = f64::from_le_bytes(t.data()[4 * 8..5 * 8].try_into().unwrap());
+        let want = if mode == "eval" {
+            evaluate_network(&a, x, y).unwrap().0
+        } else {
+            NetObjective::new(&a, x, y, BnMode::Train { batch: 32 })
+                .unwrap()
+                .loss_at(&a.params)
+        };
+        assert!(rel(centre, want) <= 1e-12, "{mode}: {centre} vs {want}");
+        // Directions: filter-normalised, no BatchNorm or bias parts.
+        let dx: Vec<f64> = st
+            .tensor("direction_x")
+            .unwrap()
+            .data()
+            .chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            dx,
+            random_network_direction(&a, Normalization::Filter, false, 0).unwrap()
+        );
+    }
+    // Connect, eval mode: statistics recomputed at every point from the 64 samples.
+    ok(run(&[
+        "connect",
+        "--a",
+        &p("a.safetensors"),
+        "--b",
+        &p("b.safetensors"),
+        "--data",
+        "digits",
+        "--train-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--points",
+        "3",
+        "--eigen-points",
+        "2",
+        "--eigen-samples",
+        "32",
+        "--bn-batch-size",
+        "32",
+        "--out",
+        &p("bend.safetensors"),
+        "--json",
+        &p("c.json"),
+    ]));
+    let j = read_json(&d.join("c.json"));
+    let res = &j["results"];
+    assert!(res["bn_statistics"]
+        .as_str()
+        .unwrap()
+        .contains("recomputed"));
+    let lin = f64s(&res["paths"]["linear_train"]["loss"]);
+    let bez = f64s(&res["paths"]["bezier_train"]["loss"]);
+    let (ta, tb) = (a.param_vector(), b.param_vector());
+    for (t, got) in [(0.0, lin[0]), (0.5, lin[1]), (1.0, lin[2]), (1.0, bez[2])] {
+        let mut n = a.clone();
+        let th: Vec<f64> = ta
+            .iter()
+            .zip(&tb)
+            .map(|(p, q)| (1.0 - t) * p + t * q)
+            .collect();
+        n.set_param_vector(&th).unwrap();
+        recompute_bn_stats(&mut n, x, 32).unwrap();
+        let want = evaluate_network(&n, x, y).unwrap().0;
+        assert!(rel(got, want) <= 1e-12, "t = {t}: {got} vs {want}");
+    }
+    assert!(res["summary"]["bezier_train"]["max_loss"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    // The top eigenvalue at A (recomputed statistics, the first 32 samples).
+    let mut n = a.clone();
+    recompute_bn_stats(&mut n, x, 32).unwrap();
+    let (xe, ye) = (x.rows_view(0, 32).to_owned(), &y[..32]);
+    let obj = NetObjective::new(&n, &xe, ye, BnMode::Eval).unwrap();
+    let top = landscape::linalg::lanczos(
+        &obj,
+        landscape::linalg::Which::Largest(1),
+        &landscape::linalg::LanczosOptions {
+            max_iter: 300,
+            tol: 1e-10,
+            seed: 0,
+            check_every: 5,
+        },
+    )
+    .unwrap();
+    let lam = f64s(&res["top_eigenvalue"]["linear"]["lambda_max"])[0];
+    assert!(
+        rel(lam, top.values[0]) <= 1e-6,
+        "{lam} vs {}",
+        top.values[0]
+    );
+    // The bend file: the same architecture, statistics recomputed at the bend.
+    let bend = load("bend.safetensors");
+    assert!(landscape::experiments::geometry::same_architecture(
+        &bend, &a
+    ));
+    let mut again = bend.clone();
+    recompute_bn_stats(&mut again, x, 32).unwrap();
+    assert_eq!(again.bn, bend.bn);
+    // Train mode: fixed batches of 32.
+    ok(run(&[
+        "connect",
+        "--a",
+        &p("a.safetensors"),
+        "--b",
+        &p("b.safetensors"),
+        "--data",
+        "digits",
+        "--train-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--points",
+        "2",
+        "--eigen-points",
+        "2",
+        "--eigen-samples",
+        "32",
+        "--bn-mode",
+        "train",
+        "--bn-batch-size",
+        "32",
+        "--json",
+        &p("ct.json"),
+    ]));
+    let j = read_json(&d.join("ct.json"));
+    let lin = f64s(&j["results"]["paths"]["linear_train"]["loss"]);
+    let want = NetObjective::new(&b, x, y, BnMode::Train { batch: 32 })
+        .unwrap()
+        .loss_at(&b.params);
+    assert!(rel(lin[1], want) <= 1e-12);
+    assert_eq!(j["results"]["bn_mode"]["mode"], "train");
+    // One-line refusals.
+    for (args, needle) in [
+        (
+            vec![
+                "surface",
+                "--model",
+                &p("a.safetensors")[..],
+                "--data",
+                "digits",
+                "--bn-stats",
+                "recompute",
+                "--bn-mode",
+                "train",
+            ],
+            "--bn-stats recompute",
+        ),
+        (
+            vec![
+                "line",
+                "--model",
+                &p("a.safetensors")[..],
+                "--data",
+                "digits",
+                "--bn-batch-size",
+                "1",
+                "--bn-mode",
+                "train",
+            ],
+            "at least 2",
+        ),
+    ] {
+        let o = run(&args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !e.contains("panicked"), "{e}");
+        let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{e}");
+        assert!(lines[0].contains(needle), "{e}");
+    }
+}
