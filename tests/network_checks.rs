@@ -899,3 +899,48 @@ fn filter_normalisation_of_conv_and_linear_directions() {
     // Conv filters are rows of out x (in k k): the conv here has 2 filters of 2*3*3 = 18 weights.
     assert_eq!(net.params[0].shape(), (2, 18));
 }
+
+#[test]
+fn committed_mlp_fixtures_give_bit_identical_results_through_the_network_type() {
+    use landscape::io::model_file::{load_mlp_f64, ImportOptions};
+    use landscape::io::network_file::{load_network, NetworkImport};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for f in [
+        "mlp_leaky_mse",
+        "mlp_relu_ce",
+        "mlp_tanh_bn_nobias",
+        "cex_l1",
+        "cex_l3",
+        "torch_sequential",
+    ] {
+        let p = dir.join(format!("{f}.safetensors"));
+        let mlp = load_mlp_f64(&p, &ImportOptions::default()).unwrap();
+        let (net, _) = load_network::<f64>(&p, &NetworkImport::default()).unwrap();
+        assert_eq!(net.to_mlp().as_ref(), Some(&mlp), "{f}: same model");
+        assert_eq!(
+            net.param_vector(),
+            mlp.param_vector(),
+            "{f}: same parameter order"
+        );
+        let d = mlp.config.input_dim;
+        let mut rng = Rng::new(3);
+        let x = Matrix::from_fn(7, d, |_, _| rng.normal());
+        let y: Vec<usize> = (0..7).map(|i| i % mlp.config.classes).collect();
+        // Evaluation goes through the MLP code where it applies: the same bits.
+        let (l1, e1) = landscape::train::evaluate(&mlp, &x, &y).unwrap();
+        let (l2, e2) = landscape::train::evaluate_network(&net, &x, &y).unwrap();
+        assert_eq!(
+            (l1.to_bits(), e1.to_bits()),
+            (l2.to_bits(), e2.to_bits()),
+            "{f}"
+        );
+        // The tape forward of the network agrees with the MLP forward.
+        let z = net.logits(&x).unwrap();
+        let zm = mlp.logits(&x).unwrap();
+        let scale = zm.max_abs().max(1.0);
+        for (a, b) in z.as_slice().iter().zip(zm.as_slice()) {
+            assert!((a - b).abs() <= 1e-13 * scale, "{f}: {a} vs {b}");
+        }
+        assert_eq!(net.analytic_mlp().is_some(), mlp.config.batchnorm.is_none());
+    }
+}
