@@ -441,9 +441,7 @@ fn geometry_commands_run_on_bn_convnets() {
         let loss = l["results"]["train_loss"].as_array().unwrap();
         assert_eq!(loss.len(), 3);
         if mode == "eval" {
-            // t = 0 is model A itself: compare with `eval` on the same samples. (Along
-            // the path BatchNorm keeps A's running statistics, so t = 1 is B's weights
-            // with A's statistics, not model B.)
+            // t = 0 is model A itself: compare with `eval` on the same samples.
             let ej = d.join("e.json");
             ok(&run(&[
                 "eval",
