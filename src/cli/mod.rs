@@ -384,16 +384,31 @@ fn resolve_arch(
 
 fn check_network_fits(net: &Network<f64>, bundle: &DataBundle) -> Result<(), String> {
     let d: usize = net.arch.input_shape.iter().product();
-    if d != bundle.features {
+    check_fits(
+        &format!("{d} input features ({:?})", net.arch.input_shape),
+        d,
+        net.arch.classes,
+        bundle,
+    )
+}
+
+/// The one model/data compatibility check: `features` inputs, `classes` outputs.
+fn check_fits(
+    expects: &str,
+    features: usize,
+    classes: usize,
+    bundle: &DataBundle,
+) -> Result<(), String> {
+    if features != bundle.features {
         return Err(format!(
-            "model expects {d} input features ({:?}) but dataset {} has {}",
-            net.arch.input_shape, bundle.name, bundle.features
+            "model expects {expects} but dataset {} has {}",
+            bundle.name, bundle.features
         ));
     }
-    if net.arch.classes < bundle.classes {
+    if classes < bundle.classes {
         return Err(format!(
-            "model has {} outputs but dataset {} has {} classes",
-            net.arch.classes, bundle.name, bundle.classes
+            "model has {classes} outputs but dataset {} has {} classes",
+            bundle.name, bundle.classes
         ));
     }
     Ok(())
@@ -727,19 +742,13 @@ fn split_metrics(
 }
 
 fn check_model_fits(model: &Mlp<f64>, bundle: &DataBundle) -> Result<(), String> {
-    if model.config.input_dim != bundle.features {
-        return Err(format!(
-            "model expects {} input features but dataset {} has {}",
-            model.config.input_dim, bundle.name, bundle.features
-        ));
-    }
-    if model.config.classes < bundle.classes {
-        return Err(format!(
-            "model has {} outputs but dataset {} has {} classes",
-            model.config.classes, bundle.name, bundle.classes
-        ));
-    }
-    Ok(())
+    let d = model.config.input_dim;
+    check_fits(
+        &format!("{d} input features"),
+        d,
+        model.config.classes,
+        bundle,
+    )
 }
 
 fn cmd_eval(a: EvalArgs, command_line: &str) -> Result<(), String> {

@@ -232,7 +232,7 @@ pub fn expected_tensors(config: &MlpConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-fn model_err(path: &Path, what: impl Into<String>) -> Error {
+pub(crate) fn model_err(path: &Path, what: impl Into<String>) -> Error {
     Error::Model {
         path: path.to_path_buf(),
         what: what.into(),

@@ -22,8 +22,8 @@
 //! reads as 0); without one it is imported as an `nn.Sequential` MLP.
 
 use super::model_file::{
-    describe_safetensors_error, parse_mlp, save_mlp, write_safetensors, ImportOptions, RawTensor,
-    TensorFile,
+    describe_safetensors_error, model_err, parse_mlp, save_mlp, write_safetensors, ImportOptions,
+    RawTensor, TensorFile,
 };
 use crate::error::{Error, Result};
 use crate::nn::arch::{Architecture, TensorKind};
@@ -36,13 +36,6 @@ use std::path::Path;
 /// Value of the `format` metadata key of network files.
 pub const NETWORK_FORMAT: &str = "landscape-network";
 pub const NETWORK_FORMAT_VERSION: &str = "1";
-
-fn model_err(path: &Path, what: impl Into<String>) -> Error {
-    Error::Model {
-        path: path.to_path_buf(),
-        what: what.into(),
-    }
-}
 
 /// Saves a network (see the module docs). `extra_metadata` may not use the
 /// keys `format`, `format_version`, `arch` or `config`.

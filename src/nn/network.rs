@@ -525,7 +525,6 @@ struct Walk<'a, 't, T: Scalar> {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum MapKey {
     Im2col([usize; 7]),
-    Avg([usize; 6]),
     Flatten([usize; 4]),
 }
 
@@ -689,8 +688,9 @@ impl<'t, T: Scalar> Walk<'_, 't, T> {
                 let (k, s) = (*kernel, stride.unwrap_or(*kernel));
                 let ho = super::arch::pool_out(h, k, s, 0, false);
                 let wo = super::arch::pool_out(w, k, s, 0, false);
-                let map = cached_map(MapKey::Avg([n, c, h, w, k, s]), || {
-                    spatial::avg_pool_map(n, c, h, w, k, s, ho, wo)
+                // The im2col map without padding lists every window (see im2col_map).
+                let map = cached_map(MapKey::Im2col([n, c, h, w, k, s, 0]), || {
+                    spatial::im2col_map(n, c, h, w, k, s, 0, ho, wo)
                 });
                 let tape = x.tape();
                 let mean = tape.constant(Matrix::filled(

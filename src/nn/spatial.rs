@@ -38,6 +38,9 @@ pub fn nchw_to_nhwc<T: Scalar>(x: &Matrix<T>, c: usize, h: usize, w: usize) -> M
 /// the `(n Ho Wo) x (C k k)` matrix whose row `(i, oy, ox)` holds, in column
 /// order `(c, ky, kx)` (PyTorch's weight flatten), the input value at
 /// `(i, oy s - p + ky, ox s - p + kx, c)`, or 0 outside the image.
+///
+/// Read as an `(n Ho Wo C) x (k k)` matrix (the same flat order), the map lists
+/// each output's pooling window: average pooling uses it with `p = 0`.
 #[allow(clippy::too_many_arguments)]
 pub fn im2col_map(
     n: usize,
@@ -72,47 +75,6 @@ pub fn im2col_map(
         }
     }
     IndexMap::new(n * h * w * c, idx)
-}
-
-/// The windows of a pooling sweep, in the NHWC layout: for output `(i, oy, ox, c)`,
-/// the source indices of its window in row-major window order (`None` for
-/// padding). Calls `f(output index, window)`.
-#[allow(clippy::too_many_arguments)]
-fn windows(
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    ho: usize,
-    wo: usize,
-    mut f: impl FnMut(usize, &[Option<u32>]),
-) {
-    let mut win = Vec::with_capacity(k * k);
-    let mut out = 0;
-    for i in 0..n {
-        for oy in 0..ho {
-            for ox in 0..wo {
-                for ch in 0..c {
-                    win.clear();
-                    for ky in 0..k {
-                        let y = (oy * s + ky) as isize - p as isize;
-                        for kx in 0..k {
-                            let x = (ox * s + kx) as isize - p as isize;
-                            win.push(
-                                (y >= 0 && x >= 0 && y < h as isize && x < w as isize)
-                                    .then(|| nhwc(i, y as usize, x as usize, ch, h, w, c)),
-                            );
-                        }
-                    }
-                    f(out, &win);
-                    out += 1;
-                }
-            }
-        }
-    }
 }
 
 /// Max pooling as a selection: the map sends each output `(i, oy, ox, c)` to
@@ -173,27 +135,6 @@ pub fn max_pool_map<T: Scalar>(
         }
     }
     IndexMap::one_off(n * h * w * c, idx)
-}
-
-/// Average pooling windows as a gather into an `(n Ho Wo C) x (k k)` matrix
-/// (row = output, columns = window positions; outside positions read 0, and
-/// the mean divides by `k k`, PyTorch's `count_include_pad=True`).
-#[allow(clippy::too_many_arguments)]
-pub fn avg_pool_map(
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    ho: usize,
-    wo: usize,
-) -> IndexMap {
-    let mut idx = Vec::with_capacity(n * ho * wo * c * k * k);
-    windows(n, c, h, w, k, s, 0, ho, wo, |_, win| {
-        idx.extend(win.iter().map(|s| s.unwrap_or(NO_SOURCE)));
-    });
-    IndexMap::new(n * h * w * c, idx)
 }
 
 /// Global max pooling as a selection `n x C` (ties: the first position in
