@@ -47,6 +47,8 @@ pub trait Scalar:
     fn tanh(self) -> Self;
     fn abs(self) -> Self;
     fn is_finite(self) -> bool;
+    /// `self * a + b` with one rounding (a fused multiply-add).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     fn max(self, other: Self) -> Self {
         if self >= other {
             self
@@ -115,6 +117,10 @@ macro_rules! impl_scalar {
             #[inline]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
             unsafe fn gemm_raw(
                 m: usize,

@@ -529,3 +529,46 @@ proptest! {
         check_hvp("matmul_t", &[a, b], f.as_ref(), seed + 1);
     }
 }
+
+/// The convolution ops (`conv2d`, and through double backward `conv2d_data`
+/// and `conv2d_weight`) against finite differences: two stacked convolutions
+/// with stride, padding and odd sizes, input and both weights differentiated.
+#[test]
+fn convolutions_match_finite_differences() {
+    use landscape::autodiff::{ConvGeom, ConvShape};
+    let mut rng = Rng::new(23);
+    let (n, c0, h, w) = (2, 3, 7, 5);
+    let g1 = std::sync::Arc::new(ConvGeom::new(ConvShape {
+        n,
+        c_in: c0,
+        h,
+        w,
+        c_out: 5,
+        k: 3,
+        stride: 2,
+        pad: 1,
+    }));
+    let (h1, w1) = (g1.shape.ho(), g1.shape.wo());
+    let g2 = std::sync::Arc::new(ConvGeom::new(ConvShape {
+        n,
+        c_in: 5,
+        h: h1,
+        w: w1,
+        c_out: 7,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    }));
+    let x = random(n * h * w, c0, &mut rng);
+    let w1m = random(5, c0 * 9, &mut rng);
+    let w2m = random(7, 5 * 9, &mut rng);
+    let (ga, gb) = (g1.clone(), g2.clone());
+    let build: Box<Build> = Box::new(move |t, v| {
+        let z = v[0].conv2d(v[1], ga.clone()).tanh();
+        let y = z.conv2d(v[2], gb.clone());
+        weighted(t, y.square(), 5)
+    });
+    let inputs = vec![x, w1m, w2m];
+    check_grad("conv2d", &inputs, &build);
+    check_hvp("conv2d", &inputs, &build, 9);
+}

@@ -4,9 +4,11 @@
 //! composes them into the losses and layers that MLPs need (softmax
 //! cross-entropy, MSE, BatchNorm1d, weight decay).
 
+pub mod conv;
 pub mod index_map;
 pub mod ops;
 pub mod tape;
 
+pub use conv::{ConvGeom, ConvShape};
 pub use index_map::{IndexMap, NO_SOURCE};
 pub use tape::{hvp, Tape, Var};

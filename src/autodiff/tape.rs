@@ -10,6 +10,7 @@
 //! Shapes are checked when an operation is recorded; a mismatch is a
 //! programming error and panics with both shapes.
 
+use super::conv::{self, ConvGeom};
 use super::index_map::IndexMap;
 use crate::tensor::{matmul_new, Matrix, Par, Scalar};
 use std::cell::{Ref, RefCell};
@@ -52,6 +53,24 @@ enum Op<T> {
     ScatterAdd(usize, Arc<IndexMap>),
     /// The same values in row-major order with another shape.
     Reshape(usize),
+    /// `conv(X, W)` (see [`super::conv`]): NHWC images, PyTorch's weight matrix.
+    Conv {
+        x: usize,
+        w: usize,
+        geom: Arc<ConvGeom>,
+    },
+    /// `conv_data(D, W)`: the adjoint of `conv(., W)`.
+    ConvData {
+        d: usize,
+        w: usize,
+        geom: Arc<ConvGeom>,
+    },
+    /// `conv_weight(X, D)`: the adjoint of `conv(X, .)`.
+    ConvWeight {
+        x: usize,
+        d: usize,
+        geom: Arc<ConvGeom>,
+    },
 }
 
 struct Node<T> {
@@ -306,6 +325,30 @@ impl<T: Scalar> Tape<T> {
                 let (r, c) = self.shape(*a);
                 res.push((*a, g.reshape(r, c)));
             }
+            Op::Conv { x, w, geom } => {
+                if on_path[*x] {
+                    res.push((*x, g.conv2d_data(v(*w), geom.clone())));
+                }
+                if on_path[*w] {
+                    res.push((*w, v(*x).conv2d_weight(g, geom.clone())));
+                }
+            }
+            Op::ConvData { d, w, geom } => {
+                if on_path[*d] {
+                    res.push((*d, g.conv2d(v(*w), geom.clone())));
+                }
+                if on_path[*w] {
+                    res.push((*w, g.conv2d_weight(v(*d), geom.clone())));
+                }
+            }
+            Op::ConvWeight { x, d, geom } => {
+                if on_path[*d] {
+                    res.push((*d, v(*x).conv2d(g, geom.clone())));
+                }
+                if on_path[*x] {
+                    res.push((*x, v(*d).conv2d_data(g, geom.clone())));
+                }
+            }
         }
         res.retain(|(i, _)| on_path[*i]);
         res
@@ -316,6 +359,9 @@ fn inputs_of<T>(op: &Op<T>) -> Vec<usize> {
     match op {
         Op::Leaf => vec![],
         Op::MatMul { a, b, .. } | Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) => vec![*a, *b],
+        Op::Conv { x: a, w: b, .. }
+        | Op::ConvData { d: a, w: b, .. }
+        | Op::ConvWeight { x: a, d: b, .. } => vec![*a, *b],
         Op::MulConst(a, _)
         | Op::Scale(a, _)
         | Op::AddScalar(a, _)
@@ -398,6 +444,69 @@ impl<'t, T: Scalar> Var<'t, T> {
                 matmul_new(Par::Rayon, av, bv)
             },
         )
+    }
+
+    /// `conv(self, w)`: `self` is the NHWC input (`rows_in x C_in`), `w` the
+    /// `C_out x C_in k k` weight; the result is `rows_out x C_out`.
+    pub fn conv2d(self, w: Self, geom: Arc<ConvGeom>) -> Self {
+        let sh = geom.shape;
+        check_same_shape("conv2d input", self.shape(), (sh.rows_in(), sh.c_in));
+        check_same_shape("conv2d weight", w.shape(), (sh.c_out, sh.c_in * sh.taps()));
+        let op = Op::Conv {
+            x: self.id,
+            w: w.id,
+            geom: geom.clone(),
+        };
+        self.tape.binary(self.id, w.id, op, |x, wm| {
+            let y = conv::conv_forward(&geom, x.as_slice(), wm.as_slice());
+            Matrix::from_vec(sh.rows_out(), sh.c_out, y)
+        })
+    }
+
+    /// `conv_data(self, w)`: `self` is an output gradient (`rows_out x C_out`);
+    /// the result is the input gradient (`rows_in x C_in`).
+    pub fn conv2d_data(self, w: Self, geom: Arc<ConvGeom>) -> Self {
+        let sh = geom.shape;
+        check_same_shape(
+            "conv2d_data gradient",
+            self.shape(),
+            (sh.rows_out(), sh.c_out),
+        );
+        check_same_shape(
+            "conv2d_data weight",
+            w.shape(),
+            (sh.c_out, sh.c_in * sh.taps()),
+        );
+        let op = Op::ConvData {
+            d: self.id,
+            w: w.id,
+            geom: geom.clone(),
+        };
+        self.tape.binary(self.id, w.id, op, |d, wm| {
+            let x = conv::conv_data(&geom, d.as_slice(), wm.as_slice());
+            Matrix::from_vec(sh.rows_in(), sh.c_in, x)
+        })
+    }
+
+    /// `conv_weight(self, d)`: `self` is the input (`rows_in x C_in`), `d` an
+    /// output gradient; the result is the weight gradient (`C_out x C_in k k`).
+    pub fn conv2d_weight(self, d: Self, geom: Arc<ConvGeom>) -> Self {
+        let sh = geom.shape;
+        check_same_shape("conv2d_weight input", self.shape(), (sh.rows_in(), sh.c_in));
+        check_same_shape(
+            "conv2d_weight gradient",
+            d.shape(),
+            (sh.rows_out(), sh.c_out),
+        );
+        let op = Op::ConvWeight {
+            x: self.id,
+            d: d.id,
+            geom: geom.clone(),
+        };
+        self.tape.binary(self.id, d.id, op, |x, dm| {
+            let w = conv::conv_weight(&geom, x.as_slice(), dm.as_slice());
+            Matrix::from_vec(sh.c_out, sh.c_in * sh.taps(), w)
+        })
     }
 
     pub fn add(self, other: Self) -> Self {

@@ -11,7 +11,7 @@ use super::arch::{Architecture, LayerSpec, Layout, ParamRole};
 use super::spatial;
 use super::{Activation, BatchNorm, Init, Layer, Mlp, Mode};
 use crate::autodiff::ops::{batchnorm_eval, batchnorm_train, loss};
-use crate::autodiff::{IndexMap, Tape, Var};
+use crate::autodiff::{ConvGeom, ConvShape, IndexMap, Tape, Var};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{Matrix, Scalar};
@@ -606,15 +606,18 @@ impl<'t, T: Scalar> Walk<'_, 't, T> {
                 let ho = super::arch::pool_out(h, k, s, p, false);
                 let wo = super::arch::pool_out(w, k, s, p, false);
                 let wv = self.param();
-                let cols = if k == 1 && s == 1 && p == 0 {
-                    x
-                } else {
-                    let map = cached_map(MapKey::Im2col([n, c, h, w, k, s, p]), || {
-                        spatial::im2col_map(n, c, h, w, k, s, p, ho, wo)
-                    });
-                    x.gather(map, n * ho * wo, c * k * k)
-                };
-                let mut z = cols.matmul_t(wv, false, true);
+                let geom = ConvGeom::cached(ConvShape {
+                    n,
+                    c_in: c,
+                    h,
+                    w,
+                    c_out: *out,
+                    k,
+                    stride: s,
+                    pad: p,
+                });
+                debug_assert_eq!((geom.shape.ho(), geom.shape.wo()), (ho, wo));
+                let mut z = x.conv2d(wv, geom);
                 if *bias {
                     let b = self.param();
                     z = z.add(b.broadcast(n * ho * wo, *out));
