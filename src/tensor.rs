@@ -314,6 +314,41 @@ impl<T: Scalar> Matrix<T> {
             data: self.data.iter().map(|&x| f(x)).collect(),
         }
     }
+    /// [`Matrix::map`] split over rayon for large matrices (elementwise, so the
+    /// result does not depend on the split).
+    pub fn par_map(&self, f: impl Fn(T) -> T + Sync + Send) -> Self {
+        if self.data.len() < 2 * PAR_ELEMENTWISE_MIN {
+            return self.map(f);
+        }
+        Self {
+            rows: self.rows,
+            cols: self.cols,
+            data: self
+                .data
+                .par_iter()
+                .with_min_len(PAR_ELEMENTWISE_MIN)
+                .map(|&x| f(x))
+                .collect(),
+        }
+    }
+    /// [`Matrix::zip_map`] split over rayon for large matrices.
+    pub fn par_zip_map(&self, other: &Self, f: impl Fn(T, T) -> T + Sync + Send) -> Self {
+        assert_eq!(self.shape(), other.shape(), "zip_map: shape mismatch");
+        if self.data.len() < 2 * PAR_ELEMENTWISE_MIN {
+            return self.zip_map(other, f);
+        }
+        Self {
+            rows: self.rows,
+            cols: self.cols,
+            data: self
+                .data
+                .par_iter()
+                .zip(other.data.par_iter())
+                .with_min_len(PAR_ELEMENTWISE_MIN)
+                .map(|(&a, &b)| f(a, b))
+                .collect(),
+        }
+    }
     pub fn zip_map(&self, other: &Self, f: impl Fn(T, T) -> T) -> Self {
         assert_eq!(self.shape(), other.shape(), "zip_map: shape mismatch");
         Self {
@@ -448,6 +483,9 @@ impl<'a, T: Scalar> MatRef<'a, T> {
         }
     }
 }
+
+/// Elements per task of the parallel elementwise maps (below twice this, serial).
+const PAR_ELEMENTWISE_MIN: usize = 1 << 15;
 
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PARALLEL_GEMM_MIN_WORK: usize = 1 << 18;

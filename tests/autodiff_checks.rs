@@ -216,6 +216,21 @@ fn every_primitive_matches_finite_differences() {
             Box::new(|t, v| weighted(t, v[0].broadcast(3, 7), 17)),
         ),
         (
+            "add_row",
+            vec![a.clone(), row.clone()],
+            Box::new(|t, v| weighted(t, v[0].add_row(v[1]).square(), 31)),
+        ),
+        (
+            "mul_row",
+            vec![a.clone(), row.clone()],
+            Box::new(|t, v| weighted(t, v[0].mul_row(v[1]).square(), 32)),
+        ),
+        (
+            "col_dot",
+            vec![a.clone(), sq.clone()],
+            Box::new(|t, v| weighted(t, v[0].col_dot(v[1]).square(), 33)),
+        ),
+        (
             "broadcast col",
             vec![col.clone()],
             Box::new(|t, v| weighted(t, v[0].broadcast(3, 7), 18)),

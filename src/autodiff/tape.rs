@@ -13,6 +13,7 @@
 use super::conv::{self, ConvGeom};
 use super::index_map::IndexMap;
 use crate::tensor::{matmul_new, Matrix, Par, Scalar};
+use rayon::prelude::*;
 use std::cell::{Ref, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -53,6 +54,12 @@ enum Op<T> {
     ScatterAdd(usize, Arc<IndexMap>),
     /// The same values in row-major order with another shape.
     Reshape(usize),
+    /// `x + broadcast(row)` for an `n x d` `x` and a `1 x d` row.
+    AddRow(usize, usize),
+    /// `x .* broadcast(row)` for an `n x d` `x` and a `1 x d` row.
+    MulRow(usize, usize),
+    /// `sum_to(1, d)(a .* b)`: column sums of an elementwise product (`1 x d`).
+    ColDot(usize, usize),
     /// `conv(X, W)` (see [`super::conv`]): NHWC images, PyTorch's weight matrix.
     Conv {
         x: usize,
@@ -325,6 +332,29 @@ impl<T: Scalar> Tape<T> {
                 let (r, c) = self.shape(*a);
                 res.push((*a, g.reshape(r, c)));
             }
+            Op::AddRow(x, r) => {
+                res.push((*x, g));
+                if on_path[*r] {
+                    let (_, d) = self.shape(*r);
+                    res.push((*r, g.sum_to(1, d)));
+                }
+            }
+            Op::MulRow(x, r) => {
+                if on_path[*x] {
+                    res.push((*x, g.mul_row(v(*r))));
+                }
+                if on_path[*r] {
+                    res.push((*r, g.col_dot(v(*x))));
+                }
+            }
+            Op::ColDot(a, b) => {
+                if on_path[*a] {
+                    res.push((*a, v(*b).mul_row(g)));
+                }
+                if on_path[*b] {
+                    res.push((*b, v(*a).mul_row(g)));
+                }
+            }
             Op::Conv { x, w, geom } => {
                 if on_path[*x] {
                     res.push((*x, g.conv2d_data(v(*w), geom.clone())));
@@ -359,6 +389,7 @@ fn inputs_of<T>(op: &Op<T>) -> Vec<usize> {
     match op {
         Op::Leaf => vec![],
         Op::MatMul { a, b, .. } | Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) => vec![*a, *b],
+        Op::AddRow(a, b) | Op::MulRow(a, b) | Op::ColDot(a, b) => vec![*a, *b],
         Op::Conv { x: a, w: b, .. }
         | Op::ConvData { d: a, w: b, .. }
         | Op::ConvWeight { x: a, d: b, .. } => vec![*a, *b],
@@ -377,6 +408,28 @@ fn inputs_of<T>(op: &Op<T>) -> Vec<usize> {
         | Op::ScatterAdd(a, _)
         | Op::Reshape(a) => vec![*a],
     }
+}
+
+/// `out[i, j] = f(a[i, j], row[0, j])`, split over rayon in whole rows.
+fn row_map<T: Scalar>(a: &Matrix<T>, row: &Matrix<T>, f: impl Fn(T, T) -> T + Sync) -> Matrix<T> {
+    let (n, d) = a.shape();
+    assert_eq!(
+        row.shape(),
+        (1, d),
+        "row op: a 1x{d} row is needed for a {n}x{d} matrix, got {:?}",
+        row.shape()
+    );
+    if n * d == 0 {
+        return Matrix::zeros(n, d);
+    }
+    let r = row.as_slice();
+    let data: Vec<T> = a
+        .as_slice()
+        .par_chunks(d)
+        .with_min_len((1 << 15) / d + 1)
+        .flat_map_iter(|ra| ra.iter().zip(r).map(|(&x, &y)| f(x, y)))
+        .collect();
+    Matrix::from_vec(n, d, data)
 }
 
 fn check_same_shape(what: &str, a: (usize, usize), b: (usize, usize)) {
@@ -446,6 +499,45 @@ impl<'t, T: Scalar> Var<'t, T> {
         )
     }
 
+    /// `self + broadcast(row)`: `row` is `1 x d`, `self` is `n x d` (no
+    /// broadcast matrix is formed).
+    pub fn add_row(self, row: Self) -> Self {
+        self.tape
+            .binary(self.id, row.id, Op::AddRow(self.id, row.id), |a, r| {
+                row_map(a, r, |x, y| x + y)
+            })
+    }
+
+    /// `self .* broadcast(row)`: `row` is `1 x d`, `self` is `n x d`.
+    pub fn mul_row(self, row: Self) -> Self {
+        self.tape
+            .binary(self.id, row.id, Op::MulRow(self.id, row.id), |a, r| {
+                row_map(a, r, |x, y| x * y)
+            })
+    }
+
+    /// Column sums of `self .* other` as a `1 x d` row, summed in row order
+    /// (the same bits as `self.mul(other).sum_to(1, d)`).
+    pub fn col_dot(self, other: Self) -> Self {
+        self.tape
+            .binary(self.id, other.id, Op::ColDot(self.id, other.id), |a, b| {
+                check_same_shape("col_dot", a.shape(), b.shape());
+                let d = a.cols();
+                let mut out = Matrix::zeros(1, d);
+                let acc = out.as_mut_slice();
+                for (ra, rb) in a
+                    .as_slice()
+                    .chunks_exact(d.max(1))
+                    .zip(b.as_slice().chunks_exact(d.max(1)))
+                {
+                    for ((o, &x), &y) in acc.iter_mut().zip(ra).zip(rb) {
+                        *o += x * y;
+                    }
+                }
+                out
+            })
+    }
+
     /// `conv(self, w)`: `self` is the NHWC input (`rows_in x C_in`), `w` the
     /// `C_out x C_in k k` weight; the result is `rows_out x C_out`.
     pub fn conv2d(self, w: Self, geom: Arc<ConvGeom>) -> Self {
@@ -513,7 +605,7 @@ impl<'t, T: Scalar> Var<'t, T> {
         self.tape
             .binary(self.id, other.id, Op::Add(self.id, other.id), |a, b| {
                 check_same_shape("add", a.shape(), b.shape());
-                a.zip_map(b, |x, y| x + y)
+                a.par_zip_map(b, |x, y| x + y)
             })
     }
 
@@ -521,7 +613,7 @@ impl<'t, T: Scalar> Var<'t, T> {
         self.tape
             .binary(self.id, other.id, Op::Sub(self.id, other.id), |a, b| {
                 check_same_shape("sub", a.shape(), b.shape());
-                a.zip_map(b, |x, y| x - y)
+                a.par_zip_map(b, |x, y| x - y)
             })
     }
 
@@ -530,7 +622,7 @@ impl<'t, T: Scalar> Var<'t, T> {
         self.tape
             .binary(self.id, other.id, Op::Mul(self.id, other.id), |a, b| {
                 check_same_shape("mul", a.shape(), b.shape());
-                a.zip_map(b, |x, y| x * y)
+                a.par_zip_map(b, |x, y| x * y)
             })
     }
 
@@ -540,13 +632,13 @@ impl<'t, T: Scalar> Var<'t, T> {
         self.tape
             .unary(self.id, Op::MulConst(self.id, c), move |a| {
                 check_same_shape("mul_const", a.shape(), cc.shape());
-                a.zip_map(&cc, |x, y| x * y)
+                a.par_zip_map(&cc, |x, y| x * y)
             })
     }
 
     pub fn scale(self, s: T) -> Self {
         self.tape
-            .unary(self.id, Op::Scale(self.id, s), |a| a.scale(s))
+            .unary(self.id, Op::Scale(self.id, s), |a| a.par_map(|x| x * s))
     }
 
     pub fn neg(self) -> Self {
@@ -555,37 +647,37 @@ impl<'t, T: Scalar> Var<'t, T> {
 
     pub fn add_scalar(self, s: T) -> Self {
         self.tape
-            .unary(self.id, Op::AddScalar(self.id, s), |a| a.map(|x| x + s))
+            .unary(self.id, Op::AddScalar(self.id, s), |a| a.par_map(|x| x + s))
     }
 
     pub fn square(self) -> Self {
         self.tape
-            .unary(self.id, Op::Square(self.id), |a| a.map(|x| x * x))
+            .unary(self.id, Op::Square(self.id), |a| a.par_map(|x| x * x))
     }
 
     pub fn exp(self) -> Self {
         self.tape
-            .unary(self.id, Op::Exp(self.id), |a| a.map(|x| x.exp()))
+            .unary(self.id, Op::Exp(self.id), |a| a.par_map(|x| x.exp()))
     }
 
     pub fn ln(self) -> Self {
         self.tape
-            .unary(self.id, Op::Log(self.id), |a| a.map(|x| x.ln()))
+            .unary(self.id, Op::Log(self.id), |a| a.par_map(|x| x.ln()))
     }
 
     pub fn tanh(self) -> Self {
         self.tape
-            .unary(self.id, Op::Tanh(self.id), |a| a.map(|x| x.tanh()))
+            .unary(self.id, Op::Tanh(self.id), |a| a.par_map(|x| x.tanh()))
     }
 
     pub fn sqrt(self) -> Self {
         self.tape
-            .unary(self.id, Op::Sqrt(self.id), |a| a.map(|x| x.sqrt()))
+            .unary(self.id, Op::Sqrt(self.id), |a| a.par_map(|x| x.sqrt()))
     }
 
     pub fn recip(self) -> Self {
         self.tape
-            .unary(self.id, Op::Recip(self.id), |a| a.map(|x| T::ONE / x))
+            .unary(self.id, Op::Recip(self.id), |a| a.par_map(|x| T::ONE / x))
     }
 
     /// Repeats a `1 x c`, `r x 1` or `1 x 1` value to `rows x cols`.
@@ -596,19 +688,20 @@ impl<'t, T: Scalar> Var<'t, T> {
                 (r == rows || r == 1) && (c == cols || c == 1),
                 "broadcast: cannot broadcast {r}x{c} to {rows}x{cols}"
             );
-            let mut out = Matrix::zeros(rows, cols);
-            if cols == 0 {
-                return out;
+            if rows * cols == 0 {
+                return Matrix::zeros(rows, cols);
             }
-            for (i, orow) in out.as_mut_slice().chunks_exact_mut(cols).enumerate() {
-                let arow = a.row(if r == 1 { 0 } else { i });
-                if c == 1 {
-                    orow.fill(arow[0]);
-                } else {
-                    orow.copy_from_slice(arow);
-                }
-            }
-            out
+            let src = a.as_slice();
+            // out[i, j] = a[i or 0, j or 0], written once (no zeroing first).
+            let data: Vec<T> = (0..rows * cols)
+                .into_par_iter()
+                .with_min_len(1 << 15)
+                .map(|e| {
+                    let (i, j) = (e / cols, e % cols);
+                    src[if r == 1 { 0 } else { i } * c + if c == 1 { 0 } else { j }]
+                })
+                .collect();
+            Matrix::from_vec(rows, cols, data)
         })
     }
 
@@ -715,7 +808,7 @@ impl<'t, T: Scalar> Var<'t, T> {
     pub fn relu(self) -> Self {
         let mask = self
             .value()
-            .map(|z| if z > T::ZERO { T::ONE } else { T::ZERO });
+            .par_map(|z| if z > T::ZERO { T::ONE } else { T::ZERO });
         self.mul_const(Rc::new(mask))
     }
 
@@ -723,7 +816,7 @@ impl<'t, T: Scalar> Var<'t, T> {
     pub fn leaky_relu(self, slope: T) -> Self {
         let mask = self
             .value()
-            .map(|z| if z > T::ZERO { T::ONE } else { slope });
+            .par_map(|z| if z > T::ZERO { T::ONE } else { slope });
         self.mul_const(Rc::new(mask))
     }
 }
