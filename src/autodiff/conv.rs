@@ -299,7 +299,7 @@ unsafe fn tap_rows<T: Scalar, const MR: usize, const NR: usize, const FMA: bool>
     g: &TapGemm<'_, T>,
     r0: usize,
     r1: usize,
-    out: &mut [T],
+    out: *mut T,
 ) {
     let zero = vec![T::ZERO; g.ka];
     let np = g.nb.div_ceil(NR);
@@ -307,7 +307,7 @@ unsafe fn tap_rows<T: Scalar, const MR: usize, const NR: usize, const FMA: bool>
     while m0 < r1 {
         let rows = (r1 - m0).min(MR);
         for pnl in 0..np {
-            let o = out.as_mut_ptr().add((m0 - r0) * g.nb + pnl * NR);
+            let o = out.add((m0 - r0) * g.nb + pnl * NR);
             tap_tile::<T, MR, NR, FMA>(g, zero.as_ptr(), m0, rows, pnl, o);
         }
         m0 += MR;
@@ -406,8 +406,11 @@ unsafe fn weight_rows<T: Scalar, const MR: usize, const NR: usize, const FMA: bo
 
 macro_rules! isa_variants {
     ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*), $ret:ty) => {
-        /// Dispatches to the kernel of the detected [`ConvIsa`].
-        fn $name<T: Scalar>(isa: ConvIsa, $($arg: $ty),*) -> $ret {
+        /// Dispatches to the kernel of `isa`.
+        ///
+        /// # Safety
+        /// The processor supports `isa`; the arguments satisfy the kernel's contract.
+        unsafe fn $name<T: Scalar>(isa: ConvIsa, $($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,fma")]
@@ -456,11 +459,11 @@ unsafe fn tap_rows_dyn<T: Scalar, const MR: usize, const NR: usize, const FMA: b
     g: &TapGemm<'_, T>,
     r0: usize,
     r1: usize,
-    out: &mut [T],
+    out: *mut T,
 ) {
     tap_rows::<T, MR, NR, FMA>(g, r0, r1, out)
 }
-isa_variants!(tap_block, tap_rows_dyn, (g: &TapGemm<'_, T>, r0: usize, r1: usize, out: &mut [T]), ());
+isa_variants!(tap_block, tap_rows_dyn, (g: &TapGemm<'_, T>, r0: usize, r1: usize, out: *mut T), ());
 
 #[inline(always)]
 unsafe fn weight_rows_dyn<T: Scalar, const MR: usize, const NR: usize, const FMA: bool>(
@@ -478,21 +481,27 @@ isa_variants!(weight_block, weight_rows_dyn, (geom: &ConvGeom, x: &[T], d: &[T],
 
 /// Runs a [`TapGemm`] over all its rows, in parallel over fixed row blocks.
 fn tap_gemm<T: Scalar>(isa: ConvIsa, g: &TapGemm<'_, T>) -> Vec<T> {
-    let mut out = vec![T::ZERO; g.rows * g.nb];
-    if g.rows == 0 || g.nb == 0 {
-        return out;
+    let len = g.rows * g.nb;
+    if len == 0 {
+        return vec![T::ZERO; len];
     }
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    // Raw address so that row blocks can be written from several threads.
+    let base = out.as_mut_ptr() as usize;
+    let run = |r0: usize, r1: usize| {
+        // SAFETY: rows r0..r1 are written by this call only, inside the capacity.
+        unsafe { tap_block(isa, g, r0, r1, (base as *mut T).add(r0 * g.nb)) }
+    };
     let work = g.rows * g.taps * g.ka * g.nb;
     if work < 1 << 18 || rayon::current_num_threads() <= 1 {
-        tap_block(isa, g, 0, g.rows, &mut out);
+        run(0, g.rows);
     } else {
-        out.par_chunks_mut(ROW_BLOCK * g.nb)
-            .enumerate()
-            .for_each(|(bi, chunk)| {
-                let r0 = bi * ROW_BLOCK;
-                tap_block(isa, g, r0, r0 + chunk.len() / g.nb, chunk);
-            });
+        (0..g.rows.div_ceil(ROW_BLOCK))
+            .into_par_iter()
+            .for_each(|bi| run(bi * ROW_BLOCK, ((bi + 1) * ROW_BLOCK).min(g.rows)));
     }
+    // SAFETY: every tile stores all its valid rows and columns: all len slots.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -601,14 +610,9 @@ fn conv_weight_isa<T: Scalar>(isa: ConvIsa, geom: &ConvGeom, x: &[T], d: &[T]) -
     let mo = sh.rows_out();
     let blocks = mo.div_ceil(WEIGHT_BLOCK).max(1);
     let run = |b: usize| {
-        weight_block(
-            isa,
-            geom,
-            x,
-            d,
-            b * WEIGHT_BLOCK,
-            ((b + 1) * WEIGHT_BLOCK).min(mo),
-        )
+        let (r0, r1) = (b * WEIGHT_BLOCK, ((b + 1) * WEIGHT_BLOCK).min(mo));
+        // SAFETY: `isa` is supported (conv_isa / available_isas); sizes were checked above.
+        unsafe { weight_block(isa, geom, x, d, r0, r1) }
     };
     let parts: Vec<(Vec<T>, usize, usize)> = if blocks == 1 {
         vec![run(0)]

@@ -423,12 +423,20 @@ fn row_map<T: Scalar>(a: &Matrix<T>, row: &Matrix<T>, f: impl Fn(T, T) -> T + Sy
         return Matrix::zeros(n, d);
     }
     let r = row.as_slice();
-    let data: Vec<T> = a
-        .as_slice()
-        .par_chunks(d)
-        .with_min_len((1 << 15) / d + 1)
-        .flat_map_iter(|ra| ra.iter().zip(r).map(|(&x, &y)| f(x, y)))
-        .collect();
+    let rows_per_task = ((1 << 15) / d).max(1);
+    let mut data: Vec<T> = Vec::with_capacity(n * d);
+    data.spare_capacity_mut()[..n * d]
+        .par_chunks_mut(rows_per_task * d)
+        .zip(a.as_slice().par_chunks(rows_per_task * d))
+        .for_each(|(out, src)| {
+            for (o_row, a_row) in out.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
+                for ((o, &x), &y) in o_row.iter_mut().zip(a_row).zip(r) {
+                    o.write(f(x, y));
+                }
+            }
+        });
+    // SAFETY: the n d slots were all written above.
+    unsafe { data.set_len(n * d) };
     Matrix::from_vec(n, d, data)
 }
 

@@ -8,6 +8,7 @@
 
 use crate::autodiff::{IndexMap, NO_SOURCE};
 use crate::tensor::{Matrix, Scalar};
+use rayon::prelude::*;
 
 /// Flat index of `(i, y, x, c)` in the NHWC layout.
 #[inline]
@@ -96,44 +97,51 @@ pub fn max_pool_map<T: Scalar>(
     wo: usize,
 ) -> IndexMap {
     let mut idx = vec![NO_SOURCE; n * ho * wo * c];
-    let mut best_v = vec![T::ZERO; c];
-    let mut best_i = vec![NO_SOURCE; c];
-    for i in 0..n {
-        for oy in 0..ho {
-            let y0 = (oy * s) as isize - p as isize;
-            let (ya, yb) = (
-                y0.max(0) as usize,
-                ((y0 + k as isize).min(h as isize)).max(0) as usize,
-            );
-            for ox in 0..wo {
-                let x0 = (ox * s) as isize - p as isize;
-                let (xa, xb) = (
-                    x0.max(0) as usize,
-                    ((x0 + k as isize).min(w as isize)).max(0) as usize,
+    if idx.is_empty() {
+        return IndexMap::one_off(n * h * w * c, idx);
+    }
+    // One image per task: each output is decided by its own window alone, so
+    // the split does not change the result.
+    idx.par_chunks_mut(ho * wo * c)
+        .enumerate()
+        .for_each(|(i, out)| {
+            let mut best_v = vec![T::ZERO; c];
+            let mut best_i = vec![NO_SOURCE; c];
+            for oy in 0..ho {
+                let y0 = (oy * s) as isize - p as isize;
+                let (ya, yb) = (
+                    y0.max(0) as usize,
+                    ((y0 + k as isize).min(h as isize)).max(0) as usize,
                 );
-                best_i.fill(NO_SOURCE);
-                // Window positions in row-major order; all channels at once.
-                for y in ya..yb {
-                    for x in xa..xb {
-                        let base = nhwc(i, y, x, 0, h, w, c) as usize;
-                        let row = &values[base..base + c];
-                        for ch in 0..c {
-                            let v = row[ch];
-                            let take = best_i[ch] == NO_SOURCE
-                                || v > best_v[ch]
-                                || (v.to_f64().is_nan() && !best_v[ch].to_f64().is_nan());
-                            if take {
-                                best_v[ch] = v;
-                                best_i[ch] = (base + ch) as u32;
+                for ox in 0..wo {
+                    let x0 = (ox * s) as isize - p as isize;
+                    let (xa, xb) = (
+                        x0.max(0) as usize,
+                        ((x0 + k as isize).min(w as isize)).max(0) as usize,
+                    );
+                    best_i.fill(NO_SOURCE);
+                    // Window positions in row-major order; all channels at once.
+                    for y in ya..yb {
+                        for x in xa..xb {
+                            let base = nhwc(i, y, x, 0, h, w, c) as usize;
+                            let row = &values[base..base + c];
+                            for ch in 0..c {
+                                let v = row[ch];
+                                let take = best_i[ch] == NO_SOURCE
+                                    || v > best_v[ch]
+                                    || (v.to_f64().is_nan() && !best_v[ch].to_f64().is_nan());
+                                if take {
+                                    best_v[ch] = v;
+                                    best_i[ch] = (base + ch) as u32;
+                                }
                             }
                         }
                     }
+                    let o = (oy * wo + ox) * c;
+                    out[o..o + c].copy_from_slice(&best_i);
                 }
-                let o = ((i * ho + oy) * wo + ox) * c;
-                idx[o..o + c].copy_from_slice(&best_i);
             }
-        }
-    }
+        });
     IndexMap::one_off(n * h * w * c, idx)
 }
 
