@@ -355,7 +355,9 @@ unsafe fn weight_tile<T: Scalar, const MR: usize, const NR: usize, const FMA: bo
     }
 }
 
-/// The partial weight gradient of rows `r0..r1` (tap-major `[t][c_pad][o_pad]`).
+/// The partial weight gradient of rows `r0..r1`: a padded `rows x o_pad`
+/// matrix whose row for (tap `t`, channel `c`) is `t * stride + c`; returns
+/// `(part, stride, o_pad)`.
 #[inline(always)]
 unsafe fn weight_rows<T: Scalar, const MR: usize, const NR: usize, const FMA: bool>(
     geom: &ConvGeom,
@@ -363,13 +365,17 @@ unsafe fn weight_rows<T: Scalar, const MR: usize, const NR: usize, const FMA: bo
     d: &[T],
     r0: usize,
     r1: usize,
-) -> Vec<T> {
+) -> (Vec<T>, usize, usize) {
     let sh = geom.shape;
     let (ci, co, taps, mo) = (sh.c_in, sh.c_out, sh.taps(), sh.rows_out());
-    let cp = ci.div_ceil(MR) * MR;
+    // Few input channels (the first layer): all taps side by side in one
+    // group, so the tile rows are not mostly padding.
+    let fold = ci < MR;
+    let (groups, width) = if fold { (1, taps * ci) } else { (taps, ci) };
+    let wp = width.div_ceil(MR) * MR;
     let op = co.div_ceil(NR) * NR;
-    let mut part = vec![T::ZERO; taps * cp * op];
-    let mut xs = vec![T::ZERO; WEIGHT_SUB * cp];
+    let mut part = vec![T::ZERO; groups * wp * op];
+    let mut xs = vec![T::ZERO; WEIGHT_SUB * wp];
     let mut ds = vec![T::ZERO; WEIGHT_SUB * op];
     let mut s0 = r0;
     while s0 < r1 {
@@ -377,23 +383,27 @@ unsafe fn weight_rows<T: Scalar, const MR: usize, const NR: usize, const FMA: bo
         for m in 0..len {
             ds[m * op..m * op + co].copy_from_slice(&d[(s0 + m) * co..(s0 + m + 1) * co]);
         }
-        for t in 0..taps {
+        for grp in 0..groups {
             for m in 0..len {
-                let row = &mut xs[m * cp..m * cp + ci];
-                match geom.fwd[t * mo + s0 + m] {
-                    NONE => row.fill(T::ZERO),
-                    r => row.copy_from_slice(&x[r as usize * ci..(r as usize + 1) * ci]),
+                let row = &mut xs[m * wp..m * wp + width];
+                let tap_range = if fold { 0..taps } else { grp..grp + 1 };
+                for (slot, t) in tap_range.enumerate() {
+                    let dst = &mut row[slot * ci..(slot + 1) * ci];
+                    match geom.fwd[t * mo + s0 + m] {
+                        NONE => dst.fill(T::ZERO),
+                        r => dst.copy_from_slice(&x[r as usize * ci..(r as usize + 1) * ci]),
+                    }
                 }
             }
-            for c0 in (0..cp).step_by(MR) {
+            for c0 in (0..wp).step_by(MR) {
                 for o0 in (0..op).step_by(NR) {
                     weight_tile::<T, MR, NR, FMA>(
                         xs.as_ptr().add(c0),
-                        cp,
+                        wp,
                         ds.as_ptr().add(o0),
                         op,
                         len,
-                        part.as_mut_ptr().add((t * cp + c0) * op + o0),
+                        part.as_mut_ptr().add((grp * wp + c0) * op + o0),
                         op,
                     );
                 }
@@ -401,7 +411,9 @@ unsafe fn weight_rows<T: Scalar, const MR: usize, const NR: usize, const FMA: bo
         }
         s0 += len;
     }
-    part
+    // Row of (tap t, channel c) in `part`: t * stride + c.
+    let stride = if fold { ci } else { wp };
+    (part, stride, op)
 }
 
 macro_rules! isa_variants {
@@ -473,9 +485,7 @@ unsafe fn weight_rows_dyn<T: Scalar, const MR: usize, const NR: usize, const FMA
     r0: usize,
     r1: usize,
 ) -> (Vec<T>, usize, usize) {
-    let sh = geom.shape;
-    let part = weight_rows::<T, MR, NR, FMA>(geom, x, d, r0, r1);
-    (part, sh.c_in.div_ceil(MR) * MR, sh.c_out.div_ceil(NR) * NR)
+    weight_rows::<T, MR, NR, FMA>(geom, x, d, r0, r1)
 }
 isa_variants!(weight_block, weight_rows_dyn, (geom: &ConvGeom, x: &[T], d: &[T], r0: usize, r1: usize), (Vec<T>, usize, usize));
 
