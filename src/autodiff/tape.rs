@@ -814,18 +814,44 @@ impl<'t, T: Scalar> Var<'t, T> {
 
     /// ReLU as a product with the constant mask `[z > 0]` (second derivative 0).
     pub fn relu(self) -> Self {
-        let mask = self
-            .value()
-            .par_map(|z| if z > T::ZERO { T::ONE } else { T::ZERO });
-        self.mul_const(Rc::new(mask))
+        self.masked(|z| if z > T::ZERO { T::ONE } else { T::ZERO })
     }
 
     /// LeakyReLU as a product with the constant slope mask (`1` or `slope`).
     pub fn leaky_relu(self, slope: T) -> Self {
-        let mask = self
-            .value()
-            .par_map(|z| if z > T::ZERO { T::ONE } else { slope });
-        self.mul_const(Rc::new(mask))
+        self.masked(move |z| if z > T::ZERO { T::ONE } else { slope })
+    }
+
+    /// `self .* mask(self)` recorded as a product with the constant mask; the
+    /// mask and the product are formed in one pass.
+    fn masked(self, mask_of: impl Fn(T) -> T + Sync + Send) -> Self {
+        let (mask, out) = {
+            let z = self.value();
+            let n = z.len();
+            let mut mask: Vec<T> = Vec::with_capacity(n);
+            let mut out: Vec<T> = Vec::with_capacity(n);
+            mask.spare_capacity_mut()[..n]
+                .par_chunks_mut(1 << 15)
+                .zip(out.spare_capacity_mut()[..n].par_chunks_mut(1 << 15))
+                .zip(z.as_slice().par_chunks(1 << 15))
+                .for_each(|((m, o), zs)| {
+                    for ((mi, oi), &zi) in m.iter_mut().zip(o.iter_mut()).zip(zs) {
+                        let k = mask_of(zi);
+                        mi.write(k);
+                        oi.write(zi * k);
+                    }
+                });
+            // SAFETY: all n slots of both were written above.
+            unsafe {
+                mask.set_len(n);
+                out.set_len(n);
+            }
+            let (r, c) = z.shape();
+            (Matrix::from_vec(r, c, mask), Matrix::from_vec(r, c, out))
+        };
+        let rg = self.requires_grad();
+        self.tape
+            .push(out, Op::MulConst(self.id, Rc::new(mask)), rg)
     }
 }
 
