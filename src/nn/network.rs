@@ -4,8 +4,8 @@
 //!
 //! Data arrive as PyTorch-flattened rows (`n x C H W`, NCHW); spatial layers
 //! work on the `(n H W) x C` layout of [`super::spatial`], so a convolution is
-//! one gather (im2col) plus one GEMM over the whole batch, and BatchNorm2d is
-//! BatchNorm1d over those rows.
+//! one implicit GEMM over the whole batch ([`crate::autodiff::conv`]), and
+//! BatchNorm2d is BatchNorm1d over those rows.
 
 use super::arch::{Architecture, LayerSpec, Layout, ParamRole};
 use super::spatial;
