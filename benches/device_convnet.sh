@@ -7,7 +7,10 @@ set -uo pipefail
 out=$1
 rounds=${2:-2}
 mkdir -p "$out"
-pin="taskset -c 0,1"
+# BIN and PIN override the binary and the pinning (for a run on the dev machine:
+# BIN=target/release/landscape PIN= benches/device_convnet.sh OUT 2).
+bin=${BIN:-.gpu/landscape}
+pin=${PIN-taskset -c 0,1}
 lscpu > "$out/lscpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" > "$out/versions.txt" 2>&1
 python3 -c "import pyhessian; print('pyhessian ok')" >> "$out/versions.txt" 2>&1
@@ -17,7 +20,7 @@ for r in $(seq 1 "$rounds"); do
     only=step,hvp
     if [ "$r" = 1 ]; then work=$work,convnet-top-eig-n2000; only=$only,eig; fi
     echo "round $r: ours ($work)"
-    $pin .gpu/landscape bench --devices cpu --threads 2 --reps 5 --workloads "$work" \
+    $pin $bin bench --devices cpu --threads 2 --reps 5 --workloads "$work" \
         --json "$out/ours_$r.json" --table "$out/ours_$r.md" 2>&1 | grep convnet
     echo "round $r: PyTorch ($only)"
     $pin python3 benches/peers/torch_convnet.py --threads 2 --hvp-reps 3 --only "$only" \
