@@ -630,7 +630,7 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
     }
     print!("{table}");
     if let Some(t) = &a.table {
-        std::fs::write(t, &table).map_err(|e| format!("cannot write {}: {e}", t.display()))?;
+        super::write_file(t, table.as_bytes())?;
     }
     let prov = Provenance::new(
         command_line,

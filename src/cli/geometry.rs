@@ -173,7 +173,7 @@ pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
         ));
     }
     if let Some(p) = &a.csv {
-        std::fs::write(p, &csv).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        super::write_file(p, csv.as_bytes())?;
     }
     let mut files = Vec::new();
     if let Some(prefix) = &a.fig {
@@ -594,7 +594,7 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
         }
     }
     if let Some(p) = &a.csv {
-        std::fs::write(p, &csv).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        super::write_file(p, csv.as_bytes())?;
     }
     if let Some(out) = &a.out {
         let mut meta = BTreeMap::new();

@@ -15,7 +15,6 @@ use landscape::nn::{Mlp, Network};
 use landscape::Matrix;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -314,8 +313,6 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         }
         .map_err(|e| e.to_string())?;
         timing.insert("gn_norms_s".into(), json!(t.elapsed().as_secs_f64()));
-        let mut f = std::fs::File::create(csv)
-            .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
         // ||A_i|| is computed on the CPU path only.
         let with_a = !g.a_norms.is_empty();
         let mut text = String::from("sample,label,loss,gn_norm,gn_rank");
@@ -330,8 +327,7 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
             }
             text.push('\n');
         }
-        f.write_all(text.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
+        super::write_file(csv, text.as_bytes())?;
         let (imax, max) =
             g.norms
                 .iter()

@@ -507,6 +507,15 @@ fn write_results(
     Ok(())
 }
 
+/// Writes an output file atomically (temporary file + rename), creating its folder.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    landscape::io::write_atomic(path, bytes).map_err(|e| format!("cannot write {e}"))
+}
+
 fn optimizer_of(a: &TrainArgs) -> Result<Optimizer, String> {
     if a.optimizer == OptimizerName::Adam && a.momentum != 0.0 {
         return Err("--momentum applies to --optimizer sgd only".into());

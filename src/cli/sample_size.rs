@@ -375,7 +375,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
         results.insert("figures".into(), json!(files));
     }
     if let Some(p) = &a.csv {
-        std::fs::write(p, csv).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        super::write_file(p, csv.as_bytes())?;
     }
     results.insert("seconds".into(), json!(t_all.elapsed().as_secs_f64()));
     eprintln!(

@@ -9,7 +9,6 @@ use landscape::plot::{line_plot, LineFigure, Series};
 use landscape::theory::validate::evaluate_bounds;
 use landscape::train::{train, Optimizer, TrainConfig};
 use serde_json::json;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -149,9 +148,7 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
     }
     print!("{csv_text}");
     if let Some(path) = &a.csv {
-        std::fs::File::create(path)
-            .and_then(|mut f| f.write_all(csv_text.as_bytes()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        super::write_file(path, csv_text.as_bytes())?;
     }
     let mut figures = Vec::new();
     if let Some(prefix) = &a.fig {
@@ -234,8 +231,7 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
         }
     }
     if let Some(path) = &a.report {
-        std::fs::write(path, sweep_report(&rows, n, full.len()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        super::write_file(path, sweep_report(&rows, n, full.len()).as_bytes())?;
     }
     let prov = Provenance::new(
         command_line,
