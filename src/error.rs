@@ -45,7 +45,7 @@ pub enum Error {
     #[error(transparent)]
     Checkpoint(#[from] crate::io::checkpoint::CheckpointError),
     /// A stop signal arrived; the state is in the checkpoint folder.
-    #[error("interrupted by {signal} at {position}; checkpoint written to {}", .dir.display())]
+    #[error("interrupted by {signal} at {position}; checkpoint written to {}: continue with the same command and --resume {}", .dir.display(), .dir.display())]
     Interrupted {
         signal: String,
         position: String,
