@@ -233,7 +233,6 @@ fn probe_outputs(paths: &[Option<&Path>]) -> Result<(), String> {
 }
 
 /// Figure outputs `PREFIX.png`/`PREFIX-*.png`: probes the prefix's folder.
-#[allow(dead_code)]
 fn probe_prefix(prefix: Option<&Path>) -> Result<(), String> {
     match prefix {
         Some(p) => probe_outputs(&[Some(&p.with_file_name(format!(
