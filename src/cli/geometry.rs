@@ -8,9 +8,10 @@ use super::{progress, write_results, DataArgs, ModelArgs};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use landscape::experiments::geometry::{
-    curve_name, parse_grid, parse_range, read_surface_file, run_connect, run_line, run_surface,
-    same_architecture, write_surface_file, BendTraining, BnStats, ConnectConfig, CurvatureGrid,
-    CurveKind, DirectionSpec, LineConfig, Normalization, Progress, SurfaceConfig,
+    curve_name, parse_grid, parse_range, read_surface_file, run_connect, run_line,
+    run_surface_checkpointed, same_architecture, write_surface_file, BendTraining, BnStats,
+    ConnectConfig, CurvatureGrid, CurveKind, DirectionSpec, LineConfig, Normalization, Progress,
+    SurfaceConfig,
 };
 use landscape::io::network_file::save_network;
 use landscape::io::provenance::Provenance;
@@ -278,6 +279,9 @@ pub struct SurfaceArgs {
     pub fig: Option<PathBuf>,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Checkpoints of finished grid rows and curvature points (see `--resume`).
+    #[command(flatten)]
+    pub ckpt: super::CheckpointArgs,
 }
 
 /// Named maps over a grid.
@@ -383,7 +387,17 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         bn_mode: bn_mode_of(a.bn_mode, a.bn_batch_size),
         bn_stats: bn_stats_of(a.bn_stats, a.bn_batch_size),
     };
-    let r = run_surface(&net, &bundle, &cfg, &Bars::new()).map_err(e)?;
+    super::probe_outputs(&[a.out.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
+    let spec = a.ckpt.spec()?;
+    if spec.as_ref().is_some_and(|s| s.resume) {
+        eprintln!(
+            "resuming from {}",
+            landscape::io::checkpoint::path_in(&spec.as_ref().expect("spec").dir).display()
+        );
+    }
+    let r =
+        run_surface_checkpointed(&net, &bundle, &cfg, &Bars::new(), spec.as_ref()).map_err(e)?;
     eprintln!(
         "surface: {} points x {} samples in {:.1} s",
         r.grid_x.len() * r.grid_y.len(),
@@ -426,7 +440,8 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
     let mut results = r.to_json();
     results["file"] = json!(a.out.as_ref().map(|p| p.display().to_string()));
     results["figures"] = json!(files);
-    write_results(a.json.as_deref(), "surface", results, &prov)
+    write_results(a.json.as_deref(), "surface", results, &prov)?;
+    a.ckpt.finish()
 }
 
 #[derive(Args)]

@@ -49,8 +49,10 @@
 //! `landscape-test: paused at POINT N` on stderr and sleeps until a stop signal arrives
 //! (then continues), so a test can kill it there with SIGKILL or SIGINT. Points: `step`
 //! (after a training step, before any checkpoint of it), `checkpoint-write` (half of a
-//! checkpoint's bytes in its temporary file), `point` (after a sweep configuration or a
-//! chunk of surface grid points, before any checkpoint of it).
+//! checkpoint's bytes in its temporary file), `output-write` (the same for any output
+//! file), `point` (after a sweep configuration or a chunk of surface grid points, before
+//! any checkpoint of it). `LANDSCAPE_TEST_LOG_WRITES=1` (test-only) reports every file
+//! the atomic writer put in place ([`test_log_write`]).
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -196,6 +198,15 @@ pub fn test_point(name: &str) {
     eprintln!("landscape-test: paused at {name} {n}");
     while stop_requested().is_none() {
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// With `LANDSCAPE_TEST_LOG_WRITES` set (test-only), reports every file the atomic
+/// writer renamed into place as `landscape-test: wrote PATH` on stderr, so a test can
+/// check that every output went through it.
+pub fn test_log_write(path: &Path) {
+    if std::env::var_os("LANDSCAPE_TEST_LOG_WRITES").is_some() {
+        eprintln!("landscape-test: wrote {}", path.display());
     }
 }
 

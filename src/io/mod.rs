@@ -34,7 +34,7 @@ use std::path::Path;
 /// file, the new one, or no file under the final name, never a partial one (at most a
 /// hidden temporary `.NAME.tmpPID` beside it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, bytes, || {})
+    write_atomic_with(path, bytes, || checkpoint::test_point("output-write"))
 }
 
 /// The temporary sibling [`write_atomic`] writes before renaming onto `path`.
@@ -62,6 +62,7 @@ pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mid_write: impl FnOnc
         f.write_all(&bytes[half..])?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
+        checkpoint::test_log_write(path);
         // Make the rename itself durable (best effort: not every file system allows it).
         if let Some(dir) = path.parent() {
             let dir = if dir.as_os_str().is_empty() {
