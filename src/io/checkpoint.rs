@@ -416,24 +416,7 @@ pub fn load(
 /// Removes temporary checkpoint files of processes that no longer run (left by a run
 /// killed while writing a checkpoint).
 fn remove_stale_temps(dir: &Path) {
-    let prefix = format!(".{FILE_NAME}.tmp");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: `kill` with signal 0 only checks whether the process exists.
-        let alive = pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0;
-        if !alive {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    super::remove_stale_temps(&path_in(dir));
 }
 
 /// Where and how often a run checkpoints.

@@ -34,7 +34,41 @@ use std::path::Path;
 /// file, the new one, or no file under the final name, never a partial one (at most a
 /// hidden temporary `.NAME.tmpPID` beside it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, bytes, || checkpoint::test_point("output-write"))
+    write_atomic_with(path, bytes, || checkpoint::test_point("output-write"))?;
+    checkpoint::test_log_write(path);
+    remove_stale_temps(path);
+    Ok(())
+}
+
+/// Removes the temporary siblings of `path` (`.NAME.tmpPID`) left by processes that no
+/// longer run (killed while writing it).
+pub(crate) fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let entry = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = entry
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: `kill` with signal 0 only asks whether the process exists.
+        let alive = pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The temporary sibling [`write_atomic`] writes before renaming onto `path`.
@@ -62,7 +96,6 @@ pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mid_write: impl FnOnc
         f.write_all(&bytes[half..])?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        checkpoint::test_log_write(path);
         // Make the rename itself durable (best effort: not every file system allows it).
         if let Some(dir) = path.parent() {
             let dir = if dir.as_os_str().is_empty() {
