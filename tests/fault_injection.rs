@@ -424,6 +424,68 @@ fn surface_resumes_after_kill_between_grid_points_and_in_curvature() {
 }
 
 #[test]
+fn connect_resumes_bend_training_after_kill_and_sigint() {
+    let root = TempDir::new("fi-connect");
+    std::fs::create_dir_all(root.join("models")).unwrap();
+    for (seed, out) in [("1", "a.safetensors"), ("2", "b.safetensors")] {
+        run_ok(
+            &root.join("models"),
+            &[
+                "train", "--data", "digits", "--hidden", "8", "--epochs", "1", "--seed", seed,
+                "--out", out,
+            ],
+        );
+    }
+    let args = vec![
+        "connect",
+        "--a",
+        "../models/a.safetensors",
+        "--b",
+        "../models/b.safetensors",
+        "--data",
+        "digits",
+        "--train-size",
+        "200",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--points",
+        "5",
+        "--eigen-points",
+        "2",
+        "--eigen-samples",
+        "32",
+        "--threads",
+        "2",
+        "--out",
+        "bend.safetensors",
+        "--csv",
+        "c.csv",
+        "--fig",
+        "fig/c",
+        "--json",
+        "c.json",
+    ];
+    let a = reference(&root, &args);
+    let b = root.join("killed");
+    std::fs::create_dir_all(&b).unwrap();
+    // 13 steps per epoch: killed at step 10 of epoch 1 (9 checkpointed), interrupted 5
+    // steps after resuming (steps 10-13 of epoch 1, then epoch 2, step 1), then finished.
+    let every = with(
+        &with_ck(&args, "--checkpoint-dir"),
+        &["--checkpoint-interval", "0"],
+    );
+    let (st, _) = interrupt(&b, &every, "step:10", Sig::Kill);
+    assert_killed(st);
+    let (st, err) = interrupt(&b, &with_ck(&args, "--resume"), "step:5", Sig::Int);
+    assert_eq!(st.code(), Some(130), "{err}");
+    assert!(err.contains("at bend training epoch 2, step 1"), "{err}");
+    run_ok(&b, &with_ck(&args, "--resume"));
+    assert_same_outputs(&a, &b);
+}
+
+#[test]
 fn damaged_missing_and_foreign_checkpoints_are_refused() {
     let root = TempDir::new("fi-refused");
     let d: &Path = &root;

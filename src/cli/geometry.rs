@@ -8,7 +8,7 @@ use super::{progress, write_results, DataArgs, ModelArgs};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use landscape::experiments::geometry::{
-    curve_name, parse_grid, parse_range, read_surface_file, run_connect, run_line,
+    curve_name, parse_grid, parse_range, read_surface_file, run_connect_checkpointed, run_line,
     run_surface_checkpointed, same_architecture, write_surface_file, BendTraining, BnStats,
     ConnectConfig, CurvatureGrid, CurveKind, DirectionSpec, LineConfig, Normalization, Progress,
     SurfaceConfig,
@@ -504,6 +504,9 @@ pub struct ConnectArgs {
     pub fig: Option<PathBuf>,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Checkpoints of the bend training (see `--resume`).
+    #[command(flatten)]
+    pub ckpt: super::CheckpointArgs,
 }
 
 pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
@@ -544,7 +547,17 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
     if a.plane_grid < 2 {
         return Err("--points, --eigen-points and --plane-grid must be at least 2".into());
     }
-    let r = run_connect(&na, &nb, &bundle, &cfg, &Bars::new()).map_err(e)?;
+    super::probe_outputs(&[a.out.as_deref(), a.csv.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
+    let spec = a.ckpt.spec()?;
+    if let Some(s) = spec.as_ref().filter(|s| s.resume) {
+        eprintln!(
+            "resuming from {}",
+            landscape::io::checkpoint::path_in(&s.dir).display()
+        );
+    }
+    let r = run_connect_checkpointed(&na, &nb, &bundle, &cfg, &Bars::new(), spec.as_ref())
+        .map_err(e)?;
     let mut csv = String::from("path,split,t,loss,error\n");
     let (mut loss_series, mut err_series) = (Vec::new(), Vec::new());
     for p in &r.paths {
@@ -630,5 +643,6 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
             json!({"a": a.a.display().to_string(), "b": a.b.display().to_string(), "model": super::model_json(&na)}),
         ),
     );
-    write_results(a.json.as_deref(), "connect", results, &prov)
+    write_results(a.json.as_deref(), "connect", results, &prov)?;
+    a.ckpt.finish()
 }

@@ -1,6 +1,6 @@
 //! Checkpoints of long runs, `--resume`, stop signals and exit statuses.
 //!
-//! A long command (`train`, `bounds-sweep`, `surface`) given `--checkpoint-dir DIR`
+//! A long command (`train`, `bounds-sweep`, `surface`, `connect`) given `--checkpoint-dir DIR`
 //! saves its state to `DIR/resume.ckpt` at safe points (after a training step, a sweep
 //! configuration, a chunk of grid points), at most every `--checkpoint-interval` seconds
 //! and always at the end of a training epoch and when a stop signal arrives.

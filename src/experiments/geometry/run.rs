@@ -1315,6 +1315,21 @@ pub fn run_connect(
     cfg: &ConnectConfig,
     progress: &dyn Progress,
 ) -> Result<ConnectResult> {
+    run_connect_checkpointed(a, b, data, cfg, progress, None)
+}
+
+/// [`run_connect`] with checkpoints of the bend training (see
+/// [`super::train_bend_checkpointed`]); the trained bend is checkpointed too, so a run
+/// stopped while evaluating the paths resumes without training again. The checkpoint
+/// is tied to the configuration, both models, the data and the thread count.
+pub fn run_connect_checkpointed(
+    a: &Network<f64>,
+    b: &Network<f64>,
+    data: &DataBundle,
+    cfg: &ConnectConfig,
+    progress: &dyn Progress,
+    ckpt: Option<&Checkpointing>,
+) -> Result<ConnectResult> {
     if !same_architecture(a, b) {
         return Err(Error::InvalidArgument(
             "the two models have different architectures or settings".into(),
@@ -1361,15 +1376,33 @@ pub fn run_connect(
         false,
     );
     let (ta, tb) = (a.param_vector(), b.param_vector());
-    let t0 = Instant::now();
+    let mut session = match ckpt {
+        Some(spec) => Some(Session::start(
+            spec,
+            "connect",
+            serde_json::json!({
+                "connect": cfg,
+                "a_sha256": network_fingerprint(a),
+                "b_sha256": network_fingerprint(b),
+                "data": data.summary_json(),
+            }),
+        )?),
+        None => None,
+    };
     let steps = cfg.training.epochs * y.len().div_ceil(cfg.training.batch_size.max(1));
     progress.stage("bend", steps as u64);
-    let (bend, history) =
-        super::train_bend_geo(&geo, cfg.curve, &ta, &tb, &x, &y, &cfg.training, || {
-            progress.tick()
-        })?;
+    let (bend, history, train_seconds) = super::train_bend_checkpointed(
+        &geo,
+        cfg.curve,
+        &ta,
+        &tb,
+        &x,
+        &y,
+        &cfg.training,
+        session.as_mut(),
+        || progress.tick(),
+    )?;
     progress.finish();
-    let train_seconds = t0.elapsed().as_secs_f64();
     let ts: Vec<f64> = (0..cfg.points)
         .map(|i| i as f64 / (cfg.points - 1) as f64)
         .collect();
