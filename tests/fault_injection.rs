@@ -841,3 +841,72 @@ fn every_command_writes_outputs_atomically() {
         assert!(err.contains(&format!("wrote {f}")), "{f}: {err}");
     }
 }
+
+/// An output path that cannot be written is a one-line error before the long work.
+#[test]
+fn unwritable_output_fails_before_the_long_work() {
+    let root = TempDir::new("fi-probe");
+    let d: &Path = &root;
+    std::fs::write(d.join("a-file"), b"x").unwrap();
+    run_ok(
+        d,
+        &[
+            "train",
+            "--data",
+            "digits",
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            "m.safetensors",
+        ],
+    );
+    let t = std::time::Instant::now();
+    for args in [
+        // 10,000 epochs: hours of work if the probe did not stop it first.
+        vec![
+            "train",
+            "--data",
+            "digits",
+            "--epochs",
+            "10000",
+            "--out",
+            "m2.safetensors",
+            "--json",
+            "a-file/r.json",
+        ],
+        vec![
+            "bounds-sweep",
+            "--data",
+            "digits",
+            "--widths",
+            "64,128",
+            "--depths",
+            "1,2,3",
+            "--epochs",
+            "1000",
+            "--csv",
+            "a-file/s.csv",
+        ],
+        vec![
+            "surface",
+            "--model",
+            "m.safetensors",
+            "--data",
+            "digits",
+            "--fig",
+            "a-file/s",
+        ],
+    ] {
+        let (st, err) = run_fail(d, &args);
+        assert_eq!(st.code(), Some(1), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].contains("a-file"), "{err}");
+        if args[0] == "train" {
+            assert!(!d.join("m2.safetensors").exists());
+        }
+    }
+    assert!(t.elapsed().as_secs() < 30, "{:?}", t.elapsed());
+}

@@ -508,6 +508,7 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
     if a.reps == 0 {
         return Err("--reps must be at least 1".into());
     }
+    super::probe_outputs(&[a.table.as_deref(), a.json.as_deref()])?;
     let workloads = if a.workloads.is_empty() {
         vec![
             Workload::DenseDigits,

@@ -55,6 +55,8 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
     let model = a.model.load_mlp_only("bounds")?;
     let bundle = a.data.load()?;
     super::check_model_fits(&model, &bundle)?;
+    super::probe_outputs(&[a.csv.as_deref(), a.report.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
     if model.layers.iter().any(|l| l.bn.is_some()) {
         return Err(
             "bounds: the theorem covers plain MLPs; this model has BatchNorm layers".into(),

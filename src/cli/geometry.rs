@@ -146,6 +146,8 @@ pub struct LineArgs {
 pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
     let bundle = a.data.load()?;
     let net = a.model.load_network(&bundle)?;
+    super::probe_outputs(&[a.csv.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
     let direction = match &a.to {
         Some(p) => DirectionSpec::Model(p.clone()),
         None => DirectionSpec::parse(&a.direction).map_err(e)?,

@@ -190,6 +190,8 @@ pub fn bn_mode_of(arg: BnModeArg, batch: usize) -> BnMode {
 pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     let bundle = a.data.load()?;
     let net: Network<f64> = a.model.load_network(&bundle)?;
+    super::probe_outputs(&[a.dense.as_deref(), a.gn_norms.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.density.as_deref())?;
     let bn_mode = bn_mode_of(a.bn_mode, a.bn_batch_size);
     // The analytic MLP Hessian is the fast path; every other network goes through the tape.
     let analytic: Option<Mlp<f64>> = if bn_mode == BnMode::Eval {

@@ -201,6 +201,8 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
         println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
         return Ok(());
     }
+    super::probe_outputs(&[a.csv.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
     let t_all = Instant::now();
     let opts = DataOptions {
         normalize: Normalize::Symmetric,
