@@ -486,6 +486,64 @@ fn connect_resumes_bend_training_after_kill_and_sigint() {
 }
 
 #[test]
+fn sample_size_resumes_after_kill_mid_training_and_sigint() {
+    let root = TempDir::new("fi-sample-size");
+    let args = vec![
+        "sample-size",
+        "--data",
+        "digits",
+        "--train-size",
+        "200",
+        "--epochs",
+        "1",
+        "--orderings",
+        "3",
+        "--hidden-sizes",
+        "4,8",
+        "--extra-layers",
+        "1",
+        "--fixed-depth",
+        "1",
+        "--fixed-width",
+        "4",
+        "--radii",
+        "0.5",
+        "--draws",
+        "1",
+        "--top-q",
+        "2",
+        "--threads",
+        "1",
+        "--cache-dir",
+        "cache",
+        "--csv",
+        "ss.csv",
+        "--fig",
+        "fig/ss",
+        "--json",
+        "ss.json",
+    ];
+    let a = reference(&root, &args);
+    let b = root.join("killed");
+    std::fs::create_dir_all(&b).unwrap();
+    // Killed while training the first model (retrained on resume); the second
+    // configuration's model is trained, cached and recorded, then SIGINT before its
+    // configuration is checkpointed; the resumed run loads it and reports it as
+    // trained by this run, as the uninterrupted run does.
+    let every = with(
+        &with_ck(&args, "--checkpoint-dir"),
+        &["--checkpoint-interval", "0"],
+    );
+    let (st, _) = interrupt(&b, &every, "step:2", Sig::Kill);
+    assert_killed(st);
+    let (st, err) = interrupt(&b, &with_ck(&args, "--resume"), "point:2", Sig::Int);
+    assert_eq!(st.code(), Some(130), "{err}");
+    assert!(err.contains("at configuration 2 of 2"), "{err}");
+    run_ok(&b, &with_ck(&args, "--resume"));
+    assert_same_outputs(&a, &b);
+}
+
+#[test]
 fn damaged_missing_and_foreign_checkpoints_are_refused() {
     let root = TempDir::new("fi-refused");
     let d: &Path = &root;

@@ -1,8 +1,8 @@
 //! Checkpoints of long runs, `--resume`, stop signals and exit statuses.
 //!
-//! A long command (`train`, `bounds-sweep`, `surface`, `connect`) given `--checkpoint-dir DIR`
-//! saves its state to `DIR/resume.ckpt` at safe points (after a training step, a sweep
-//! configuration, a chunk of grid points), at most every `--checkpoint-interval` seconds
+//! A long command (`train`, `bounds-sweep`, `sample-size`, `surface`, `connect`) given
+//! `--checkpoint-dir DIR` saves its state to `DIR/resume.ckpt` at safe points (after a
+//! training step, a sweep configuration, a chunk of grid points), at most every `--checkpoint-interval` seconds
 //! and always at the end of a training epoch and when a stop signal arrives.
 //! `--resume DIR` continues from that file; the finished outputs are byte-identical to
 //! those of an uninterrupted run with the same configuration and thread count, because
@@ -143,6 +143,16 @@ pub fn install_stop_handlers() {
     unsafe {
         libc::signal(SIGINT, handler);
         libc::signal(SIGTERM, handler);
+    }
+}
+
+/// Gives SIGINT and SIGTERM their default action back (when the work that follows has
+/// no safe points, so that a signal ends it at once).
+pub fn restore_default_signals() {
+    // SAFETY: resetting a disposition to its default.
+    unsafe {
+        libc::signal(SIGINT, libc::SIG_DFL);
+        libc::signal(SIGTERM, libc::SIG_DFL);
     }
 }
 

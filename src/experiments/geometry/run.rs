@@ -1403,6 +1403,11 @@ pub fn run_connect_checkpointed(
         || progress.tick(),
     )?;
     progress.finish();
+    if session.is_some() {
+        // The evaluation below has no safe points: a signal ends it at once, and a
+        // resumed run starts from the trained bend.
+        crate::io::checkpoint::restore_default_signals();
+    }
     let ts: Vec<f64> = (0..cfg.points)
         .map(|i| i as f64 / (cfg.points - 1) as f64)
         .collect();
