@@ -200,6 +200,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Trains the model of `(h, extra)` as the seed did, or loads it from the cache.
+#[allow(clippy::too_many_arguments)]
 fn train_or_load(
     c: &SampleSizeConfig,
     arch: (usize, usize),

@@ -2,8 +2,9 @@
 //!
 //! A long command (`train`, `bounds-sweep`, `sample-size`, `surface`, `connect`) given
 //! `--checkpoint-dir DIR` saves its state to `DIR/resume.ckpt` at safe points (after a
-//! training step, a sweep configuration, a chunk of grid points), at most every `--checkpoint-interval` seconds
-//! and always at the end of a training epoch and when a stop signal arrives.
+//! training step, a sweep configuration, a chunk of grid points), at most every
+//! `--checkpoint-interval` seconds, and always at the end of a training epoch and when
+//! a stop signal arrives.
 //! `--resume DIR` continues from that file; the finished outputs are byte-identical to
 //! those of an uninterrupted run with the same configuration and thread count, because
 //! everything the remaining work depends on is in the file, bit for bit: parameters,
