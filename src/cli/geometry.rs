@@ -392,10 +392,10 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
     super::probe_outputs(&[a.out.as_deref(), a.json.as_deref()])?;
     super::probe_prefix(a.fig.as_deref())?;
     let spec = a.ckpt.spec()?;
-    if spec.as_ref().is_some_and(|s| s.resume) {
+    if let Some(s) = spec.as_ref().filter(|s| s.resume) {
         eprintln!(
             "resuming from {}",
-            landscape::io::checkpoint::path_in(&spec.as_ref().expect("spec").dir).display()
+            landscape::io::checkpoint::path_in(&s.dir).display()
         );
     }
     let r =
