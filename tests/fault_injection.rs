@@ -263,6 +263,53 @@ fn train_resumes_bit_exactly_after_sigkill_mid_epoch() {
     }
 }
 
+/// Any architecture (`nn::Network`: BatchNorm buffers and `num_batches_tracked`), in f32.
+#[test]
+fn convnet_f32_training_resumes_bit_exactly() {
+    let root = TempDir::new("fi-train-convnet");
+    let args = vec![
+        "train",
+        "--arch",
+        "convnet",
+        "--width",
+        "2",
+        "--data",
+        "digits",
+        "--train-size",
+        "300",
+        "--test-split",
+        "0.2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "3e-3",
+        "--dtype",
+        "f32",
+        "--threads",
+        "1",
+        "--out",
+        "c.safetensors",
+        "--json",
+        "c.json",
+    ];
+    let a = reference(&root, &args);
+    let b = root.join("killed");
+    std::fs::create_dir_all(&b).unwrap();
+    let every = with(
+        &with_ck(&args, "--checkpoint-dir"),
+        &["--checkpoint-interval", "0"],
+    );
+    let (st, _) = interrupt(&b, &every, "step:5", Sig::Kill);
+    assert_killed(st);
+    let resume = with(&with_ck(&args, "--resume"), &["--checkpoint-interval", "0"]);
+    let (st, _) = interrupt(&b, &resume, "step:6", Sig::Kill);
+    assert_killed(st);
+    run_ok(&b, &with_ck(&args, "--resume"));
+    assert_same_outputs(&a, &b);
+}
+
 #[test]
 fn train_sigint_and_sigterm_checkpoint_and_exit_130_143() {
     let root = TempDir::new("fi-train-signals");
