@@ -41,6 +41,16 @@ pub enum Error {
     /// No usable CUDA device, or a CUDA driver/NVRTC/cuBLAS call failed.
     #[error("{0}")]
     Cuda(String),
+    /// A checkpoint that cannot be written, found or used.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::io::checkpoint::CheckpointError),
+    /// A stop signal arrived; the state is in the checkpoint folder.
+    #[error("interrupted by {signal} at {position}; checkpoint written to {}: continue with the same command and --resume {}", .dir.display(), .dir.display())]
+    Interrupted {
+        signal: String,
+        position: String,
+        dir: PathBuf,
+    },
 }
 
 impl Error {

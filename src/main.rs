@@ -44,9 +44,16 @@ fn main() -> ExitCode {
     configure_allocator();
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("error: {msg}");
-            ExitCode::FAILURE
-        }
+        Err(msg) => match landscape::io::checkpoint::interrupted_exit_status() {
+            // Stopped by SIGINT/SIGTERM after writing a checkpoint: 130/143.
+            Some(code) => {
+                eprintln!("{msg}");
+                ExitCode::from(code)
+            }
+            None => {
+                eprintln!("error: {msg}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -44,6 +44,16 @@ impl Rng {
         Self::new(splitmix64(&mut sm))
     }
 
+    /// The full state (the four words and a pending Box-Muller normal), for checkpoints.
+    pub fn state(&self) -> ([u64; 4], Option<f64>) {
+        (self.s, self.spare_normal)
+    }
+
+    /// A generator continuing from a [`Rng::state`].
+    pub fn from_state(s: [u64; 4], spare_normal: Option<f64>) -> Self {
+        Self { s, spare_normal }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;

@@ -7,9 +7,17 @@
 //! `w <- w - lr * (m / (1-b1^t)) / (sqrt(s / (1-b2^t)) + eps)`.
 //! Each epoch shuffles the training indices with `Rng::derived(seed, epoch)`
 //! (Fisher-Yates); the last partial batch is kept.
+//!
+//! [`train_checkpointed`] saves the whole training state at safe points (after a step,
+//! at the end of every epoch) through an [`io::checkpoint::Session`](Session) and
+//! resumes from it bit for bit: parameters, BatchNorm running statistics and counters,
+//! the optimiser's moments and step count, the epoch and the position in its shuffled
+//! order (the order itself is recomputed from `Rng::derived(seed, epoch)`), the
+//! epoch's running loss sum and step count, and the finished epochs' metrics.
 
 use crate::autodiff::Tape;
 use crate::error::{Error, Result};
+use crate::io::checkpoint::{test_point, CheckpointError, Decoder, Encoder, Session};
 use crate::nn::backprop::loss_and_grad_analytic;
 use crate::nn::{loss::error_rate, BatchStats, Mlp, Mode, Network};
 use crate::rng::Rng;
@@ -144,6 +152,9 @@ pub trait TrainModel<T: Scalar> {
     fn apply_batch_stats(&mut self, stats: StepStats<T>, batch: usize);
     /// Mean loss and error rate in evaluation mode.
     fn evaluate(&self, x: &Matrix<T>, labels: &[usize]) -> Result<(f64, f64)>;
+    /// Every tensor of the model's state (the trainable tensors, then the BatchNorm
+    /// buffers) and its counters (BatchNorm `num_batches_tracked`), for checkpoints.
+    fn state_mut(&mut self) -> (Vec<&mut Matrix<T>>, Vec<&mut u64>);
 }
 
 impl<T: Scalar> TrainModel<T> for Mlp<T> {
@@ -192,6 +203,28 @@ impl<T: Scalar> TrainModel<T> for Mlp<T> {
     fn evaluate(&self, x: &Matrix<T>, labels: &[usize]) -> Result<(f64, f64)> {
         evaluate(self, x, labels)
     }
+    fn state_mut(&mut self) -> (Vec<&mut Matrix<T>>, Vec<&mut u64>) {
+        let mut params = Vec::new();
+        let mut buffers = Vec::new();
+        for layer in &mut self.layers {
+            params.push(&mut layer.weight);
+            if let Some(b) = &mut layer.bias {
+                params.push(b);
+            }
+            if let Some(bn) = &mut layer.bn {
+                if let Some(g) = &mut bn.gamma {
+                    params.push(g);
+                }
+                if let Some(b) = &mut bn.beta {
+                    params.push(b);
+                }
+                buffers.push(&mut bn.running_mean);
+                buffers.push(&mut bn.running_var);
+            }
+        }
+        params.extend(buffers);
+        (params, Vec::new())
+    }
 }
 
 impl<T: Scalar> TrainModel<T> for Network<T> {
@@ -224,6 +257,16 @@ impl<T: Scalar> TrainModel<T> for Network<T> {
     }
     fn evaluate(&self, x: &Matrix<T>, labels: &[usize]) -> Result<(f64, f64)> {
         evaluate_network(self, x, labels)
+    }
+    fn state_mut(&mut self) -> (Vec<&mut Matrix<T>>, Vec<&mut u64>) {
+        let mut tensors: Vec<&mut Matrix<T>> = self.params.iter_mut().collect();
+        let mut counters = Vec::new();
+        for bn in &mut self.bn {
+            tensors.push(&mut bn.running_mean);
+            tensors.push(&mut bn.running_var);
+            counters.push(&mut bn.num_batches_tracked);
+        }
+        (tensors, counters)
     }
 }
 
@@ -305,9 +348,136 @@ pub fn train<T: Scalar, M: TrainModel<T>>(
     labels: &[usize],
     test: Option<(&Matrix<T>, &[usize])>,
     cfg: &TrainConfig,
+    on_step: impl FnMut(usize, usize, f64),
+    on_epoch: impl FnMut(&M, &EpochMetrics) -> Result<()>,
+) -> Result<Vec<EpochMetrics>> {
+    train_checkpointed(model, x, labels, test, cfg, None, on_step, on_epoch).map(|r| r.history)
+}
+
+/// What [`train_checkpointed`] returns.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub history: Vec<EpochMetrics>,
+    /// Seconds spent in the earlier, interrupted parts of a resumed run (0 otherwise).
+    pub earlier_seconds: f64,
+}
+
+/// Where training stands: what a checkpoint holds besides the model and optimiser.
+struct Position {
+    /// The epoch in progress (1-based).
+    epoch: usize,
+    /// The next minibatch of the epoch's shuffled order.
+    chunk: usize,
+    batch_loss_sum: f64,
+    steps: usize,
+    global_step: usize,
+}
+
+fn encode_train_state<T: Scalar, M: TrainModel<T>>(
+    model: &mut M,
+    opt: &OptState<T>,
+    pos: &Position,
+    history: &[EpochMetrics],
+    seconds: f64,
+) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.usize(pos.epoch)
+        .usize(pos.chunk)
+        .f64(pos.batch_loss_sum)
+        .usize(pos.steps)
+        .usize(pos.global_step)
+        .f64(seconds);
+    let (tensors, counters) = model.state_mut();
+    e.usize(tensors.len());
+    for t in tensors {
+        e.matrix(t);
+    }
+    e.u64s(&counters.into_iter().map(|c| *c).collect::<Vec<_>>());
+    e.u64(opt.t).usize(opt.m.len());
+    for (m, s) in opt.m.iter().zip(&opt.s) {
+        e.matrix(m).matrix(s);
+    }
+    e.usize(history.len());
+    for h in history {
+        e.usize(h.epoch)
+            .usize(h.steps)
+            .f64(h.mean_batch_loss)
+            .f64(h.train_loss)
+            .f64(h.train_error)
+            .opt_f64(h.test_loss)
+            .opt_f64(h.test_error);
+    }
+    e.finish()
+}
+
+fn decode_train_state<T: Scalar, M: TrainModel<T>>(
+    d: &mut Decoder,
+    model: &mut M,
+    opt: &mut OptState<T>,
+) -> std::result::Result<(Position, Vec<EpochMetrics>, f64), CheckpointError> {
+    let pos = Position {
+        epoch: d.usize()?,
+        chunk: d.usize()?,
+        batch_loss_sum: d.f64()?,
+        steps: d.usize()?,
+        global_step: d.usize()?,
+    };
+    let seconds = d.f64()?;
+    let (tensors, counters) = model.state_mut();
+    if d.usize()? != tensors.len() {
+        return Err(d.error("the number of model tensors differs from the model's"));
+    }
+    for (i, t) in tensors.into_iter().enumerate() {
+        *t = d.matrix_like(t, &format!("model tensor {i}"))?;
+    }
+    let c = d.u64s()?;
+    if c.len() != counters.len() {
+        return Err(d.error("the number of BatchNorm counters differs from the model's"));
+    }
+    for (dst, v) in counters.into_iter().zip(c) {
+        *dst = v;
+    }
+    opt.t = d.u64()?;
+    if d.usize()? != opt.m.len() {
+        return Err(d.error("the number of optimiser slots differs from the model's"));
+    }
+    for i in 0..opt.m.len() {
+        opt.m[i] = d.matrix_like(&opt.m[i], "an optimiser moment")?;
+        opt.s[i] = d.matrix_like(&opt.s[i], "an optimiser moment")?;
+    }
+    let n = d.usize()?;
+    let mut history = Vec::new();
+    for _ in 0..n {
+        history.push(EpochMetrics {
+            epoch: d.usize()?,
+            steps: d.usize()?,
+            mean_batch_loss: d.f64()?,
+            train_loss: d.f64()?,
+            train_error: d.f64()?,
+            test_loss: d.opt_f64()?,
+            test_error: d.opt_f64()?,
+        });
+    }
+    d.end()?;
+    Ok((pos, history, seconds))
+}
+
+/// [`train`] with checkpoints: with a `session`, the state is saved after steps (at the
+/// session's interval), at the end of every epoch, and when a stop signal arrives (then
+/// [`Error::Interrupted`] is returned); a session started with `resume` continues from
+/// its checkpoint, and the result is bit-identical to an uninterrupted run.
+#[allow(clippy::too_many_arguments)]
+pub fn train_checkpointed<T: Scalar, M: TrainModel<T>>(
+    model: &mut M,
+    x: &Matrix<T>,
+    labels: &[usize],
+    test: Option<(&Matrix<T>, &[usize])>,
+    cfg: &TrainConfig,
+    mut session: Option<&mut Session>,
     mut on_step: impl FnMut(usize, usize, f64),
     mut on_epoch: impl FnMut(&M, &EpochMetrics) -> Result<()>,
-) -> Result<Vec<EpochMetrics>> {
+) -> Result<TrainOutcome> {
+    let t0 = std::time::Instant::now();
     cfg.optimizer.validate()?;
     model.check_input(x)?;
     if labels.len() != x.rows() {
@@ -347,12 +517,36 @@ pub fn train<T: Scalar, M: TrainModel<T>>(
     };
     let n = labels.len();
     let mut history = Vec::with_capacity(cfg.epochs);
-    let mut global_step = 0usize;
-    for epoch in 1..=cfg.epochs {
+    let mut start = Position {
+        epoch: 1,
+        chunk: 0,
+        batch_loss_sum: 0.0,
+        steps: 0,
+        global_step: 0,
+    };
+    let mut earlier_seconds = 0.0;
+    if let Some(s) = session.as_deref_mut() {
+        if let Some(payload) = s.take_resume() {
+            let path = crate::io::checkpoint::path_in(s.dir());
+            let mut d = Decoder::new(&payload, &path);
+            let (pos, h, secs) = decode_train_state(&mut d, model, &mut state)?;
+            if pos.epoch == 0 || pos.epoch > cfg.epochs + 1 || h.len() + 1 != pos.epoch {
+                return Err(d.error("an epoch outside the run").into());
+            }
+            start = pos;
+            history = h;
+            earlier_seconds = secs;
+        }
+    }
+    let mut global_step = start.global_step;
+    let seconds = |t0: &std::time::Instant| earlier_seconds + t0.elapsed().as_secs_f64();
+    for epoch in start.epoch..=cfg.epochs {
         let order = Rng::derived(cfg.seed, epoch as u64).permutation(n);
-        let mut batch_loss_sum = 0.0;
-        let mut steps = 0;
-        for (step, idx) in order.chunks(cfg.batch_size).enumerate() {
+        let resumed = epoch == start.epoch;
+        let mut batch_loss_sum = if resumed { start.batch_loss_sum } else { 0.0 };
+        let mut steps = if resumed { start.steps } else { 0 };
+        let first = if resumed { start.chunk } else { 0 };
+        for (step, idx) in order.chunks(cfg.batch_size).enumerate().skip(first) {
             // A BatchNorm batch of one sample has zero variance: skip such a remainder.
             if has_bn && idx.len() < 2 {
                 continue;
@@ -387,6 +581,21 @@ pub fn train<T: Scalar, M: TrainModel<T>>(
             steps += 1;
             global_step += 1;
             on_step(epoch, global_step, loss.to_f64());
+            test_point("step");
+            if let Some(s) = session.as_deref_mut() {
+                let pos = Position {
+                    epoch,
+                    chunk: step + 1,
+                    batch_loss_sum,
+                    steps,
+                    global_step,
+                };
+                s.safe_point(
+                    false,
+                    || format!("epoch {epoch}, step {}", step + 1),
+                    || encode_train_state(model, &state, &pos, &history, seconds(&t0)),
+                )?;
+            }
         }
         let (train_loss, train_error) = model.evaluate(x, labels)?;
         let (test_loss, test_error) = match test {
@@ -414,8 +623,25 @@ pub fn train<T: Scalar, M: TrainModel<T>>(
         };
         on_epoch(model, &metrics)?;
         history.push(metrics);
+        if let Some(s) = session.as_deref_mut() {
+            let pos = Position {
+                epoch: epoch + 1,
+                chunk: 0,
+                batch_loss_sum: 0.0,
+                steps: 0,
+                global_step,
+            };
+            s.safe_point(
+                true,
+                || format!("the end of epoch {epoch}"),
+                || encode_train_state(model, &state, &pos, &history, seconds(&t0)),
+            )?;
+        }
     }
-    Ok(history)
+    Ok(TrainOutcome {
+        history,
+        earlier_seconds,
+    })
 }
 
 /// One optimiser step on `params` (in parameter-vector order).

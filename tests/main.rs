@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod cuda_checks;
 mod data_readers;
+mod fault_injection;
 mod geometry_checks;
 mod hessian_checks;
 mod linalg_checks;

@@ -508,6 +508,7 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
     if a.reps == 0 {
         return Err("--reps must be at least 1".into());
     }
+    super::probe_outputs(&[a.table.as_deref(), a.json.as_deref()])?;
     let workloads = if a.workloads.is_empty() {
         vec![
             Workload::DenseDigits,
@@ -630,7 +631,7 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
     }
     print!("{table}");
     if let Some(t) = &a.table {
-        std::fs::write(t, &table).map_err(|e| format!("cannot write {}: {e}", t.display()))?;
+        super::write_file(t, table.as_bytes())?;
     }
     let prov = Provenance::new(
         command_line,

@@ -5,7 +5,6 @@ use clap::Args;
 use landscape::io::provenance::Provenance;
 use landscape::theory::validate::evaluate_bounds;
 use serde_json::json;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -56,6 +55,8 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
     let model = a.model.load_mlp_only("bounds")?;
     let bundle = a.data.load()?;
     super::check_model_fits(&model, &bundle)?;
+    super::probe_outputs(&[a.csv.as_deref(), a.report.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
     if model.layers.iter().any(|l| l.bn.is_some()) {
         return Err(
             "bounds: the theorem covers plain MLPs; this model has BatchNorm layers".into(),
@@ -127,9 +128,7 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
                 None => text.push_str(&format!("{i},{},{g:e},,\n", y[i])),
             }
         }
-        std::fs::File::create(csv)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
+        super::write_file(csv, text.as_bytes())?;
     }
     let max_full = report.full_norms.iter().map(|f| f.norm).fold(0.0, f64::max);
     let thm1 = landscape::theory::theorem1_printed(c.layers, c.m_x, c.m_w);
@@ -264,7 +263,7 @@ pub fn cmd_bounds(a: BoundsArgs, command_line: &str) -> Result<(), String> {
                 .as_ref()
                 .map(|(p, m, i)| (p.as_slice(), *m, i.as_slice())),
         );
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        super::write_file(path, text.as_bytes())?;
     }
     let results = json!({
         "lemma2": lemma2.as_ref().map(|(p, m_h, incs)| json!({"points": p, "m_h": m_h, "thm1": thm1, "hessian_increments": incs})),

@@ -8,9 +8,10 @@ use super::{progress, write_results, DataArgs, ModelArgs};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use landscape::experiments::geometry::{
-    curve_name, parse_grid, parse_range, read_surface_file, run_connect, run_line, run_surface,
-    same_architecture, write_surface_file, BendTraining, BnStats, ConnectConfig, CurvatureGrid,
-    CurveKind, DirectionSpec, LineConfig, Normalization, Progress, SurfaceConfig,
+    curve_name, parse_grid, parse_range, read_surface_file, run_connect_checkpointed, run_line,
+    run_surface_checkpointed, same_architecture, write_surface_file, BendTraining, BnStats,
+    ConnectConfig, CurvatureGrid, CurveKind, DirectionSpec, LineConfig, Normalization, Progress,
+    SurfaceConfig,
 };
 use landscape::io::network_file::save_network;
 use landscape::io::provenance::Provenance;
@@ -145,6 +146,8 @@ pub struct LineArgs {
 pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
     let bundle = a.data.load()?;
     let net = a.model.load_network(&bundle)?;
+    super::probe_outputs(&[a.csv.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
     let direction = match &a.to {
         Some(p) => DirectionSpec::Model(p.clone()),
         None => DirectionSpec::parse(&a.direction).map_err(e)?,
@@ -173,7 +176,7 @@ pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
         ));
     }
     if let Some(p) = &a.csv {
-        std::fs::write(p, &csv).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        super::write_file(p, csv.as_bytes())?;
     }
     let mut files = Vec::new();
     if let Some(prefix) = &a.fig {
@@ -278,6 +281,9 @@ pub struct SurfaceArgs {
     pub fig: Option<PathBuf>,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Checkpoints of finished grid rows and curvature points (see `--resume`).
+    #[command(flatten)]
+    pub ckpt: super::CheckpointArgs,
 }
 
 /// Named maps over a grid.
@@ -383,7 +389,17 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         bn_mode: bn_mode_of(a.bn_mode, a.bn_batch_size),
         bn_stats: bn_stats_of(a.bn_stats, a.bn_batch_size),
     };
-    let r = run_surface(&net, &bundle, &cfg, &Bars::new()).map_err(e)?;
+    super::probe_outputs(&[a.out.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
+    let spec = a.ckpt.spec()?;
+    if let Some(s) = spec.as_ref().filter(|s| s.resume) {
+        eprintln!(
+            "resuming from {}",
+            landscape::io::checkpoint::path_in(&s.dir).display()
+        );
+    }
+    let r =
+        run_surface_checkpointed(&net, &bundle, &cfg, &Bars::new(), spec.as_ref()).map_err(e)?;
     eprintln!(
         "surface: {} points x {} samples in {:.1} s",
         r.grid_x.len() * r.grid_y.len(),
@@ -426,7 +442,8 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
     let mut results = r.to_json();
     results["file"] = json!(a.out.as_ref().map(|p| p.display().to_string()));
     results["figures"] = json!(files);
-    write_results(a.json.as_deref(), "surface", results, &prov)
+    write_results(a.json.as_deref(), "surface", results, &prov)?;
+    a.ckpt.finish()
 }
 
 #[derive(Args)]
@@ -489,6 +506,9 @@ pub struct ConnectArgs {
     pub fig: Option<PathBuf>,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Checkpoints of the bend training (see `--resume`).
+    #[command(flatten)]
+    pub ckpt: super::CheckpointArgs,
 }
 
 pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
@@ -529,7 +549,17 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
     if a.plane_grid < 2 {
         return Err("--points, --eigen-points and --plane-grid must be at least 2".into());
     }
-    let r = run_connect(&na, &nb, &bundle, &cfg, &Bars::new()).map_err(e)?;
+    super::probe_outputs(&[a.out.as_deref(), a.csv.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
+    let spec = a.ckpt.spec()?;
+    if let Some(s) = spec.as_ref().filter(|s| s.resume) {
+        eprintln!(
+            "resuming from {}",
+            landscape::io::checkpoint::path_in(&s.dir).display()
+        );
+    }
+    let r = run_connect_checkpointed(&na, &nb, &bundle, &cfg, &Bars::new(), spec.as_ref())
+        .map_err(e)?;
     let mut csv = String::from("path,split,t,loss,error\n");
     let (mut loss_series, mut err_series) = (Vec::new(), Vec::new());
     for p in &r.paths {
@@ -594,7 +624,7 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
         }
     }
     if let Some(p) = &a.csv {
-        std::fs::write(p, &csv).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        super::write_file(p, csv.as_bytes())?;
     }
     if let Some(out) = &a.out {
         let mut meta = BTreeMap::new();
@@ -615,5 +645,6 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
             json!({"a": a.a.display().to_string(), "b": a.b.display().to_string(), "model": super::model_json(&na)}),
         ),
     );
-    write_results(a.json.as_deref(), "connect", results, &prov)
+    write_results(a.json.as_deref(), "connect", results, &prov)?;
+    a.ckpt.finish()
 }

@@ -15,7 +15,6 @@ use landscape::nn::{Mlp, Network};
 use landscape::Matrix;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -191,6 +190,8 @@ pub fn bn_mode_of(arg: BnModeArg, batch: usize) -> BnMode {
 pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     let bundle = a.data.load()?;
     let net: Network<f64> = a.model.load_network(&bundle)?;
+    super::probe_outputs(&[a.dense.as_deref(), a.gn_norms.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.density.as_deref())?;
     let bn_mode = bn_mode_of(a.bn_mode, a.bn_batch_size);
     // The analytic MLP Hessian is the fast path; every other network goes through the tape.
     let analytic: Option<Mlp<f64>> = if bn_mode == BnMode::Eval {
@@ -314,8 +315,6 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         }
         .map_err(|e| e.to_string())?;
         timing.insert("gn_norms_s".into(), json!(t.elapsed().as_secs_f64()));
-        let mut f = std::fs::File::create(csv)
-            .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
         // ||A_i|| is computed on the CPU path only.
         let with_a = !g.a_norms.is_empty();
         let mut text = String::from("sample,label,loss,gn_norm,gn_rank");
@@ -330,8 +329,7 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
             }
             text.push('\n');
         }
-        f.write_all(text.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
+        super::write_file(csv, text.as_bytes())?;
         let (imax, max) =
             g.norms
                 .iter()

@@ -19,7 +19,7 @@ use landscape::nn::arch::{preset, Architecture, PresetOptions, PRESETS};
 use landscape::nn::Network;
 use landscape::nn::{Activation, BatchNormConfig, Init, LossKind, Mlp, MlpConfig};
 use landscape::train::evaluate_network;
-use landscape::train::{train, EpochMetrics, Optimizer, TrainConfig, TrainModel};
+use landscape::train::{train_checkpointed, Optimizer, TrainConfig, TrainModel, TrainOutcome};
 use landscape::{Matrix, Scalar};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -147,6 +147,136 @@ impl DataArgs {
     }
 }
 
+/// Checkpoints and `--resume` (see `landscape::io::checkpoint`).
+#[derive(Args, Clone)]
+struct CheckpointArgs {
+    /// Save the run's state in this folder (`resume.ckpt`) at safe points, so that a
+    /// killed or interrupted run can be continued with `--resume DIR`; SIGINT/SIGTERM
+    /// then write a checkpoint and exit with status 130/143.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Continue the run checkpointed in DIR (same command and options; keeps
+    /// checkpointing there). The outputs are byte-identical to an uninterrupted run.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Seconds between checkpoints (0: at every safe point). Training also checkpoints
+    /// at the end of every epoch, every run at a stop signal.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    checkpoint_interval: f64,
+}
+
+impl CheckpointArgs {
+    /// The checkpoint folder, if any.
+    fn dir(&self) -> Option<&Path> {
+        self.resume.as_deref().or(self.checkpoint_dir.as_deref())
+    }
+
+    fn spec(&self) -> Result<Option<landscape::io::checkpoint::Checkpointing>, String> {
+        if let (Some(r), Some(c)) = (&self.resume, &self.checkpoint_dir) {
+            if r != c {
+                return Err(format!(
+                    "--resume {} and --checkpoint-dir {} name different folders",
+                    r.display(),
+                    c.display()
+                ));
+            }
+        }
+        if !(self.checkpoint_interval >= 0.0 && self.checkpoint_interval.is_finite()) {
+            return Err("--checkpoint-interval must be a non-negative number of seconds".into());
+        }
+        Ok(self
+            .dir()
+            .map(|d| landscape::io::checkpoint::Checkpointing {
+                dir: d.to_path_buf(),
+                resume: self.resume.is_some(),
+                interval: std::time::Duration::from_secs_f64(self.checkpoint_interval),
+            }))
+    }
+
+    /// Starts checkpointing `kind` with `config`, or `None` without a folder.
+    fn session(
+        &self,
+        kind: &str,
+        config: serde_json::Value,
+    ) -> Result<Option<landscape::io::checkpoint::Session>, String> {
+        match self.spec()? {
+            None => Ok(None),
+            Some(spec) => {
+                let s = landscape::io::checkpoint::Session::start(&spec, kind, config)
+                    .map_err(|e| e.to_string())?;
+                if spec.resume {
+                    eprintln!(
+                        "resuming from {}",
+                        landscape::io::checkpoint::path_in(&spec.dir).display()
+                    );
+                }
+                Ok(Some(s))
+            }
+        }
+    }
+
+    /// After the outputs are written: removes the checkpoint.
+    fn finish(&self) -> Result<(), String> {
+        match self.dir() {
+            Some(d) => landscape::io::checkpoint::finish(d).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks before long work that every output path can be written.
+fn probe_outputs(paths: &[Option<&Path>]) -> Result<(), String> {
+    for p in paths.iter().flatten() {
+        landscape::io::probe_output(p).map_err(|e| format!("cannot write {e}"))?;
+    }
+    Ok(())
+}
+
+/// Figure outputs `PREFIX.png`/`PREFIX-*.png`: probes the prefix's folder.
+fn probe_prefix(prefix: Option<&Path>) -> Result<(), String> {
+    match prefix {
+        Some(p) => probe_outputs(&[Some(&p.with_file_name(format!(
+            "{}.png",
+            p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+        )))]),
+        None => Ok(()),
+    }
+}
+
+/// The command line recorded in provenance: a resumed run records the command of the
+/// uninterrupted run it reproduces (`--resume DIR` written as `--checkpoint-dir DIR`,
+/// or dropped beside `--checkpoint-dir DIR`), so that its outputs are byte-identical.
+fn canonical_command_line(args: &[String]) -> String {
+    let has_ckpt_dir = args
+        .iter()
+        .any(|a| a == "--checkpoint-dir" || a.starts_with("--checkpoint-dir="));
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--resume" {
+            if !has_ckpt_dir {
+                out.push("--checkpoint-dir".into());
+                if let Some(v) = args.get(i + 1) {
+                    out.push(v.clone());
+                }
+            }
+            i += 2;
+            continue;
+        }
+        if let Some(v) = a.strip_prefix("--resume=") {
+            if !has_ckpt_dir {
+                out.push(format!("--checkpoint-dir={v}"));
+            }
+            i += 1;
+            continue;
+        }
+        out.push(a.clone());
+        i += 1;
+    }
+    out.join(" ")
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 enum Dtype {
     F32,
@@ -218,9 +348,10 @@ struct TrainArgs {
     /// Output model file (safetensors).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Save a checkpoint `epoch-NNN.safetensors` here after every epoch.
-    #[arg(long)]
-    checkpoint_dir: Option<PathBuf>,
+    /// Checkpoints: the model after every epoch (`epoch-NNN.safetensors`) and the
+    /// training state (`resume.ckpt`, see --resume).
+    #[command(flatten)]
+    ckpt: CheckpointArgs,
     /// Results with provenance.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -465,7 +596,7 @@ pub fn run() -> Result<(), String> {
             .map_err(|e| format!("cannot start {t} threads: {e}"))?;
     }
     let command_line: Vec<String> = std::env::args().collect();
-    let command_line = command_line.join(" ");
+    let command_line = canonical_command_line(&command_line);
     match cli.command {
         Command::Train(a) => cmd_train(a, &command_line),
         Command::Eval(a) => cmd_eval(a, &command_line),
@@ -505,6 +636,15 @@ fn write_results(
         write_json(p, command, results, prov).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Writes an output file atomically (temporary file + rename), creating its folder.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    landscape::io::write_atomic(path, bytes).map_err(|e| format!("cannot write {e}"))
 }
 
 fn optimizer_of(a: &TrainArgs) -> Result<Optimizer, String> {
@@ -601,30 +741,31 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
     });
     let mut meta = BTreeMap::new();
     meta.insert("training".to_string(), full_config.to_string());
-    if let Some(dir) = &a.checkpoint_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create checkpoint directory {}: {e}", dir.display()))?;
-    }
+    probe_outputs(&[a.out.as_deref(), a.json.as_deref()])?;
+    let mut session = a.ckpt.session("train", full_config.clone())?;
     let start = Instant::now();
-    let (history, final_model) = match arch {
+    let s = session.as_mut();
+    let (outcome, final_model) = match arch {
         None => {
             let model = Mlp::<f64>::init(mlp_config, init, a.init_scale, a.seed)
                 .map_err(|e| e.to_string())?;
             match a.dtype {
-                Dtype::F64 => run_training(model, &bundle, &tc, &a, &meta)?,
-                Dtype::F32 => run_training(model.cast::<f32>(), &bundle, &tc, &a, &meta)?,
+                Dtype::F64 => run_training(model, &bundle, &tc, &a, &meta, s)?,
+                Dtype::F32 => run_training(model.cast::<f32>(), &bundle, &tc, &a, &meta, s)?,
             }
         }
         Some(ar) => {
             let net =
                 Network::<f64>::init(ar, init, a.init_scale, a.seed).map_err(|e| e.to_string())?;
             match a.dtype {
-                Dtype::F64 => run_training(net, &bundle, &tc, &a, &meta)?,
-                Dtype::F32 => run_training(net.cast::<f32>(), &bundle, &tc, &a, &meta)?,
+                Dtype::F64 => run_training(net, &bundle, &tc, &a, &meta, s)?,
+                Dtype::F32 => run_training(net.cast::<f32>(), &bundle, &tc, &a, &meta, s)?,
             }
         }
     };
-    let seconds = start.elapsed().as_secs_f64();
+    let history = outcome.history;
+    // Training time over every part of a resumed run.
+    let seconds = outcome.earlier_seconds + start.elapsed().as_secs_f64();
     if let Some(out) = &a.out {
         match a.dtype {
             Dtype::F64 => save_network(&final_model, out, &meta),
@@ -663,7 +804,8 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         "model_file": a.out.as_ref().map(|p| p.display().to_string()),
         "timing": {"train_seconds": seconds},
     });
-    write_results(a.json.as_deref(), "train", results, &prov)
+    write_results(a.json.as_deref(), "train", results, &prov)?;
+    a.ckpt.finish()
 }
 
 fn run_training<T: Scalar, M: TrainedModel<T>>(
@@ -672,7 +814,8 @@ fn run_training<T: Scalar, M: TrainedModel<T>>(
     tc: &TrainConfig,
     a: &TrainArgs,
     meta: &BTreeMap<String, String>,
-) -> Result<(Vec<EpochMetrics>, Network<f64>), String> {
+    session: Option<&mut landscape::io::checkpoint::Session>,
+) -> Result<(TrainOutcome, Network<f64>), String> {
     let x: Matrix<T> = bundle.train.x.cast();
     let test_x: Option<Matrix<T>> = bundle.test.as_ref().map(|t| t.x.cast());
     let test = test_x
@@ -681,18 +824,19 @@ fn run_training<T: Scalar, M: TrainedModel<T>>(
         .map(|(tx, t)| (tx, t.y.as_slice()));
     let steps_per_epoch = bundle.train.y.len().div_ceil(tc.batch_size.max(1));
     let pb = progress((steps_per_epoch * tc.epochs) as u64, "train");
-    let history = train(
+    let history = train_checkpointed(
         &mut model,
         &x,
         &bundle.train.y,
         test,
         tc,
-        |epoch, _, loss| {
-            pb.inc(1);
+        session,
+        |epoch, step, loss| {
+            pb.set_position(step as u64);
             pb.set_message(format!("epoch {epoch} loss {loss:.4}"));
         },
         |m, metrics| {
-            if let Some(dir) = &a.checkpoint_dir {
+            if let Some(dir) = a.ckpt.dir() {
                 let path = dir.join(format!("epoch-{:03}.safetensors", metrics.epoch));
                 m.save(&path, meta)?;
             }

@@ -9,6 +9,7 @@ use landscape::experiments::sample_size::{
 };
 use landscape::hessian::directional::directional_derivatives;
 use landscape::hessian::{HessianOperator, Part};
+use landscape::io::checkpoint::{test_point, CheckpointError, Decoder, Encoder, Session};
 use landscape::io::model_file::{load_mlp_f64, save_mlp, ImportOptions};
 use landscape::io::provenance::Provenance;
 use landscape::linalg::{lanczos, LanczosOptions, Which};
@@ -79,6 +80,78 @@ pub struct SampleSizeArgs {
     /// _decomposition, _hessian, _eigenspace (.png and .svg).
     #[arg(long)]
     pub fig: Option<PathBuf>,
+    /// Checkpoints after finished configurations (see `--resume`).
+    #[command(flatten)]
+    pub ckpt: super::CheckpointArgs,
+}
+
+/// The state of a sample-size run: finished configurations (their JSON row, CSV lines
+/// and figure curve), the models this run trained (cache key and seconds, so that a
+/// resumed run reports them as trained, not cached) and the model being trained.
+#[derive(Default)]
+struct RunState {
+    rows: Vec<serde_json::Value>,
+    csv: Vec<String>,
+    curves: Vec<Curve>,
+    trained: Vec<(String, f64)>,
+    training: Option<String>,
+}
+
+impl RunState {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.usize(self.rows.len());
+        for ((r, c), cv) in self.rows.iter().zip(&self.csv).zip(&self.curves) {
+            e.str(&r.to_string())
+                .str(c)
+                .usize(cv.arch.0)
+                .usize(cv.arch.1)
+                .f64s(&cv.ema)
+                .f64(cv.slope)
+                .f64s(&cv.band.0)
+                .f64s(&cv.band.1);
+        }
+        e.usize(self.trained.len());
+        for (k, s) in &self.trained {
+            e.str(k).f64(*s);
+        }
+        e.str(self.training.as_deref().unwrap_or(""));
+        e.finish()
+    }
+
+    fn decode(payload: &[u8], dir: &Path, total: usize) -> Result<Self, String> {
+        let path = landscape::io::checkpoint::path_in(dir);
+        let mut d = Decoder::new(payload, &path);
+        let read = |d: &mut Decoder| -> Result<Self, CheckpointError> {
+            let mut st = RunState::default();
+            let n = d.usize()?;
+            if n > total {
+                return Err(d.error(format!("{n} finished configurations of {total}")));
+            }
+            for _ in 0..n {
+                let row = d.string()?;
+                st.rows.push(
+                    serde_json::from_str(&row)
+                        .map_err(|e| d.error(format!("a finished configuration: {e}")))?,
+                );
+                st.csv.push(d.string()?);
+                st.curves.push(Curve {
+                    arch: (d.usize()?, d.usize()?),
+                    ema: d.f64s()?,
+                    slope: d.f64()?,
+                    band: (d.f64s()?, d.f64s()?),
+                });
+            }
+            for _ in 0..d.usize()? {
+                st.trained.push((d.string()?, d.f64()?));
+            }
+            let t = d.string()?;
+            st.training = (!t.is_empty()).then_some(t);
+            d.end()?;
+            Ok(st)
+        };
+        read(&mut d).map_err(|e| e.to_string())
+    }
 }
 
 fn effective_config(a: &SampleSizeArgs) -> Result<SampleSizeConfig, String> {
@@ -127,6 +200,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Trains the model of `(h, extra)` as the seed did, or loads it from the cache.
+#[allow(clippy::too_many_arguments)]
 fn train_or_load(
     c: &SampleSizeConfig,
     arch: (usize, usize),
@@ -135,6 +209,7 @@ fn train_or_load(
     classes: usize,
     data_hash: &str,
     cache: &Path,
+    mut session: Option<(&mut Session, &mut RunState)>,
 ) -> Result<(Mlp<f64>, bool, f64, String), String> {
     let cfg = architecture(x.cols(), classes, arch.0, arch.1);
     let tc = TrainConfig {
@@ -155,11 +230,27 @@ fn train_or_load(
     .to_string();
     let key = hex(&Sha256::digest(key_src.as_bytes()))[..16].to_string();
     let path = cache.join(format!("h{}_x{}_{key}.safetensors", arch.0, arch.1));
-    if path.exists() {
+    // A resumed run: a model whose training the interrupted run started but did not
+    // record as finished is trained again (its cached file may be from that run); one it
+    // finished is loaded and reported as trained, with its training time.
+    let interrupted = session
+        .as_ref()
+        .is_some_and(|(_, st)| st.training.as_deref() == Some(key.as_str()));
+    let trained_here = session
+        .as_ref()
+        .and_then(|(_, st)| st.trained.iter().find(|(k, _)| *k == key).map(|t| t.1));
+    if path.exists() && !interrupted {
         let m = load_mlp_f64(&path, &ImportOptions::default()).map_err(|e| e.to_string())?;
         if m.config == cfg {
-            return Ok((m, true, 0.0, key));
+            return Ok(match trained_here {
+                Some(s) => (m, false, s, key),
+                None => (m, true, 0.0, key),
+            });
         }
+    }
+    if let Some((s, st)) = session.as_mut() {
+        st.training = Some(key.clone());
+        s.save(&st.encode()).map_err(|e| e.to_string())?;
     }
     let t = Instant::now();
     let mut model = Mlp::init(cfg, Init::Torch, 1.0, c.seed).map_err(|e| e.to_string())?;
@@ -181,7 +272,13 @@ fn train_or_load(
     let mut meta = BTreeMap::new();
     meta.insert("sample_size_cache_key".to_string(), key_src);
     save_mlp(&model, &path, &meta).map_err(|e| e.to_string())?;
-    Ok((model, false, t.elapsed().as_secs_f64(), key))
+    let secs = t.elapsed().as_secs_f64();
+    if let Some((s, st)) = session.as_mut() {
+        st.training = None;
+        st.trained.push((key.clone(), secs));
+        s.save(&st.encode()).map_err(|e| e.to_string())?;
+    }
+    Ok((model, false, secs, key))
 }
 
 /// Per-sample losses of `model` (evaluation mode).
@@ -201,6 +298,8 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
         println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
         return Ok(());
     }
+    super::probe_outputs(&[a.csv.as_deref(), a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
     let t_all = Instant::now();
     let opts = DataOptions {
         normalize: Normalize::Symmetric,
@@ -218,13 +317,24 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
     let x = bundle.train.x.rows_view(0, m).to_owned();
     let y = bundle.train.y[..m].to_vec();
     let ks_plot = log_grid(m, 20);
-    let mut rows = Vec::new();
-    let mut csv = String::from("width,extra_layers,radius,k,mean_abs_increment,p05,p95,ema\n");
-    let mut curves_at_t: Vec<Curve> = Vec::new();
     let mut hessian_model = None;
     let configs = c.configurations();
+    let mut session = a.ckpt.session(
+        "sample-size",
+        json!({"experiment": c, "train_samples": m, "data": bundle.summary_json()}),
+    )?;
+    let mut st = match session.as_mut().and_then(|s| s.take_resume()) {
+        Some(p) => RunState::decode(
+            &p,
+            a.ckpt.dir().expect("a checkpoint folder"),
+            configs.len(),
+        )?,
+        None => RunState::default(),
+    };
     let pb = progress(configs.len() as u64, "configs");
-    for &arch in &configs {
+    pb.set_position(st.rows.len() as u64);
+    for (i, &arch) in configs.iter().enumerate().skip(st.rows.len()) {
+        let mut csv = String::new();
         let (model, cached, train_s, key) = train_or_load(
             &c,
             arch,
@@ -233,6 +343,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
             bundle.classes,
             &bundle.content_hash,
             &a.cache_dir,
+            session.as_mut().map(|s| (s, &mut st)),
         )?;
         let l = losses(&model, &x, &y)?;
         let cur = increment_curves(&l, c.orderings, c.seed).map_err(|e| e.to_string())?;
@@ -324,7 +435,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
             }
             None => None,
         };
-        rows.push(json!({
+        st.rows.push(json!({
             "width": arch.0, "extra_layers": arch.1, "weight_matrices": arch.1 + 2,
             "num_params": model.num_params(), "cache_key": key, "cached": cached, "train_seconds": train_s,
             "train_loss": train_loss, "train_error": train_err,
@@ -335,18 +446,39 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
             "p05": on_grid(&cur.p05, &ks_plot), "p95": on_grid(&cur.p95, &ks_plot),
             "ema": on_grid(&smooth, &ks_plot), "radii": radius_rows,
         }));
-        curves_at_t.push(Curve {
+        st.curves.push(Curve {
             arch,
             ema: smooth.clone(),
             slope: slope.unwrap_or(f64::NAN),
             band: (ema(&cur.p05, c.ema), ema(&cur.p95, c.ema)),
         });
+        st.csv.push(csv);
         if c.hessian && arch == c.hessian_arch() {
             hessian_model = Some(model);
         }
         pb.inc(1);
+        test_point("point");
+        if let Some(s) = session.as_mut() {
+            s.safe_point(
+                i + 1 == configs.len(),
+                || format!("configuration {} of {}", i + 1, configs.len()),
+                || st.encode(),
+            )
+            .map_err(|e| e.to_string())?;
+        }
     }
     pb.finish_and_clear();
+    if session.is_some() {
+        // The Hessian side has no safe points: a signal ends it at once; a resumed run
+        // starts from the finished configurations.
+        landscape::io::checkpoint::restore_default_signals();
+    }
+    let rows = std::mem::take(&mut st.rows);
+    let curves_at_t = std::mem::take(&mut st.curves);
+    let mut csv = String::from("width,extra_layers,radius,k,mean_abs_increment,p05,p95,ema\n");
+    for part in &st.csv {
+        csv.push_str(part);
+    }
 
     let mut results = serde_json::Map::new();
     results.insert("configurations".into(), json!(rows));
@@ -362,6 +494,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
                     bundle.classes,
                     &bundle.content_hash,
                     &a.cache_dir,
+                    None,
                 )?;
                 mdl
             }
@@ -375,7 +508,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
         results.insert("figures".into(), json!(files));
     }
     if let Some(p) = &a.csv {
-        std::fs::write(p, csv).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        super::write_file(p, csv.as_bytes())?;
     }
     results.insert("seconds".into(), json!(t_all.elapsed().as_secs_f64()));
     eprintln!(
@@ -394,7 +527,8 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
         "sample-size",
         serde_json::Value::Object(results),
         &prov,
-    )
+    )?;
+    a.ckpt.finish()
 }
 
 /// Exact `||H_{k+1}(t*) - H(k)(t*)||_2` and `||H(k+1) - H(k)||_2 = that / (k+1)` on a log

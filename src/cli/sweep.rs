@@ -3,13 +3,13 @@
 
 use super::{progress, write_results, DataArgs};
 use clap::Args;
+use landscape::io::checkpoint::{test_point, CheckpointError, Decoder, Encoder};
 use landscape::io::provenance::Provenance;
 use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig};
 use landscape::plot::{line_plot, LineFigure, Series};
 use landscape::theory::validate::evaluate_bounds;
 use landscape::train::{train, Optimizer, TrainConfig};
 use serde_json::json;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -51,6 +51,41 @@ pub struct SweepArgs {
     /// counterexample (fewest parameters) found for each failed statement.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Checkpoints after finished configurations (see `--resume`).
+    #[command(flatten)]
+    pub ckpt: super::CheckpointArgs,
+}
+
+/// The state of a sweep: its finished rows, as JSON text (parsed back exactly).
+fn encode_rows(rows: &[serde_json::Value]) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.usize(rows.len());
+    for r in rows {
+        e.str(&r.to_string());
+    }
+    e.finish()
+}
+
+fn decode_rows(payload: &[u8], dir: &Path, total: usize) -> Result<Vec<serde_json::Value>, String> {
+    let path = landscape::io::checkpoint::path_in(dir);
+    let mut d = Decoder::new(payload, &path);
+    let read = |d: &mut Decoder| -> Result<Vec<serde_json::Value>, CheckpointError> {
+        let n = d.usize()?;
+        if n > total {
+            return Err(d.error(format!("{n} finished configurations of {total}")));
+        }
+        let mut rows = Vec::with_capacity(n);
+        for _ in 0..n {
+            let text = d.string()?;
+            rows.push(
+                serde_json::from_str(&text)
+                    .map_err(|e| d.error(format!("a finished configuration: {e}")))?,
+            );
+        }
+        d.end()?;
+        Ok(rows)
+    };
+    read(&mut d).map_err(|e| e.to_string())
 }
 
 pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
@@ -68,12 +103,32 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
     let x = bundle.train.x.rows_view(0, n).to_owned();
     let y = bundle.train.y[..n].to_vec();
     let full: Vec<usize> = (0..a.full_samples.min(n)).collect();
-    let total = a.widths.len() * a.depths.len() * a.init_scales.len();
-    let pb = progress(total as u64, "sweep");
-    let mut rows = Vec::new();
+    let mut configs: Vec<(usize, usize, f64)> = Vec::new();
     for &depth in &a.depths {
         for &h in &a.widths {
             for &scale in &a.init_scales {
+                configs.push((depth, h, scale));
+            }
+        }
+    }
+    let total = configs.len();
+    super::probe_outputs(&[a.csv.as_deref(), a.json.as_deref(), a.report.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
+    let config = json!({"widths": a.widths, "depths": a.depths, "init_scales": a.init_scales, "epochs": a.epochs, "lr": a.lr,
+               "batch_size": a.batch_size, "samples": n, "full_samples": full.len()});
+    let mut session = a.ckpt.session(
+        "bounds-sweep",
+        json!({"sweep": config, "seed": a.seed, "data": bundle.summary_json()}),
+    )?;
+    let mut rows = match session.as_mut().and_then(|s| s.take_resume()) {
+        Some(p) => decode_rows(&p, a.ckpt.dir().expect("a checkpoint folder"), total)?,
+        None => Vec::new(),
+    };
+    let pb = progress(total as u64, "sweep");
+    pb.set_position(rows.len() as u64);
+    for (i, &(depth, h, scale)) in configs.iter().enumerate().skip(rows.len()) {
+        {
+            {
                 let cfg = MlpConfig {
                     input_dim: bundle.features,
                     hidden: vec![h; depth],
@@ -124,6 +179,15 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
                 rows.push(json!({"h": h, "depth": depth, "layers": depth + 1, "init_scale": scale, "params": model.num_params(), "m_w": rep.constants.m_w,
                                  "m_x": rep.constants.m_x, "checks": checks}));
                 pb.inc(1);
+                test_point("point");
+                if let Some(s) = session.as_mut() {
+                    s.safe_point(
+                        i + 1 == total,
+                        || format!("configuration {} of {total}", i + 1),
+                        || encode_rows(&rows),
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
             }
         }
     }
@@ -149,9 +213,7 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
     }
     print!("{csv_text}");
     if let Some(path) = &a.csv {
-        std::fs::File::create(path)
-            .and_then(|mut f| f.write_all(csv_text.as_bytes()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        super::write_file(path, csv_text.as_bytes())?;
     }
     let mut figures = Vec::new();
     if let Some(prefix) = &a.fig {
@@ -234,22 +296,21 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
         }
     }
     if let Some(path) = &a.report {
-        std::fs::write(path, sweep_report(&rows, n, full.len()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        super::write_file(path, sweep_report(&rows, n, full.len()).as_bytes())?;
     }
     let prov = Provenance::new(
         command_line,
         Some(a.seed),
         Some(bundle.summary_json()),
-        json!({"widths": a.widths, "depths": a.depths, "init_scales": a.init_scales, "epochs": a.epochs, "lr": a.lr,
-               "batch_size": a.batch_size, "samples": n, "full_samples": full.len()}),
+        config,
     );
     write_results(
         a.json.as_deref(),
         "bounds-sweep",
         json!({"rows": rows, "figures": figures.iter().map(|f| f.display().to_string()).collect::<Vec<_>>()}),
         &prov,
-    )
+    )?;
+    a.ckpt.finish()
 }
 
 /// The sweep in plain words: per statement and norm, in how many configurations it held,

@@ -112,7 +112,7 @@ pub fn npy_bytes<T: Scalar>(shape: &[usize], data: &[T]) -> Result<Vec<u8>> {
 /// Writes a C-order array to a `.npy` file.
 pub fn write_npy<T: Scalar>(path: &Path, shape: &[usize], data: &[T]) -> Result<()> {
     let bytes = npy_bytes(shape, data)?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    super::write_atomic(path, &bytes)
 }
 
 /// Writes a vector as a 1-D `.npy` array of shape `(n,)`.
@@ -371,9 +371,7 @@ pub fn export_model_with_provenance<T: Scalar>(
         let path = dir.join(file);
         match format {
             ExportFormat::Npy => write_npy(&path, shape, data),
-            ExportFormat::Csv => {
-                std::fs::write(&path, csv_text(shape, data)).map_err(|e| Error::io(&path, e))
-            }
+            ExportFormat::Csv => super::write_atomic(&path, csv_text(shape, data).as_bytes()),
         }
     };
     let shape_of = |name: &str, m: &Matrix<T>| -> Vec<usize> {
@@ -455,9 +453,7 @@ pub fn export_network<T: Scalar>(
         let path = dir.join(file);
         match format {
             ExportFormat::Npy => write_npy(&path, shape, data),
-            ExportFormat::Csv => {
-                std::fs::write(&path, csv_text(shape, data)).map_err(|e| Error::io(&path, e))
-            }
+            ExportFormat::Csv => super::write_atomic(&path, csv_text(shape, data).as_bytes()),
         }
     };
     let params = net.param_vector();

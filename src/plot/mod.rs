@@ -163,8 +163,8 @@ where
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let png_bytes = png::encode_rgb8(w, h, &rgb).map_err(|e| Error::io(&png_path, e))?;
-    std::fs::write(&png_path, png_bytes).map_err(|e| Error::io(&png_path, e))?;
-    std::fs::write(&svg_path, svg).map_err(|e| Error::io(&svg_path, e))?;
+    crate::io::write_atomic(&png_path, &png_bytes)?;
+    crate::io::write_atomic(&svg_path, svg.as_bytes())?;
     Ok(vec![png_path, svg_path])
 }
 

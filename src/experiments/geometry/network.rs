@@ -25,6 +25,7 @@ use super::{
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::hessian::network::{BnMode, NetObjective};
+use crate::io::checkpoint::{path_in, test_point, CheckpointError, Decoder, Encoder, Session};
 use crate::linalg::{hutch_pp, lanczos, LanczosOptions, LanczosResult, SymOp, Which};
 use crate::nn::arch::ParamRole;
 use crate::nn::{BnState, Mlp, Mode, Network};
@@ -653,8 +654,62 @@ pub fn train_bend_geo(
     x: &Matrix<f64>,
     labels: &[usize],
     cfg: &BendTraining,
-    mut on_step: impl FnMut(),
+    on_step: impl FnMut(),
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    train_bend_checkpointed(geo, kind, a, b, x, labels, cfg, None, on_step).map(|r| (r.0, r.1))
+}
+
+/// Where bend training stands (a checkpoint's state besides the bend and Adam moments).
+struct BendPosition {
+    epoch: usize,
+    chunk: usize,
+    sum: f64,
+    batches: usize,
+    step: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_bend_state(
+    pos: &BendPosition,
+    rng_t: &Rng,
+    bend: &[f64],
+    m1: &[f64],
+    m2: &[f64],
+    history: &[f64],
+    seconds: f64,
+) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.usize(pos.epoch)
+        .usize(pos.chunk)
+        .f64(pos.sum)
+        .usize(pos.batches)
+        .usize(pos.step)
+        .rng(rng_t)
+        .f64s(bend)
+        .f64s(m1)
+        .f64s(m2)
+        .f64s(history)
+        .f64(seconds);
+    e.finish()
+}
+
+/// [`train_bend_geo`] with checkpoints after steps (at the session's interval), at
+/// the end of every epoch and on a stop signal; resumes bit for bit (bend, Adam
+/// moments and step, the generator of `t`, the position in the epoch, the epoch
+/// losses). Also returns the training seconds over every part of a resumed run.
+#[allow(clippy::too_many_arguments)]
+pub fn train_bend_checkpointed(
+    geo: &GeoModel,
+    kind: CurveKind,
+    a: &[f64],
+    b: &[f64],
+    x: &Matrix<f64>,
+    labels: &[usize],
+    cfg: &BendTraining,
+    mut session: Option<&mut Session>,
+    mut on_step: impl FnMut(),
+) -> Result<(Vec<f64>, Vec<f64>, f64)> {
+    let t0 = std::time::Instant::now();
     if kind == CurveKind::Linear {
         return Err(Error::InvalidArgument(
             "a linear path has no bend to train".into(),
@@ -685,14 +740,53 @@ pub fn train_bend_geo(
     let mut bend: Vec<f64> = a.iter().zip(b).map(|(x, y)| 0.5 * (x + y)).collect();
     let (mut m1, mut m2) = (vec![0.0; p], vec![0.0; p]);
     let (beta1, beta2, eps) = (0.9f64, 0.999f64, 1e-8);
-    let mut step = 0;
     let mut rng_t = Rng::derived(cfg.seed, 7);
     let mut history = Vec::new();
-    for epoch in 0..cfg.epochs {
+    let mut start = BendPosition {
+        epoch: 0,
+        chunk: 0,
+        sum: 0.0,
+        batches: 0,
+        step: 0,
+    };
+    let mut earlier = 0.0;
+    if let Some(s) = session.as_deref_mut() {
+        if let Some(payload) = s.take_resume() {
+            let path = path_in(s.dir());
+            let mut d = Decoder::new(&payload, &path);
+            let read = |d: &mut Decoder| -> std::result::Result<_, CheckpointError> {
+                let pos = BendPosition {
+                    epoch: d.usize()?,
+                    chunk: d.usize()?,
+                    sum: d.f64()?,
+                    batches: d.usize()?,
+                    step: d.usize()?,
+                };
+                let r = d.rng()?;
+                let (bd, v1, v2, h) = (d.f64s()?, d.f64s()?, d.f64s()?, d.f64s()?);
+                let secs = d.f64()?;
+                d.end()?;
+                if bd.len() != p || v1.len() != p || v2.len() != p {
+                    return Err(d.error("a bend of another size than the model"));
+                }
+                if pos.epoch > cfg.epochs || h.len() != pos.epoch {
+                    return Err(d.error("an epoch outside the run"));
+                }
+                Ok((pos, r, bd, v1, v2, h, secs))
+            };
+            let (pos, r, bd, v1, v2, h, secs) = read(&mut d)?;
+            (start, rng_t, bend, m1, m2, history, earlier) = (pos, r, bd, v1, v2, h, secs);
+        }
+    }
+    let seconds = |t0: &std::time::Instant| earlier + t0.elapsed().as_secs_f64();
+    let mut step = start.step;
+    for epoch in start.epoch..cfg.epochs {
         let order = Rng::derived(cfg.seed, epoch as u64).permutation(x.rows());
-        let mut sum = 0.0;
-        let mut batches = 0;
-        for chunk in order.chunks(cfg.batch_size) {
+        let resumed = epoch == start.epoch;
+        let mut sum = if resumed { start.sum } else { 0.0 };
+        let mut batches = if resumed { start.batches } else { 0 };
+        let first = if resumed { start.chunk } else { 0 };
+        for (ci, chunk) in order.chunks(cfg.batch_size).enumerate().skip(first) {
             if chunk.len() < min_batch {
                 continue;
             }
@@ -721,8 +815,37 @@ pub fn train_bend_geo(
             sum += loss;
             batches += 1;
             on_step();
+            test_point("step");
+            if let Some(s) = session.as_deref_mut() {
+                let pos = BendPosition {
+                    epoch,
+                    chunk: ci + 1,
+                    sum,
+                    batches,
+                    step,
+                };
+                s.safe_point(
+                    false,
+                    || format!("bend training epoch {}, step {}", epoch + 1, ci + 1),
+                    || encode_bend_state(&pos, &rng_t, &bend, &m1, &m2, &history, seconds(&t0)),
+                )?;
+            }
         }
         history.push(sum / batches as f64);
+        if let Some(s) = session.as_deref_mut() {
+            let pos = BendPosition {
+                epoch: epoch + 1,
+                chunk: 0,
+                sum: 0.0,
+                batches: 0,
+                step,
+            };
+            s.safe_point(
+                true,
+                || format!("the end of bend training epoch {}", epoch + 1),
+                || encode_bend_state(&pos, &rng_t, &bend, &m1, &m2, &history, seconds(&t0)),
+            )?;
+        }
     }
-    Ok((bend, history))
+    Ok((bend, history, seconds(&t0)))
 }

@@ -20,6 +20,9 @@ use super::{
 use crate::data::DataBundle;
 use crate::error::{Error, Result};
 use crate::hessian::network::BnMode;
+use crate::io::checkpoint::{
+    path_in, test_point, CheckpointError, Checkpointing, Decoder, Encoder, Session,
+};
 use crate::io::model_file::{write_safetensors, ImportOptions, RawTensor};
 use crate::io::network_file::{load_network, NetworkImport};
 use crate::nn::{BnState, Network};
@@ -674,6 +677,141 @@ pub fn run_surface(
     cfg: &SurfaceConfig,
     progress: &dyn Progress,
 ) -> Result<SurfaceResult> {
+    run_surface_checkpointed(net, data, cfg, progress, None)
+}
+
+/// SHA-256 (hex) of a network's parameters and BatchNorm buffers, bit for bit: what a
+/// checkpoint of an experiment on the network is tied to.
+pub fn network_fingerprint(net: &Network<f64>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for v in net.param_vector() {
+        h.update(v.to_bits().to_le_bytes());
+    }
+    for bn in &net.bn {
+        for m in [&bn.running_mean, &bn.running_var] {
+            for v in m.as_slice() {
+                h.update(v.to_bits().to_le_bytes());
+            }
+        }
+        h.update(bn.num_batches_tracked.to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The finished part of a surface: loss/error values per split (the last one may be
+/// partial) and finished curvature points; what a surface checkpoint holds.
+#[derive(Default)]
+struct SurfaceState {
+    values: Vec<Vec<(f64, f64)>>,
+    curvature: Vec<CurvatureSample>,
+    seconds: f64,
+}
+
+impl SurfaceState {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.f64(self.seconds).usize(self.values.len());
+        for v in &self.values {
+            e.usize(v.len());
+            for &(l, r) in v {
+                e.f64(l).f64(r);
+            }
+        }
+        e.usize(self.curvature.len());
+        for p in &self.curvature {
+            let c = &p.curvature;
+            e.f64(p.x)
+                .f64(p.y)
+                .f64(c.lambda_max)
+                .f64(c.lambda_min)
+                .f64(c.ratio)
+                .f64(c.trace)
+                .bool(c.trace_ci.is_some());
+            if let Some((lo, hi)) = c.trace_ci {
+                e.f64(lo).f64(hi);
+            }
+            e.f64(c.residual_max).f64(c.residual_min).str(&c.method);
+        }
+        e.finish()
+    }
+
+    fn decode(
+        payload: &[u8],
+        path: &Path,
+        splits: usize,
+        points: usize,
+        curvature_points: usize,
+    ) -> std::result::Result<Self, CheckpointError> {
+        let mut d = Decoder::new(payload, path);
+        let seconds = d.f64()?;
+        let ns = d.usize()?;
+        if ns > splits {
+            return Err(d.error(format!("{ns} data splits, the surface has {splits}")));
+        }
+        let mut values = Vec::with_capacity(ns);
+        for s in 0..ns {
+            let n = d.usize()?;
+            if n > points || (s + 1 < ns && n != points) {
+                return Err(d.error(format!("{n} grid points of {points} in split {s}")));
+            }
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push((d.f64()?, d.f64()?));
+            }
+            values.push(v);
+        }
+        let nc = d.usize()?;
+        if nc > curvature_points || (nc > 0 && (ns < splits || values[ns - 1].len() < points)) {
+            return Err(d.error(format!("{nc} curvature points of {curvature_points}")));
+        }
+        let mut curvature = Vec::with_capacity(nc);
+        for _ in 0..nc {
+            let (x, y) = (d.f64()?, d.f64()?);
+            let (lambda_max, lambda_min, ratio, trace) = (d.f64()?, d.f64()?, d.f64()?, d.f64()?);
+            let trace_ci = if d.bool()? {
+                Some((d.f64()?, d.f64()?))
+            } else {
+                None
+            };
+            let (residual_max, residual_min) = (d.f64()?, d.f64()?);
+            let method = d.string()?;
+            curvature.push(CurvatureSample {
+                x,
+                y,
+                curvature: CurvaturePoint {
+                    lambda_max,
+                    lambda_min,
+                    ratio,
+                    trace,
+                    trace_ci,
+                    residual_max,
+                    residual_min,
+                    method,
+                },
+            });
+        }
+        d.end()?;
+        Ok(Self {
+            values,
+            curvature,
+            seconds,
+        })
+    }
+}
+
+/// [`run_surface`] with checkpoints: with `ckpt`, finished grid rows and curvature points
+/// are saved at safe points (at its interval, at the end, and on a stop signal, which
+/// returns [`Error::Interrupted`]); `ckpt.resume` continues a checkpointed run, with a
+/// result bit-identical to an uninterrupted one. The checkpoint is tied to the
+/// configuration, the model's parameters and statistics, the data and the thread count.
+pub fn run_surface_checkpointed(
+    net: &Network<f64>,
+    data: &DataBundle,
+    cfg: &SurfaceConfig,
+    progress: &dyn Progress,
+    ckpt: Option<&Checkpointing>,
+) -> Result<SurfaceResult> {
     let geo = GeoModel::new(net.clone(), cfg.bn_mode)?;
     check_stats(&geo, cfg.bn_stats)?;
     let (x, y) = training_rows(data, cfg.samples)?;
@@ -681,6 +819,18 @@ pub fn run_surface(
     if gx.is_empty() || gy.is_empty() {
         return Err(Error::InvalidArgument("the grid has no points".into()));
     }
+    let mut session = match ckpt {
+        Some(spec) => Some(Session::start(
+            spec,
+            "surface",
+            serde_json::json!({
+                "surface": cfg,
+                "model_sha256": network_fingerprint(net),
+                "data": data.summary_json(),
+            }),
+        )?),
+        None => None,
+    };
     let traj = cfg
         .trajectory
         .as_deref()
@@ -716,12 +866,52 @@ pub fn run_surface(
         .flat_map(|&b| gx.iter().map(move |&a| vec![a, b]))
         .collect();
     let sets = splits(&x, &y, data);
+    let n_curv = cfg
+        .curvature
+        .as_ref()
+        .map_or(0, |c| c.grid_x.len() * c.grid_y.len());
+    let mut st = SurfaceState::default();
+    if let Some(s) = session.as_mut() {
+        if let Some(p) = s.take_resume() {
+            st = SurfaceState::decode(&p, &path_in(s.dir()), sets.len(), pts.len(), n_curv)?;
+        }
+    }
+    let earlier = st.seconds;
+    let elapsed = |t0: &Instant| earlier + t0.elapsed().as_secs_f64();
     progress.stage("surface", (pts.len() * sets.len()) as u64);
-    let mut maps = Vec::new();
     let dirs = vec![dx.values.clone(), dy.values.clone()];
-    for (name, xs, ys) in &sets {
+    // Grid rows are evaluated in parallel, a row at a time between safe points; each
+    // point's value does not depend on the others, so rows resume exactly.
+    let row = gx.len().max(4 * rayon::current_num_threads());
+    for (k, (name, xs, ys)) in sets.iter().enumerate() {
+        if st.values.len() == k {
+            st.values.push(Vec::new());
+        }
+        if st.values[k].len() == pts.len() {
+            (0..pts.len()).for_each(|_| progress.tick());
+            continue;
+        }
+        (0..st.values[k].len()).for_each(|_| progress.tick());
         let ev = geo.evaluator(dirs.clone(), xs, ys, stats)?;
-        let r = ev.eval_many(&pts, || progress.tick())?;
+        while st.values[k].len() < pts.len() {
+            let from = st.values[k].len();
+            let to = (from + row).min(pts.len());
+            let r = ev.eval_many(&pts[from..to], || progress.tick())?;
+            st.values[k].extend(r);
+            test_point("point");
+            if let Some(s) = session.as_mut() {
+                st.seconds = elapsed(&t0);
+                let last = k + 1 == sets.len() && to == pts.len();
+                s.safe_point(
+                    last,
+                    || format!("{name} grid point {to} of {}", pts.len()),
+                    || st.encode(),
+                )?;
+            }
+        }
+    }
+    let mut maps = Vec::new();
+    for ((name, _, _), r) in sets.iter().zip(&st.values) {
         maps.push((
             format!("{name}_loss"),
             Matrix::from_vec(gy.len(), gx.len(), r.iter().map(|v| v.0).collect()),
@@ -732,7 +922,7 @@ pub fn run_surface(
         ));
     }
     progress.finish();
-    let seconds = t0.elapsed().as_secs_f64();
+    let seconds = elapsed(&t0);
     let curvature = match &cfg.curvature {
         None => None,
         Some(cg) => {
@@ -745,25 +935,40 @@ pub fn run_surface(
                 seed: cfg.seed,
             };
             progress.stage("curvature", (cg.grid_x.len() * cg.grid_y.len()) as u64);
-            let mut fields: [Vec<f64>; 4] = Default::default();
-            let mut points = Vec::new();
-            for &b in &cg.grid_y {
-                for &a in &cg.grid_x {
-                    let theta = point(&theta0, &dirs, &[a, b]);
-                    let c = geo.curvature(&theta, &stats, &[a, b], &xc, yc, &opts)?;
-                    fields[0].push(c.lambda_max);
-                    fields[1].push(c.lambda_min);
-                    fields[2].push(c.ratio);
-                    fields[3].push(c.trace);
-                    points.push(CurvatureSample {
-                        x: a,
-                        y: b,
-                        curvature: c,
-                    });
-                    progress.tick();
+            let coords: Vec<(f64, f64)> = cg
+                .grid_y
+                .iter()
+                .flat_map(|&b| cg.grid_x.iter().map(move |&a| (a, b)))
+                .collect();
+            (0..st.curvature.len()).for_each(|_| progress.tick());
+            for (i, &(a, b)) in coords.iter().enumerate().skip(st.curvature.len()) {
+                let theta = point(&theta0, &dirs, &[a, b]);
+                let c = geo.curvature(&theta, &stats, &[a, b], &xc, yc, &opts)?;
+                st.curvature.push(CurvatureSample {
+                    x: a,
+                    y: b,
+                    curvature: c,
+                });
+                progress.tick();
+                test_point("point");
+                if let Some(s) = session.as_mut() {
+                    st.seconds = seconds;
+                    s.safe_point(
+                        i + 1 == coords.len(),
+                        || format!("curvature point {} of {}", i + 1, coords.len()),
+                        || st.encode(),
+                    )?;
                 }
             }
             progress.finish();
+            let mut fields: [Vec<f64>; 4] = Default::default();
+            for p in &st.curvature {
+                fields[0].push(p.curvature.lambda_max);
+                fields[1].push(p.curvature.lambda_min);
+                fields[2].push(p.curvature.ratio);
+                fields[3].push(p.curvature.trace);
+            }
+            let points = std::mem::take(&mut st.curvature);
             let names = ["lambda_max", "lambda_min", "abs_ratio_min_max", "trace"];
             let (ny, nx) = (cg.grid_y.len(), cg.grid_x.len());
             Some(CurvatureMaps {
@@ -1110,6 +1315,21 @@ pub fn run_connect(
     cfg: &ConnectConfig,
     progress: &dyn Progress,
 ) -> Result<ConnectResult> {
+    run_connect_checkpointed(a, b, data, cfg, progress, None)
+}
+
+/// [`run_connect`] with checkpoints of the bend training (see
+/// [`super::train_bend_checkpointed`]); the trained bend is checkpointed too, so a run
+/// stopped while evaluating the paths resumes without training again. The checkpoint
+/// is tied to the configuration, both models, the data and the thread count.
+pub fn run_connect_checkpointed(
+    a: &Network<f64>,
+    b: &Network<f64>,
+    data: &DataBundle,
+    cfg: &ConnectConfig,
+    progress: &dyn Progress,
+    ckpt: Option<&Checkpointing>,
+) -> Result<ConnectResult> {
     if !same_architecture(a, b) {
         return Err(Error::InvalidArgument(
             "the two models have different architectures or settings".into(),
@@ -1156,15 +1376,38 @@ pub fn run_connect(
         false,
     );
     let (ta, tb) = (a.param_vector(), b.param_vector());
-    let t0 = Instant::now();
+    let mut session = match ckpt {
+        Some(spec) => Some(Session::start(
+            spec,
+            "connect",
+            serde_json::json!({
+                "connect": cfg,
+                "a_sha256": network_fingerprint(a),
+                "b_sha256": network_fingerprint(b),
+                "data": data.summary_json(),
+            }),
+        )?),
+        None => None,
+    };
     let steps = cfg.training.epochs * y.len().div_ceil(cfg.training.batch_size.max(1));
     progress.stage("bend", steps as u64);
-    let (bend, history) =
-        super::train_bend_geo(&geo, cfg.curve, &ta, &tb, &x, &y, &cfg.training, || {
-            progress.tick()
-        })?;
+    let (bend, history, train_seconds) = super::train_bend_checkpointed(
+        &geo,
+        cfg.curve,
+        &ta,
+        &tb,
+        &x,
+        &y,
+        &cfg.training,
+        session.as_mut(),
+        || progress.tick(),
+    )?;
     progress.finish();
-    let train_seconds = t0.elapsed().as_secs_f64();
+    if session.is_some() {
+        // The evaluation below has no safe points: a signal ends it at once, and a
+        // resumed run starts from the trained bend.
+        crate::io::checkpoint::restore_default_signals();
+    }
     let ts: Vec<f64> = (0..cfg.points)
         .map(|i| i as f64 / (cfg.points - 1) as f64)
         .collect();
