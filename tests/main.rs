@@ -15,3 +15,4 @@ mod plot_checks;
 mod sample_size_checks;
 mod theory_checks;
 mod training;
+mod wide_checks;

@@ -65,7 +65,7 @@ pub struct WideArgs {
     #[arg(long, default_value_t = 1e-8)]
     eps: f64,
     /// Random initialisations per rank cell.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     rank_draws: usize,
     /// Output directory (JSON, CSV, figures, report.md).
     #[arg(long, default_value = "wide-out")]
@@ -206,13 +206,13 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         let pb = progress(n as u64, "rank");
         let cells = rank::rank_experiment(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;
         pb.finish_and_clear();
-        let mut csv = String::from("activation,width,init_scale,bias_shift,draws,frac_deficient,frac_below_m,median_min_ratio,min_margin_decades,median_ls_loss,max_dead_samples\n");
+        let mut csv = String::from("activation,width,init_scale,bias_shift,draws,frac_deficient,frac_below_m,median_min_ratio,min_margin_decades,median_ls_loss,max_dead_samples,median_always_positive_units,median_never_positive_units\n");
         for c in &cells {
             csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{:e},{:.3},{:e},{}\n",
+                "{},{},{},{},{},{},{},{:e},{:.3},{:e},{},{},{}\n",
                 c.activation, c.width, c.init_scale, c.bias_shift, c.draws, c.frac_deficient,
                 c.frac_below_m, c.median_min_ratio, c.min_margin_decades, c.median_ls_loss,
-                c.max_dead_samples
+                c.max_dead_samples, c.median_always_positive_units, c.median_never_positive_units
             ));
         }
         csv_write(&a.out.join("rank.csv"), &csv)?;
@@ -264,12 +264,13 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         )
         .map_err(err)?;
         report.push_str("## Rank of the hidden features at initialisation (Lemma 1)\n\n");
-        report.push_str("| activation | n1 | init scale | bias shift | frac rank[X1,1] < min(m, n1+1) | frac rank < m | median sigma_min/sigma_max | min margin (decades) | median LS loss on fixed features | max dead samples |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        report.push_str("| activation | n1 | init scale | bias shift | frac rank[X1,1] < min(m, n1+1) | frac rank < m | median sigma_min/sigma_max | min margin (decades) | median LS loss on fixed features | max samples with all units off | median units z > 0 on all samples | median units z <= 0 on all samples |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for c in &cells {
             report.push_str(&format!(
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2e} | {:.1} | {:.2e} | {} |\n",
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2e} | {:.1} | {:.2e} | {} | {} | {} |\n",
                 c.activation, c.width, c.init_scale, c.bias_shift, c.frac_deficient, c.frac_below_m,
-                c.median_min_ratio, c.min_margin_decades, c.median_ls_loss, c.max_dead_samples
+                c.median_min_ratio, c.min_margin_decades, c.median_ls_loss, c.max_dead_samples,
+                c.median_always_positive_units, c.median_never_positive_units
             ));
         }
         report.push('\n');
@@ -403,6 +404,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             probes: 200,
             train: train.clone(),
             seeds: a.seeds.min(3),
+            tanh_scale: 0.1,
         };
         let pb = progress((2 + cfg.seeds) as u64, "relu");
         let res = relu::relu_certificate(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;

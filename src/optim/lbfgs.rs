@@ -65,7 +65,7 @@ impl Default for LbfgsConfig {
         Self {
             max_iter: 2000,
             memory: 20,
-            loss_tol: 0.0,
+            loss_tol: f64::NEG_INFINITY,
             grad_rtol: 1e-10,
             window: 50,
             ftol: 1e-9,
@@ -271,7 +271,7 @@ impl Default for NewtonCgConfig {
         Self {
             max_iter: 20,
             max_cg: 200,
-            loss_tol: 0.0,
+            loss_tol: f64::NEG_INFINITY,
             grad_atol: 1e-14,
         }
     }

@@ -40,8 +40,23 @@ impl Svd {
 
 /// One-sided Jacobi SVD of an `m x n` matrix: rotates pairs of columns until all
 /// are mutually orthogonal (to `1e-15` relative); column norms are the singular
-/// values. Deterministic (cyclic order).
+/// values. Deterministic (cyclic order). A wide matrix is handled through its
+/// transpose (fewer columns to rotate).
 pub fn jacobi_svd(a: &Matrix<f64>, tol: f64) -> Svd {
+    if a.cols() > a.rows() {
+        // Wide: rotate the fewer columns of `a^T` and swap the singular vectors.
+        let t = jacobi_svd_tall(&a.transpose(), tol);
+        return Svd {
+            sigma: t.sigma,
+            u_kept: t.v_kept,
+            v_kept: t.u_kept,
+            sigma_kept: t.sigma_kept,
+        };
+    }
+    jacobi_svd_tall(a, tol)
+}
+
+fn jacobi_svd_tall(a: &Matrix<f64>, tol: f64) -> Svd {
     let (m, n) = (a.rows(), a.cols());
     // Work on columns stored contiguously.
     let mut cols: Vec<Vec<f64>> = (0..n).map(|j| (0..m).map(|i| a.get(i, j)).collect()).collect();
@@ -248,6 +263,12 @@ pub struct RankCell {
     pub median_ls_loss: f64,
     /// Samples with every unit inactive (ReLU: all pre-activations `<= 0`), max over draws.
     pub max_dead_samples: usize,
+    /// Median over draws of the units whose pre-activation has one sign on every
+    /// sample: `> 0` everywhere ("linear": for ReLU the column is an affine function of
+    /// the inputs, so all of them together add at most `rank [X, 1]` to the rank) and
+    /// `<= 0` everywhere ("dead": for ReLU a zero column).
+    pub median_always_positive_units: f64,
+    pub median_never_positive_units: f64,
     /// Singular values of `[X1, 1]` of the first draw (for the spectra figure).
     pub sigma_first: Vec<f64>,
     pub report_first: RankReport,
@@ -281,6 +302,8 @@ pub fn rank_experiment(
             let mut margins = Vec::new();
             let mut ls = Vec::new();
             let mut dead_max = 0;
+            let mut pos_units = Vec::new();
+            let mut neg_units = Vec::new();
             let mut first = None;
             for d in 0..cfg.draws {
                 let seed = cfg.seed ^ (d as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -297,6 +320,12 @@ pub fn rank_experiment(
                     .filter(|&i| fwd.pre[0].row(i).iter().all(|&z| z <= 0.0))
                     .count();
                 dead_max = dead_max.max(dead);
+                let z0 = &fwd.pre[0];
+                let col_all = |f: &dyn Fn(f64) -> bool| {
+                    (0..w).filter(|&j| (0..m).all(|i| f(z0.get(i, j)))).count() as f64
+                };
+                pos_units.push(col_all(&|z| z > 0.0));
+                neg_units.push(col_all(&|z| z <= 0.0));
                 let tol0 = cfg.tol.unwrap_or(default_tol(m, w));
                 let s0 = jacobi_svd(x1, tol0);
                 ranks.push(rank_report(&s0.sigma, m, w, tol0).rank);
@@ -330,6 +359,8 @@ pub fn rank_experiment(
                 min_margin_decades: margins.iter().copied().fold(f64::INFINITY, f64::min),
                 median_ls_loss: median(&ls),
                 max_dead_samples: dead_max,
+                median_always_positive_units: median(&pos_units),
+                median_never_positive_units: median(&neg_units),
                 sigma_first,
                 report_first,
             })

@@ -38,6 +38,9 @@ pub struct ReluConfig {
     pub train: TrainSettings,
     /// Random initialisations trained at the same width (to show loss 0 is reachable).
     pub seeds: usize,
+    /// Scale of the tanh construction: `W1, b1` times `s`, `W2` divided by `s`, so
+    /// `tanh(s z) / s ~ z` (smaller is more linear and more ill-conditioned).
+    pub tanh_scale: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -181,15 +184,15 @@ pub fn relu_certificate(
 ) -> Result<ReluResult> {
     cfg.train.validate()?;
     super::check_problem(x, y)?;
-    if !(cfg.margin > 0.0 && cfg.margin.is_finite()) {
-        return Err(Error::InvalidArgument("the margin must be positive".into()));
+    if !(cfg.margin > 0.0 && cfg.margin.is_finite() && cfg.tanh_scale > 0.0) {
+        return Err(Error::InvalidArgument("the margin and the tanh scale must be positive".into()));
     }
     let a1 = with_ones(x);
     let ls = projection_residual(&jacobi_svd(&a1, default_tol(x.rows(), x.cols() + 1)).u_kept, y);
     let relu_model = construct(x, y, Activation::Relu, cfg.width, cfg.margin, 1.0, cfg.seed)?;
     let relu = report(x, y, &relu_model, cfg, ls)?;
     progress();
-    let tanh_model = construct(x, y, Activation::Tanh, cfg.width, cfg.margin, 1e-3, cfg.seed)?;
+    let tanh_model = construct(x, y, Activation::Tanh, cfg.width, cfg.margin, cfg.tanh_scale, cfg.seed)?;
     let tanh = report(x, y, &tanh_model, cfg, ls)?;
     progress();
     let sweep = super::sweep::width_sweep(
