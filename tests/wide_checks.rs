@@ -7,21 +7,32 @@
 use crate::common::{mlp_config as config, TempDir};
 use landscape::autodiff::hvp as tape_hvp;
 use landscape::experiments::wide::linear::{linear_networks, linear_optimum, LinearConfig};
-use landscape::experiments::wide::rank::{default_tol, jacobi_svd, projection_residual, rank_report};
+use landscape::experiments::wide::rank::{
+    default_tol, jacobi_svd, projection_residual, rank_report,
+};
 use landscape::experiments::wide::relu::constructed_relu_point;
 use landscape::experiments::wide::sweep::dense_of;
-use landscape::experiments::wide::{layer_range, loss_and_grad, BlockOp, SquaredLoss, TrainSettings};
+use landscape::experiments::wide::{
+    layer_range, loss_and_grad, BlockOp, SquaredLoss, TrainSettings,
+};
 use landscape::hessian::small_eig::jacobi_eigenvalues;
 use landscape::hessian::{dense_hessian, HessianOperator, Part};
 use landscape::linalg::SymOp;
 use landscape::nn::backprop::loss_and_grad_analytic;
 use landscape::nn::{Activation, Init, LossKind, Mlp, Mode};
-use landscape::optim::{lbfgs, newton_cg, LbfgsConfig, NewtonCgConfig, Objective, SecondOrder, StopReason};
+use landscape::optim::{
+    lbfgs, newton_cg, LbfgsConfig, NewtonCgConfig, Objective, SecondOrder, StopReason,
+};
 use landscape::rng::Rng;
 use landscape::Matrix;
 
 fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(u, v)| (u - v).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(u, v)| (u - v).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = b.iter().map(|v| v * v).sum::<f64>().sqrt();
     num / den.max(1e-300)
 }
@@ -39,7 +50,10 @@ fn sigmoid_softplus_derivatives_match_finite_differences() {
             let d1 = (act.apply(z + h, 0.0) - act.apply(z - h, 0.0)) / (2.0 * h);
             let d2 = (act.derivative(z + h, 0.0) - act.derivative(z - h, 0.0)) / (2.0 * h);
             assert!((act.derivative(z, 0.0) - d1).abs() <= 1e-9, "{act:?} z={z}");
-            assert!((act.second_derivative(z) - d2).abs() <= 1e-9, "{act:?} z={z}");
+            assert!(
+                (act.second_derivative(z) - d2).abs() <= 1e-9,
+                "{act:?} z={z}"
+            );
         }
         assert!(!act.is_piecewise_linear());
     }
@@ -113,13 +127,19 @@ fn sigmoid_softplus_exact_hessians_match_finite_differences_and_double_backward(
             // HVP operator and tape double backward against the dense matrix.
             let mut rng = Rng::new(seed + 50);
             let v: Vec<f64> = (0..theta.len()).map(|_| rng.normal()).collect();
-            let hv = HessianOperator::new(&model, &x, &y, Part::Full).unwrap().apply(&v).unwrap();
+            let hv = HessianOperator::new(&model, &x, &y, Part::Full)
+                .unwrap()
+                .apply(&v)
+                .unwrap();
             let dense_v: Vec<f64> = (0..theta.len())
                 .map(|i| (0..theta.len()).map(|j| h.get(i, j) * v[j]).sum())
                 .collect();
             assert!(rel(&hv, &dense_v) < 1e-12, "{act:?} HVP vs dense");
-            let params: Vec<Matrix<f64>> =
-                model.named_params().into_iter().map(|(_, m)| m.clone()).collect();
+            let params: Vec<Matrix<f64>> = model
+                .named_params()
+                .into_iter()
+                .map(|(_, m)| m.clone())
+                .collect();
             let mut off = 0;
             let vm: Vec<Matrix<f64>> = params
                 .iter()
@@ -130,10 +150,16 @@ fn sigmoid_softplus_exact_hessians_match_finite_differences_and_double_backward(
                 })
                 .collect();
             let (_, _, tv) = tape_hvp(&params, &vm, |t, vars| {
-                model.loss_tape(vars, t.constant(x.clone()), &y, Mode::Eval).0
+                model
+                    .loss_tape(vars, t.constant(x.clone()), &y, Mode::Eval)
+                    .0
             });
             let tv: Vec<f64> = tv.iter().flat_map(|m| m.as_slice().to_vec()).collect();
-            assert!(rel(&tv, &dense_v) < 1e-10, "{act:?} tape vs dense {}", rel(&tv, &dense_v));
+            assert!(
+                rel(&tv, &dense_v) < 1e-10,
+                "{act:?} tape vs dense {}",
+                rel(&tv, &dense_v)
+            );
         }
     }
 }
@@ -149,7 +175,9 @@ impl Objective for Quadratic {
     }
     fn value_grad(&self, x: &[f64]) -> (f64, Vec<f64>) {
         let n = self.b.len();
-        let ax: Vec<f64> = (0..n).map(|i| (0..n).map(|j| self.a.get(i, j) * x[j]).sum()).collect();
+        let ax: Vec<f64> = (0..n)
+            .map(|i| (0..n).map(|j| self.a.get(i, j) * x[j]).sum())
+            .collect();
         let f = 0.5 * x.iter().zip(&ax).map(|(u, v)| u * v).sum::<f64>()
             - x.iter().zip(&self.b).map(|(u, v)| u * v).sum::<f64>();
         (f, ax.iter().zip(&self.b).map(|(u, v)| u - v).collect())
@@ -165,11 +193,23 @@ fn lbfgs_minimises_a_convex_quadratic() {
         (0..n).map(|k| r.get(k, i) * r.get(k, j)).sum::<f64>() + if i == j { 1.0 } else { 0.0 }
     });
     let b: Vec<f64> = (0..n).map(|i| (i as f64) - 2.5).collect();
-    let q = Quadratic { a: a.clone(), b: b.clone() };
-    let res = lbfgs(&q, &vec![0.0; n], &LbfgsConfig { grad_rtol: 1e-12, ..Default::default() });
+    let q = Quadratic {
+        a: a.clone(),
+        b: b.clone(),
+    };
+    let res = lbfgs(
+        &q,
+        &vec![0.0; n],
+        &LbfgsConfig {
+            grad_rtol: 1e-12,
+            ..Default::default()
+        },
+    );
     assert_eq!(res.stop, StopReason::GradientSmall);
     // Known minimiser A^{-1} b: check A x* = b.
-    let ax: Vec<f64> = (0..n).map(|i| (0..n).map(|j| a.get(i, j) * res.x[j]).sum()).collect();
+    let ax: Vec<f64> = (0..n)
+        .map(|i| (0..n).map(|j| a.get(i, j) * res.x[j]).sum())
+        .collect();
     assert!(rel(&ax, &b) < 1e-10, "{}", rel(&ax, &b));
     assert!(res.iterations < 60, "{} iterations", res.iterations);
 }
@@ -183,7 +223,13 @@ impl Objective for Rosenbrock {
     fn value_grad(&self, x: &[f64]) -> (f64, Vec<f64>) {
         let (a, b) = (x[0], x[1]);
         let f = (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2);
-        (f, vec![-2.0 * (1.0 - a) - 400.0 * a * (b - a * a), 200.0 * (b - a * a)])
+        (
+            f,
+            vec![
+                -2.0 * (1.0 - a) - 400.0 * a * (b - a * a),
+                200.0 * (b - a * a),
+            ],
+        )
     }
 }
 
@@ -193,8 +239,8 @@ impl SymOp for Dense2 {
         2
     }
     fn apply(&self, v: &[f64], out: &mut [f64]) {
-        for i in 0..2 {
-            out[i] = self.0.get(i, 0) * v[0] + self.0.get(i, 1) * v[1];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.0.get(i, 0) * v[0] + self.0.get(i, 1) * v[1];
         }
     }
 }
@@ -202,7 +248,16 @@ impl SymOp for Dense2 {
 impl SecondOrder for Rosenbrock {
     fn with_hessian(&self, x: &[f64], f: &mut dyn FnMut(&dyn SymOp)) {
         let (a, b) = (x[0], x[1]);
-        let h = Matrix::from_vec(2, 2, vec![2.0 - 400.0 * (b - 3.0 * a * a), -400.0 * a, -400.0 * a, 200.0]);
+        let h = Matrix::from_vec(
+            2,
+            2,
+            vec![
+                2.0 - 400.0 * (b - 3.0 * a * a),
+                -400.0 * a,
+                -400.0 * a,
+                200.0,
+            ],
+        );
         f(&Dense2(h));
     }
 }
@@ -211,18 +266,45 @@ impl SecondOrder for Rosenbrock {
 fn lbfgs_and_newton_cg_find_the_rosenbrock_minimum() {
     let res = lbfgs(&Rosenbrock, &[-1.2, 1.0], &LbfgsConfig::default());
     assert!(res.stop.is_converged(), "{:?}", res.stop);
-    assert!((res.x[0] - 1.0).abs() < 1e-6 && (res.x[1] - 1.0).abs() < 1e-6, "{:?}", res.x);
-    let nt = newton_cg(&Rosenbrock, &[-1.2, 1.0], &NewtonCgConfig { max_iter: 100, ..Default::default() });
-    assert!((nt.x[0] - 1.0).abs() < 1e-8 && (nt.x[1] - 1.0).abs() < 1e-8, "{:?} {:?}", nt.x, nt.stop);
+    assert!(
+        (res.x[0] - 1.0).abs() < 1e-6 && (res.x[1] - 1.0).abs() < 1e-6,
+        "{:?}",
+        res.x
+    );
+    let nt = newton_cg(
+        &Rosenbrock,
+        &[-1.2, 1.0],
+        &NewtonCgConfig {
+            max_iter: 100,
+            ..Default::default()
+        },
+    );
+    assert!(
+        (nt.x[0] - 1.0).abs() < 1e-8 && (nt.x[1] - 1.0).abs() < 1e-8,
+        "{:?} {:?}",
+        nt.x,
+        nt.stop
+    );
     // The cap is reported as still descending, not as a minimum.
-    let capped = lbfgs(&Rosenbrock, &[-1.2, 1.0], &LbfgsConfig { max_iter: 3, ..Default::default() });
+    let capped = lbfgs(
+        &Rosenbrock,
+        &[-1.2, 1.0],
+        &LbfgsConfig {
+            max_iter: 3,
+            ..Default::default()
+        },
+    );
     assert_eq!(capped.stop, StopReason::IterationCap);
     assert!(!capped.stop.is_converged());
     // No progress over a window stops the run.
     let stalled = lbfgs(
         &Rosenbrock,
         &[-1.2, 1.0],
-        &LbfgsConfig { window: 2, ftol: 10.0, ..Default::default() },
+        &LbfgsConfig {
+            window: 2,
+            ftol: 10.0,
+            ..Default::default()
+        },
     );
     assert_eq!(stalled.stop, StopReason::NoProgress);
 }
@@ -238,7 +320,10 @@ fn problem(seed: u64, act: Activation) -> (Mlp<f64>, Matrix<f64>, Matrix<f64>, V
 
 #[test]
 fn squared_loss_with_real_targets_matches_finite_differences() {
-    for (s, act) in [Activation::Tanh, Activation::Sigmoid, Activation::Softplus].into_iter().enumerate() {
+    for (s, act) in [Activation::Tanh, Activation::Sigmoid, Activation::Softplus]
+        .into_iter()
+        .enumerate()
+    {
         let (model, x, y, _) = problem(10 + s as u64, act);
         let theta = model.param_vector();
         let obj = SquaredLoss::new(model.clone(), &x, &y).unwrap();
@@ -262,7 +347,13 @@ fn squared_loss_with_real_targets_matches_finite_differences() {
         let h = 1e-5;
         let tp: Vec<f64> = theta.iter().zip(&v).map(|(a, b)| a + h * b).collect();
         let tm: Vec<f64> = theta.iter().zip(&v).map(|(a, b)| a - h * b).collect();
-        let fdv: Vec<f64> = obj.value_grad(&tp).1.iter().zip(obj.value_grad(&tm).1).map(|(a, b)| (a - b) / (2.0 * h)).collect();
+        let fdv: Vec<f64> = obj
+            .value_grad(&tp)
+            .1
+            .iter()
+            .zip(obj.value_grad(&tm).1)
+            .map(|(a, b)| (a - b) / (2.0 * h))
+            .collect();
         assert!(rel(&hv, &fdv) < 1e-7, "{act:?} HVP {}", rel(&hv, &fdv));
     }
     // Bad targets give an error, not a panic.
@@ -289,7 +380,10 @@ fn layer_block_hessian_matches_the_dense_block() {
     let op = HessianOperator::with_targets(&model, &x, &onehot, Part::Full).unwrap();
     for first in 0..3 {
         let range = layer_range(&model.config, first);
-        let block = dense_of(&BlockOp { inner: &op, range: range.clone() });
+        let block = dense_of(&BlockOp {
+            inner: &op,
+            range: range.clone(),
+        });
         let n = range.len();
         let reference = Matrix::from_fn(n, n, |i, j| dense.get(range.start + i, range.start + j));
         let e = rel(block.as_slice(), reference.as_slice());
@@ -303,8 +397,13 @@ fn rank_report_matches_an_independent_eigendecomposition() {
     // Full rank, 13 x 6: singular values vs sqrt of the Jacobi eigenvalues of A^T A.
     let a = randn(13, 6, 5);
     let s = jacobi_svd(&a, default_tol(13, 6));
-    let ata = Matrix::from_fn(6, 6, |i, j| (0..13).map(|k| a.get(k, i) * a.get(k, j)).sum());
-    let mut ev: Vec<f64> = jacobi_eigenvalues(&ata).iter().map(|v| v.max(0.0).sqrt()).collect();
+    let ata = Matrix::from_fn(6, 6, |i, j| {
+        (0..13).map(|k| a.get(k, i) * a.get(k, j)).sum()
+    });
+    let mut ev: Vec<f64> = jacobi_eigenvalues(&ata)
+        .iter()
+        .map(|v| v.max(0.0).sqrt())
+        .collect();
     ev.sort_by(|a, b| b.total_cmp(a));
     assert!(rel(&s.sigma, &ev) < 1e-12, "{:?} vs {ev:?}", s.sigma);
     let rep = rank_report(&s.sigma, 13, 6, default_tol(13, 6));
@@ -314,7 +413,9 @@ fn rank_report_matches_an_independent_eigendecomposition() {
     // and a large gap.
     let b = randn(13, 3, 6);
     let c = randn(3, 8, 7);
-    let bc = Matrix::from_fn(13, 8, |i, j| (0..3).map(|k| b.get(i, k) * c.get(k, j)).sum());
+    let bc = Matrix::from_fn(13, 8, |i, j| {
+        (0..3).map(|k| b.get(i, k) * c.get(k, j)).sum()
+    });
     let s = jacobi_svd(&bc, default_tol(13, 8));
     let rep = rank_report(&s.sigma, 13, 8, default_tol(13, 8));
     assert_eq!(rep.rank, 3, "{:?}", s.sigma);
@@ -323,8 +424,16 @@ fn rank_report_matches_an_independent_eigendecomposition() {
     assert!(projection_residual(&s.u_kept, &bc) < 1e-24);
     let y = randn(13, 2, 8);
     let sol = s.solve(&y);
-    let fit = Matrix::from_fn(13, 2, |i, k| (0..8).map(|j| bc.get(i, j) * sol.get(j, k)).sum());
-    let resid: f64 = fit.as_slice().iter().zip(y.as_slice()).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / 13.0;
+    let fit = Matrix::from_fn(13, 2, |i, k| {
+        (0..8).map(|j| bc.get(i, j) * sol.get(j, k)).sum()
+    });
+    let resid: f64 = fit
+        .as_slice()
+        .iter()
+        .zip(y.as_slice())
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        / 13.0;
     assert!((resid - projection_residual(&s.u_kept, &y)).abs() < 1e-12);
 }
 
@@ -339,7 +448,9 @@ fn normal_equations(x: &Matrix<f64>, y: &Matrix<f64>) -> Matrix<f64> {
         }
     });
     for c in 0..d {
-        let p = (c..d).max_by(|&a, &b| aug.get(a, c).abs().total_cmp(&aug.get(b, c).abs())).unwrap();
+        let p = (c..d)
+            .max_by(|&a, &b| aug.get(a, c).abs().total_cmp(&aug.get(b, c).abs()))
+            .unwrap();
         for j in 0..d + k {
             let (u, v) = (aug.get(c, j), aug.get(p, j));
             aug.set(c, j, v);
@@ -369,15 +480,25 @@ fn deep_linear_networks_reach_the_closed_form_optimum() {
     // Independent closed form: Yh = X B (normal equations), eigenvalues of Yh^T Yh.
     let b = normal_equations(&x, &y);
     let yh = Matrix::from_fn(m, k, |i, c| (0..d).map(|j| x.get(i, j) * b.get(j, c)).sum());
-    let resid: f64 = yh.as_slice().iter().zip(y.as_slice()).map(|(a, b)| (a - b).powi(2)).sum();
-    let gram = Matrix::from_fn(k, k, |i, j| (0..m).map(|r| yh.get(r, i) * yh.get(r, j)).sum());
+    let resid: f64 = yh
+        .as_slice()
+        .iter()
+        .zip(y.as_slice())
+        .map(|(a, b)| (a - b).powi(2))
+        .sum();
+    let gram = Matrix::from_fn(k, k, |i, j| {
+        (0..m).map(|r| yh.get(r, i) * yh.get(r, j)).sum()
+    });
     let mut ev = jacobi_eigenvalues(&gram);
     ev.sort_by(|a, b| a.total_cmp(b));
     for r in [1usize, 2, 4] {
         let tail: f64 = ev.iter().take(k - r).sum();
         let reference = (resid + tail) / m as f64;
         let ours = linear_optimum(&x, &y, r);
-        assert!((ours - reference).abs() < 1e-12 * reference, "r={r}: {ours} vs {reference}");
+        assert!(
+            (ours - reference).abs() < 1e-12 * reference,
+            "r={r}: {ours} vs {reference}"
+        );
     }
     // Training from several initialisations reaches it, with and without a bottleneck.
     let recs = linear_networks(
@@ -412,7 +533,9 @@ fn constructed_relu_point_is_a_certified_bad_local_minimum() {
     let b = normal_equations(&x1, &y);
     let ls: f64 = (0..m)
         .flat_map(|i| (0..k).map(move |c| (i, c)))
-        .map(|(i, c)| ((0..=d).map(|j| x1.get(i, j) * b.get(j, c)).sum::<f64>() - y.get(i, c)).powi(2))
+        .map(|(i, c)| {
+            ((0..=d).map(|j| x1.get(i, j) * b.get(j, c)).sum::<f64>() - y.get(i, c)).powi(2)
+        })
         .sum::<f64>()
         / m as f64;
     assert!((loss - ls).abs() < 1e-12 * ls, "{loss} vs {ls}");
@@ -420,13 +543,19 @@ fn constructed_relu_point_is_a_certified_bad_local_minimum() {
     // Every pre-activation >= 1, so within rho no unit changes; probe the ball.
     let pre = model.forward(&x).unwrap().pre[0].clone();
     assert!(pre.as_slice().iter().all(|&z| z >= 1.0 - 1e-12));
-    let xmax = (0..m).map(|i| x.row(i).iter().map(|v| v * v).sum::<f64>()).fold(0.0, f64::max);
+    let xmax = (0..m)
+        .map(|i| x.row(i).iter().map(|v| v * v).sum::<f64>())
+        .fold(0.0, f64::max);
     let rho = 1.0 / (xmax + 1.0).sqrt();
     let mut rng = Rng::new(9);
     for _ in 0..50 {
         let dir: Vec<f64> = theta.iter().map(|_| rng.normal()).collect();
         let n = dir.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let t: Vec<f64> = theta.iter().zip(&dir).map(|(a, b)| a + 0.99 * rho * b / n).collect();
+        let t: Vec<f64> = theta
+            .iter()
+            .zip(&dir)
+            .map(|(a, b)| a + 0.99 * rho * b / n)
+            .collect();
         assert!(obj.value_grad(&t).0 >= ls - 1e-12);
     }
 }
@@ -436,7 +565,20 @@ fn wide_command_writes_results_and_rejects_bad_input() {
     let d = TempDir::new("wide-cli");
     let out = d.join("w");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_landscape"))
-        .args(["wide", "--m", "40", "--only", "rank,linear", "--rank-draws", "2", "--seeds", "1", "--activations", "tanh,relu", "--out"])
+        .args([
+            "wide",
+            "--m",
+            "40",
+            "--only",
+            "rank,linear",
+            "--rank-draws",
+            "2",
+            "--seeds",
+            "1",
+            "--activations",
+            "tanh,relu",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -447,10 +589,26 @@ fn wide_command_writes_results_and_rejects_bad_input() {
     assert!(v["provenance"]["dataset"]["data"]["sha256"].is_string());
     assert!(out.join("rank_spectra.png").exists() && out.join("rank_spectra.svg").exists());
     assert!(out.join("report.md").exists() && out.join("linear.json").exists());
-    for bad in [vec!["wide", "--m", "1"], vec!["wide", "--m", "5000"], vec!["wide", "--widths", "0"]] {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_landscape")).args(&bad).arg("--out").arg(d.join("bad")).output().unwrap();
+    for bad in [
+        vec!["wide", "--m", "1"],
+        vec!["wide", "--m", "5000"],
+        vec!["wide", "--widths", "0"],
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_landscape"))
+            .args(&bad)
+            .arg("--out")
+            .arg(d.join("bad"))
+            .output()
+            .unwrap();
         let e = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && !e.contains("panicked"), "{bad:?}: {e}");
-        assert_eq!(e.lines().filter(|l| l.starts_with("error:")).count(), 1, "{e}");
+        assert!(
+            !o.status.success() && !e.contains("panicked"),
+            "{bad:?}: {e}"
+        );
+        assert_eq!(
+            e.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{e}"
+        );
     }
 }

@@ -48,7 +48,12 @@ pub struct WideArgs {
     /// Experiments to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Option<Vec<Experiment>>,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tanh,sigmoid,softplus,relu")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tanh,sigmoid,softplus,relu"
+    )]
     activations: Vec<Activation>,
     /// Hidden widths of the sweep (default: from 0.05 m to m + 1, including m - 1 and m).
     #[arg(long, value_delimiter = ',')]
@@ -91,7 +96,8 @@ fn read_targets_csv(path: &Path) -> Result<Matrix<f64>, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Result<Vec<f64>, _> = line.split(',').map(|t| t.trim().parse::<f64>()).collect();
+        let parsed: Result<Vec<f64>, _> =
+            line.split(',').map(|t| t.trim().parse::<f64>()).collect();
         match parsed {
             Ok(v) => rows.push(v),
             Err(_) if ln == 0 => continue,
@@ -102,7 +108,10 @@ fn read_targets_csv(path: &Path) -> Result<Matrix<f64>, String> {
     }
     let k = rows.first().map_or(0, |r| r.len());
     if k == 0 || rows.iter().any(|r| r.len() != k) {
-        return Err(format!("{}: rows must have the same positive number of columns", path.display()));
+        return Err(format!(
+            "{}: rows must have the same positive number of columns",
+            path.display()
+        ));
     }
     if rows.iter().flatten().any(|v| !v.is_finite()) {
         return Err(format!("{}: non-finite target", path.display()));
@@ -134,14 +143,21 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
     let bundle = data::load(&a.data, &opts).map_err(|e| e.to_string())?;
     let m = bundle.train.len();
     if m < a.m {
-        return Err(format!("{} has only {m} training samples, --m is {}", bundle.name, a.m));
+        return Err(format!(
+            "{} has only {m} training samples, --m is {}",
+            bundle.name, a.m
+        ));
     }
     let x = bundle.train.x.clone();
     let y = match &a.target_csv {
         Some(p) => {
             let t = read_targets_csv(p)?;
             if t.rows() != m {
-                return Err(format!("{}: {} rows, expected m = {m}", p.display(), t.rows()));
+                return Err(format!(
+                    "{}: {} rows, expected m = {m}",
+                    p.display(),
+                    t.rows()
+                ));
             }
             t
         }
@@ -181,16 +197,29 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
     ));
     report.push_str(&format!("Command: `{command_line}`\n\n"));
     let mut timings = Vec::new();
-    let write = |name: &str, cfg: serde_json::Value, res: serde_json::Value| -> Result<(), String> {
-        let prov = Provenance::new(command_line, Some(a.seed), Some(dataset.clone()), cfg);
-        write_json(&a.out.join(format!("{name}.json")), &format!("wide {name}"), res, &prov)
+    let write =
+        |name: &str, cfg: serde_json::Value, res: serde_json::Value| -> Result<(), String> {
+            let prov = Provenance::new(command_line, Some(a.seed), Some(dataset.clone()), cfg);
+            write_json(
+                &a.out.join(format!("{name}.json")),
+                &format!("wide {name}"),
+                res,
+                &prov,
+            )
             .map_err(|e| e.to_string())
-    };
+        };
     let err = |e: landscape::Error| e.to_string();
 
     if only.contains(&Experiment::Rank) {
         let t = Instant::now();
-        let mut rw: Vec<usize> = vec![m / 2, m.saturating_sub(2).max(1), m.saturating_sub(1).max(1), m, m + 10, 2 * m];
+        let mut rw: Vec<usize> = vec![
+            m / 2,
+            m.saturating_sub(2).max(1),
+            m.saturating_sub(1).max(1),
+            m,
+            m + 10,
+            2 * m,
+        ];
         rw.sort_unstable();
         rw.dedup();
         let cfg = rank::RankConfig {
@@ -210,9 +239,19 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         for c in &cells {
             csv.push_str(&format!(
                 "{},{},{},{},{},{},{},{:e},{:.3},{:e},{},{},{}\n",
-                c.activation, c.width, c.init_scale, c.bias_shift, c.draws, c.frac_deficient,
-                c.frac_below_m, c.median_min_ratio, c.min_margin_decades, c.median_ls_loss,
-                c.max_dead_samples, c.median_always_positive_units, c.median_never_positive_units
+                c.activation,
+                c.width,
+                c.init_scale,
+                c.bias_shift,
+                c.draws,
+                c.frac_deficient,
+                c.frac_below_m,
+                c.median_min_ratio,
+                c.min_margin_decades,
+                c.median_ls_loss,
+                c.max_dead_samples,
+                c.median_always_positive_units,
+                c.median_never_positive_units
             ));
         }
         csv_write(&a.out.join("rank.csv"), &csv)?;
@@ -242,7 +281,9 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         for act in &a.activations {
             let pts: Vec<&rank::RankCell> = cells
                 .iter()
-                .filter(|c| c.activation == act.name() && c.init_scale == 1.0 && c.bias_shift == 0.0)
+                .filter(|c| {
+                    c.activation == act.name() && c.init_scale == 1.0 && c.bias_shift == 0.0
+                })
                 .collect();
             series.push(Series::new(
                 act.name(),
@@ -257,7 +298,10 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 y_label: "median least-squares loss".into(),
                 log_y: true,
                 series,
-                markers: vec![((m as f64 - 1.0) / m as f64, "m-1".into()), (1.0, "m".into())],
+                markers: vec![
+                    ((m as f64 - 1.0) / m as f64, "m-1".into()),
+                    (1.0, "m".into()),
+                ],
                 ..Default::default()
             },
             &a.out.join("rank_fixed_features"),
@@ -268,13 +312,26 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         for c in &cells {
             report.push_str(&format!(
                 "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2e} | {:.1} | {:.2e} | {} | {} | {} |\n",
-                c.activation, c.width, c.init_scale, c.bias_shift, c.frac_deficient, c.frac_below_m,
-                c.median_min_ratio, c.min_margin_decades, c.median_ls_loss, c.max_dead_samples,
-                c.median_always_positive_units, c.median_never_positive_units
+                c.activation,
+                c.width,
+                c.init_scale,
+                c.bias_shift,
+                c.frac_deficient,
+                c.frac_below_m,
+                c.median_min_ratio,
+                c.min_margin_decades,
+                c.median_ls_loss,
+                c.max_dead_samples,
+                c.median_always_positive_units,
+                c.median_never_positive_units
             ));
         }
         report.push('\n');
-        write("rank", serde_json::to_value(&cfg).unwrap_or_default(), json!({"m": m, "cells": cells}))?;
+        write(
+            "rank",
+            serde_json::to_value(&cfg).unwrap_or_default(),
+            json!({"m": m, "cells": cells}),
+        )?;
         timings.push(("rank", t.elapsed().as_secs_f64()));
     }
 
@@ -288,18 +345,32 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             bias: true,
             train: train.clone(),
         };
-        let pb = progress((cfg.activations.len() * widths.len() * a.seeds) as u64, "width sweep");
+        let pb = progress(
+            (cfg.activations.len() * widths.len() * a.seeds) as u64,
+            "width sweep",
+        );
         let res = sweep::width_sweep(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;
         pb.finish_and_clear();
         let mut csv = String::from("activation,width,seed,params,loss,grad_norm,stop,lbfgs_iterations,newton_iterations,reached_zero,lambda_min,lambda_residual,kind,weight_norm,saturated_units\n");
         for r in &res.runs {
             csv.push_str(&format!(
                 "{},{},{},{},{:e},{:e},{},{},{},{},{},{},{:?},{:e},{}\n",
-                r.activation, r.hidden[0], r.seed, r.params, r.loss, r.grad_norm, r.stop,
-                r.lbfgs_iterations, r.newton_iterations, r.reached_zero,
+                r.activation,
+                r.hidden[0],
+                r.seed,
+                r.params,
+                r.loss,
+                r.grad_norm,
+                r.stop,
+                r.lbfgs_iterations,
+                r.newton_iterations,
+                r.reached_zero,
                 r.lambda_min.map_or(String::new(), |v| format!("{v:e}")),
-                r.lambda_residual.map_or(String::new(), |v| format!("{v:e}")),
-                r.kind, r.weight_norm, r.saturation.saturated_units[0]
+                r.lambda_residual
+                    .map_or(String::new(), |v| format!("{v:e}")),
+                r.kind,
+                r.weight_norm,
+                r.saturation.saturated_units[0]
             ));
         }
         csv_write(&a.out.join("sweep.csv"), &csv)?;
@@ -307,8 +378,11 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             .activations
             .iter()
             .map(|act| {
-                let pts: Vec<&sweep::WidthSummary> =
-                    res.summary.iter().filter(|s| s.activation == act.name()).collect();
+                let pts: Vec<&sweep::WidthSummary> = res
+                    .summary
+                    .iter()
+                    .filter(|s| s.activation == act.name())
+                    .collect();
                 Series::new(
                     act.name(),
                     pts.iter().map(|s| s.width as f64 / m as f64).collect(),
@@ -322,7 +396,10 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 x_label: "n1 / m".into(),
                 y_label: "fraction at a global minimum".into(),
                 series,
-                markers: vec![((m as f64 - 1.0) / m as f64, "m-1".into()), (1.0, "m".into())],
+                markers: vec![
+                    ((m as f64 - 1.0) / m as f64, "m-1".into()),
+                    (1.0, "m".into()),
+                ],
                 ..Default::default()
             },
             &a.out.join("sweep_fraction"),
@@ -332,8 +409,16 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         for s in &res.summary {
             report.push_str(&format!(
                 "| {} | {} | {} | {:.2} | {:.2e} | {} |\n",
-                s.activation, s.width, s.runs, s.frac_zero, s.median_loss,
-                s.counts.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+                s.activation,
+                s.width,
+                s.runs,
+                s.frac_zero,
+                s.median_loss,
+                s.counts
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         report.push_str("\nThresholds (smallest grid width from which every run reached zero), beside m - 1 and m:\n\n");
@@ -345,7 +430,11 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             ));
         }
         report.push('\n');
-        write("sweep", serde_json::to_value(&cfg).unwrap_or_default(), serde_json::to_value(&res).unwrap_or_default())?;
+        write(
+            "sweep",
+            serde_json::to_value(&cfg).unwrap_or_default(),
+            serde_json::to_value(&res).unwrap_or_default(),
+        )?;
         timings.push(("sweep", t.elapsed().as_secs_f64()));
     }
 
@@ -367,7 +456,10 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             train: train.clone(),
             dense_block_max: 2500,
         };
-        let pb = progress((cfg.activations.len() * cfg.wide_widths.len() * cfg.seeds) as u64, "deep");
+        let pb = progress(
+            (cfg.activations.len() * cfg.wide_widths.len() * cfg.seeds) as u64,
+            "deep",
+        );
         let recs = sweep::deep_conditions(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;
         pb.finish_and_clear();
         let mut csv = String::from("activation,n1,seed,loss,reached_zero,kind,wide_rank,wide_rank_margin,cond_wide_rank,later_ranks,cond_full_rank,block_dim,block_min_abs_eig,block_max_abs_eig,cond_block_nonsingular,all_conditions,counterexample\n");
@@ -375,23 +467,50 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         for r in &recs {
             csv.push_str(&format!(
                 "{},{},{},{:e},{},{:?},{},{:.2},{},{:?},{},{},{:e},{:e},{},{},{}\n",
-                r.run.activation, r.run.hidden[0], r.run.seed, r.run.loss, r.run.reached_zero,
-                r.run.kind, r.wide_rank, r.wide_rank_margin_decades, r.cond_wide_rank,
-                r.later_ranks, r.cond_full_rank, r.block_dim, r.block_min_abs_eig,
-                r.block_max_abs_eig, r.cond_block_nonsingular, r.all_conditions, r.counterexample
+                r.run.activation,
+                r.run.hidden[0],
+                r.run.seed,
+                r.run.loss,
+                r.run.reached_zero,
+                r.run.kind,
+                r.wide_rank,
+                r.wide_rank_margin_decades,
+                r.cond_wide_rank,
+                r.later_ranks,
+                r.cond_full_rank,
+                r.block_dim,
+                r.block_min_abs_eig,
+                r.block_max_abs_eig,
+                r.cond_block_nonsingular,
+                r.all_conditions,
+                r.counterexample
             ));
             report.push_str(&format!(
                 "| {} | {} | {} | {:.2e} | {:?} | {} | {} | {} | {:.1e} | {} | {} |\n",
-                r.run.activation, r.run.hidden[0], r.run.seed, r.run.loss, r.run.kind,
-                r.wide_rank, r.cond_full_rank, r.block_dim,
-                r.block_min_abs_eig / r.block_max_abs_eig.max(1e-300), r.all_conditions,
+                r.run.activation,
+                r.run.hidden[0],
+                r.run.seed,
+                r.run.loss,
+                r.run.kind,
+                r.wide_rank,
+                r.cond_full_rank,
+                r.block_dim,
+                r.block_min_abs_eig / r.block_max_abs_eig.max(1e-300),
+                r.all_conditions,
                 r.counterexample
             ));
         }
         let n_counter = recs.iter().filter(|r| r.counterexample).count();
-        report.push_str(&format!("\nCounterexamples (loss > eps with every condition holding): {n_counter} of {}.\n\n", recs.len()));
+        report.push_str(&format!(
+            "\nCounterexamples (loss > eps with every condition holding): {n_counter} of {}.\n\n",
+            recs.len()
+        ));
         csv_write(&a.out.join("deep.csv"), &csv)?;
-        write("deep", serde_json::to_value(&cfg).unwrap_or_default(), json!({"m": m, "records": recs}))?;
+        write(
+            "deep",
+            serde_json::to_value(&cfg).unwrap_or_default(),
+            json!({"m": m, "records": recs}),
+        )?;
         timings.push(("deep", t.elapsed().as_secs_f64()));
     }
 
@@ -409,7 +528,9 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         let pb = progress((2 + cfg.seeds) as u64, "relu");
         let res = relu::relu_certificate(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;
         pb.finish_and_clear();
-        report.push_str(&format!("## ReLU: a certified bad local minimum at width n1 = m = {m}\n\n"));
+        report.push_str(&format!(
+            "## ReLU: a certified bad local minimum at width n1 = m = {m}\n\n"
+        ));
         for c in [&res.relu, &res.tanh] {
             report.push_str(&format!(
                 "- {}: loss at the constructed point {:.6e} (affine least squares L* = {:.6e}), ||grad|| = {:.2e}, min pre-activation {:.3}, certified radius {}, min excess over L* of {} random points at 0.99 radius {}, lambda_min = {:.3e} (residual {:.1e}, ||H|| ~ {:.2e}); L-BFGS from the point: loss {:.3e} ({})\n",
@@ -425,7 +546,11 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             res.relu_trained.iter().map(|r| format!("{:.2e}", r.loss)).collect::<Vec<_>>(),
             res.certified_bad_minimum
         ));
-        write("relu", serde_json::to_value(&cfg).unwrap_or_default(), serde_json::to_value(&res).unwrap_or_default())?;
+        write(
+            "relu",
+            serde_json::to_value(&cfg).unwrap_or_default(),
+            serde_json::to_value(&res).unwrap_or_default(),
+        )?;
         timings.push(("relu", t.elapsed().as_secs_f64()));
     }
 
@@ -451,10 +576,21 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         let mut csv = String::from("width,t,linear_loss,bezier_loss\n");
         for r in &res {
             for (i, t) in r.t.iter().enumerate() {
-                csv.push_str(&format!("{},{},{:e},{:e}\n", r.width, t, r.linear_losses[i], r.bezier_losses[i]));
+                csv.push_str(&format!(
+                    "{},{},{:e},{:e}\n",
+                    r.width, t, r.linear_losses[i], r.bezier_losses[i]
+                ));
             }
-            series.push(Series::new(format!("n1={} linear", r.width), r.t.clone(), r.linear_losses.iter().map(|v| v.max(1e-32)).collect()));
-            series.push(Series::new(format!("n1={} Bezier", r.width), r.t.clone(), r.bezier_losses.iter().map(|v| v.max(1e-32)).collect()));
+            series.push(Series::new(
+                format!("n1={} linear", r.width),
+                r.t.clone(),
+                r.linear_losses.iter().map(|v| v.max(1e-32)).collect(),
+            ));
+            series.push(Series::new(
+                format!("n1={} Bezier", r.width),
+                r.t.clone(),
+                r.bezier_losses.iter().map(|v| v.max(1e-32)).collect(),
+            ));
         }
         csv_write(&a.out.join("paths.csv"), &csv)?;
         line_plot(
@@ -473,12 +609,22 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         for r in &res {
             report.push_str(&format!(
                 "| {} | {:.2e}, {:.2e} | {:.2e} | {:.2e} | {:.2e} | {} it, {} |\n",
-                r.width, r.end_losses[0], r.end_losses[1], r.linear_max, r.bezier_max, r.barrier,
-                r.path_iterations, r.path_stop
+                r.width,
+                r.end_losses[0],
+                r.end_losses[1],
+                r.linear_max,
+                r.bezier_max,
+                r.barrier,
+                r.path_iterations,
+                r.path_stop
             ));
         }
         report.push('\n');
-        write("path", serde_json::to_value(&cfg).unwrap_or_default(), json!({"m": m, "paths": res, "end_points": ends}))?;
+        write(
+            "path",
+            serde_json::to_value(&cfg).unwrap_or_default(),
+            json!({"m": m, "paths": res, "end_points": ends}),
+        )?;
         timings.push(("path", t.elapsed().as_secs_f64()));
     }
 
@@ -505,7 +651,11 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             ));
         }
         report.push('\n');
-        write("linear", serde_json::to_value(&cfg).unwrap_or_default(), json!({"m": m, "records": recs}))?;
+        write(
+            "linear",
+            serde_json::to_value(&cfg).unwrap_or_default(),
+            json!({"m": m, "records": recs}),
+        )?;
         timings.push(("linear", t.elapsed().as_secs_f64()));
     }
     report.push_str("## Wall time\n\n");
@@ -517,7 +667,8 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         t_all.elapsed().as_secs_f64(),
         rayon::current_num_threads()
     ));
-    std::fs::write(a.out.join("report.md"), &report).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    std::fs::write(a.out.join("report.md"), &report)
+        .map_err(|e| format!("{}: {e}", a.out.display()))?;
     println!("{report}");
     Ok(())
 }

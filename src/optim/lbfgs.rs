@@ -125,7 +125,11 @@ fn wolfe_search<O: Objective + ?Sized>(
                 return Some((t, xt, ft, gt));
             }
         }
-        t = if hi.is_finite() { 0.5 * (lo + hi) } else { 2.0 * lo };
+        t = if hi.is_finite() {
+            0.5 * (lo + hi)
+        } else {
+            2.0 * lo
+        };
         if hi.is_finite() && hi - lo <= 1e-16 * hi.max(1e-300) {
             break;
         }

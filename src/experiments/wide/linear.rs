@@ -25,7 +25,9 @@ pub fn linear_optimum(x: &Matrix<f64>, y: &Matrix<f64>, r: usize) -> f64 {
             uty.set(j, c, (0..m).map(|i| u.get(i, j) * y.get(i, c)).sum());
         }
     }
-    let yh = Matrix::from_fn(m, k, |i, c| (0..q).map(|j| u.get(i, j) * uty.get(j, c)).sum());
+    let yh = Matrix::from_fn(m, k, |i, c| {
+        (0..q).map(|j| u.get(i, j) * uty.get(j, c)).sum()
+    });
     let s = jacobi_svd(&yh, default_tol(m, k)).sigma;
     let tail: f64 = s.iter().skip(r).map(|v| v * v).sum();
     resid + tail / m as f64
@@ -64,7 +66,12 @@ pub fn linear_networks(
     for hidden in &cfg.architectures {
         let mcfg = mse_config(x.cols(), hidden, y.cols(), Activation::Identity, false);
         mcfg.validate()?;
-        let r = hidden.iter().copied().chain([x.cols(), y.cols()]).min().unwrap_or(0);
+        let r = hidden
+            .iter()
+            .copied()
+            .chain([x.cols(), y.cols()])
+            .min()
+            .unwrap_or(0);
         let opt = linear_optimum(x, y, r);
         for i in 0..cfg.seeds {
             let seed = cfg.seed.wrapping_add(31 + i as u64);

@@ -79,7 +79,9 @@ impl TrainSettings {
             return Err(Error::InvalidArgument("eps must be positive".into()));
         }
         if self.lbfgs.max_iter == 0 {
-            return Err(Error::InvalidArgument("the L-BFGS iteration cap must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "the L-BFGS iteration cap must be positive".into(),
+            ));
         }
         if !(self.init_scale.is_finite() && self.init_scale > 0.0) {
             return Err(Error::InvalidArgument("init scale must be positive".into()));
@@ -89,7 +91,13 @@ impl TrainSettings {
 }
 
 /// An MSE MLP configuration `[input, hidden..., outputs]`.
-pub fn mse_config(input: usize, hidden: &[usize], outputs: usize, act: Activation, bias: bool) -> MlpConfig {
+pub fn mse_config(
+    input: usize,
+    hidden: &[usize],
+    outputs: usize,
+    act: Activation,
+    bias: bool,
+) -> MlpConfig {
     MlpConfig {
         input_dim: input,
         hidden: hidden.to_vec(),

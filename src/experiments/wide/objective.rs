@@ -32,13 +32,19 @@ pub enum TargetKind {
 /// `m x k` targets: one-hot rows of `labels`, or seeded standard normals.
 pub fn make_targets(kind: TargetKind, labels: &[usize], k: usize, seed: u64) -> Matrix<f64> {
     match kind {
-        TargetKind::Onehot => Matrix::from_fn(labels.len(), k, |i, j| {
-            if labels[i] == j {
-                1.0
-            } else {
-                0.0
-            }
-        }),
+        TargetKind::Onehot => {
+            Matrix::from_fn(
+                labels.len(),
+                k,
+                |i, j| {
+                    if labels[i] == j {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                },
+            )
+        }
         TargetKind::Gaussian => {
             let mut rng = Rng::derived(seed, 0x7a7);
             Matrix::from_fn(labels.len(), k, |_, _| rng.normal())
@@ -49,10 +55,14 @@ pub fn make_targets(kind: TargetKind, labels: &[usize], k: usize, seed: u64) -> 
 impl<'a> SquaredLoss<'a> {
     pub fn new(template: Mlp<f64>, x: &'a Matrix<f64>, y: &'a Matrix<f64>) -> Result<Self> {
         if template.config.loss != LossKind::Mse {
-            return Err(Error::InvalidArgument("the squared loss needs an MSE model".into()));
+            return Err(Error::InvalidArgument(
+                "the squared loss needs an MSE model".into(),
+            ));
         }
         if template.layers.iter().any(|l| l.bn.is_some()) {
-            return Err(Error::Unsupported("BatchNorm in the squared-loss objective".into()));
+            return Err(Error::Unsupported(
+                "BatchNorm in the squared-loss objective".into(),
+            ));
         }
         template.check_input(x)?;
         if y.rows() != x.rows() || y.cols() != template.config.classes {
@@ -70,7 +80,8 @@ impl<'a> SquaredLoss<'a> {
     /// The model with parameters `theta`.
     pub fn model_at(&self, theta: &[f64]) -> Mlp<f64> {
         let mut m = self.template.clone();
-        m.set_param_vector(theta).expect("parameter length checked by the caller");
+        m.set_param_vector(theta)
+            .expect("parameter length checked by the caller");
         m
     }
 
@@ -97,7 +108,9 @@ fn mean_sq(z: &Matrix<f64>, y: &Matrix<f64>) -> f64 {
 
 /// Loss and flat gradient by backpropagation (sequential GEMMs: deterministic).
 pub fn loss_and_grad(model: &Mlp<f64>, x: &Matrix<f64>, y: &Matrix<f64>) -> (f64, Vec<f64>) {
-    let fwd = model.forward_with(x, Par::Seq).expect("input width checked");
+    let fwd = model
+        .forward_with(x, Par::Seq)
+        .expect("input width checked");
     let nl = model.num_layers();
     let m = x.rows() as f64;
     let z = fwd.logits();
@@ -266,7 +279,9 @@ pub struct Saturation {
 }
 
 pub fn saturation(model: &Mlp<f64>, x: &Matrix<f64>) -> Saturation {
-    let fwd = model.forward_with(x, Par::Seq).expect("input width checked");
+    let fwd = model
+        .forward_with(x, Par::Seq)
+        .expect("input width checked");
     let act = model.config.activation;
     let slope = model.config.leaky_slope;
     let dmax = match act {

@@ -79,10 +79,8 @@ impl Objective for PathObjective<'_> {
         let mut grad = vec![0.0; c.len()];
         for ((&t, v), g) in self.ts.iter().zip(&vals).zip(&grads) {
             // dF/dL_j = s^(1/q - 1) (L_j/mx)^(q-1) / n; dL_j/dc = 2 t (1-t) g_j.
-            let w = s.powf(1.0 / self.q - 1.0) * (v / mx).powf(self.q - 1.0) / n
-                * 2.0
-                * t
-                * (1.0 - t);
+            let w =
+                s.powf(1.0 / self.q - 1.0) * (v / mx).powf(self.q - 1.0) / n * 2.0 * t * (1.0 - t);
             for (o, gi) in grad.iter_mut().zip(g) {
                 *o += w * gi;
             }
@@ -92,7 +90,9 @@ impl Objective for PathObjective<'_> {
 }
 
 fn losses_on(loss: &SquaredLoss<'_>, a: &[f64], c: &[f64], b: &[f64], ts: &[f64]) -> Vec<f64> {
-    ts.iter().map(|&t| loss.value_grad(&bezier(a, c, b, t)).0).collect()
+    ts.iter()
+        .map(|&t| loss.value_grad(&bezier(a, c, b, t)).0)
+        .collect()
 }
 
 /// Two minima from two seeds at each width, then the trained Bezier path between them.
@@ -108,7 +108,11 @@ pub fn paths(
     let mut ends = Vec::new();
     for &w in &cfg.widths {
         let mcfg = mse_config(x.cols(), &[w], y.cols(), cfg.activation, true);
-        let obj = SquaredLoss::new(Mlp::<f64>::init(mcfg.clone(), cfg.train.init, 1.0, 0)?, x, y)?;
+        let obj = SquaredLoss::new(
+            Mlp::<f64>::init(mcfg.clone(), cfg.train.init, 1.0, 0)?,
+            x,
+            y,
+        )?;
         let mut thetas = Vec::new();
         for i in 0..2u64 {
             let seed = cfg.seed.wrapping_add(7 + i);

@@ -26,8 +26,10 @@ impl Svd {
         let mut b = Matrix::zeros(n, k);
         for j in 0..r {
             for c in 0..k {
-                let coef: f64 =
-                    (0..m).map(|i| self.u_kept.get(i, j) * y.get(i, c)).sum::<f64>() / self.sigma_kept[j];
+                let coef: f64 = (0..m)
+                    .map(|i| self.u_kept.get(i, j) * y.get(i, c))
+                    .sum::<f64>()
+                    / self.sigma_kept[j];
                 for i in 0..n {
                     let v = b.get(i, c) + coef * self.v_kept.get(i, j);
                     b.set(i, c, v);
@@ -59,7 +61,9 @@ pub fn jacobi_svd(a: &Matrix<f64>, tol: f64) -> Svd {
 fn jacobi_svd_tall(a: &Matrix<f64>, tol: f64) -> Svd {
     let (m, n) = (a.rows(), a.cols());
     // Work on columns stored contiguously.
-    let mut cols: Vec<Vec<f64>> = (0..n).map(|j| (0..m).map(|i| a.get(i, j)).collect()).collect();
+    let mut cols: Vec<Vec<f64>> = (0..n)
+        .map(|j| (0..m).map(|i| a.get(i, j)).collect())
+        .collect();
     // Accumulated right rotations: column j of `v` is the j-th column of V.
     let mut vcols: Vec<Vec<f64>> = (0..n)
         .map(|j| (0..n).map(|i| if i == j { 1.0 } else { 0.0 }).collect())
@@ -183,7 +187,11 @@ pub fn rank_report(sigma: &[f64], rows: usize, cols: usize, tol: f64) -> RankRep
             Some(s) if s > 0.0 => kept / s,
             _ => f64::INFINITY,
         },
-        condition: if smin > 0.0 { smax / smin } else { f64::INFINITY },
+        condition: if smin > 0.0 {
+            smax / smin
+        } else {
+            f64::INFINITY
+        },
     }
 }
 

@@ -119,7 +119,11 @@ fn construct(
     }
     let b2: Vec<f64> = (0..k).map(|j| coef.get(d, j) - b1[j]).collect();
     model.layers[0].weight = w1.scale(scale);
-    model.layers[0].bias = Some(Matrix::from_vec(1, width, b1.iter().map(|v| v * scale).collect()));
+    model.layers[0].bias = Some(Matrix::from_vec(
+        1,
+        width,
+        b1.iter().map(|v| v * scale).collect(),
+    ));
     model.layers[1].weight = w2;
     model.layers[1].bias = Some(Matrix::from_vec(1, k, b2));
     Ok(model)
@@ -136,7 +140,11 @@ fn report(
     let theta = model.param_vector();
     let (loss, g) = obj.value_grad(&theta);
     let fwd = model.forward(x)?;
-    let min_pre = fwd.pre[0].as_slice().iter().copied().fold(f64::INFINITY, f64::min);
+    let min_pre = fwd.pre[0]
+        .as_slice()
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
     let relu = model.config.activation == Activation::Relu;
     let xmax = (0..x.rows())
         .map(|i| x.row(i).iter().map(|v| v * v).sum::<f64>())
@@ -185,14 +193,27 @@ pub fn relu_certificate(
     cfg.train.validate()?;
     super::check_problem(x, y)?;
     if !(cfg.margin > 0.0 && cfg.margin.is_finite() && cfg.tanh_scale > 0.0) {
-        return Err(Error::InvalidArgument("the margin and the tanh scale must be positive".into()));
+        return Err(Error::InvalidArgument(
+            "the margin and the tanh scale must be positive".into(),
+        ));
     }
     let a1 = with_ones(x);
-    let ls = projection_residual(&jacobi_svd(&a1, default_tol(x.rows(), x.cols() + 1)).u_kept, y);
+    let ls = projection_residual(
+        &jacobi_svd(&a1, default_tol(x.rows(), x.cols() + 1)).u_kept,
+        y,
+    );
     let relu_model = construct(x, y, Activation::Relu, cfg.width, cfg.margin, 1.0, cfg.seed)?;
     let relu = report(x, y, &relu_model, cfg, ls)?;
     progress();
-    let tanh_model = construct(x, y, Activation::Tanh, cfg.width, cfg.margin, cfg.tanh_scale, cfg.seed)?;
+    let tanh_model = construct(
+        x,
+        y,
+        Activation::Tanh,
+        cfg.width,
+        cfg.margin,
+        cfg.tanh_scale,
+        cfg.seed,
+    )?;
     let tanh = report(x, y, &tanh_model, cfg, ls)?;
     progress();
     let sweep = super::sweep::width_sweep(

@@ -4,8 +4,8 @@
 use super::objective::{saturation, smallest_eig, BlockOp, Saturation};
 use super::rank::{default_tol, jacobi_svd, rank_report, with_ones};
 use super::{
-    classify, init_params, layer_range, mse_config, train_to_convergence, EndpointKind,
-    Progress, SquaredLoss, TrainSettings,
+    classify, init_params, layer_range, mse_config, train_to_convergence, EndpointKind, Progress,
+    SquaredLoss, TrainSettings,
 };
 use crate::error::Result;
 use crate::hessian::small_eig::sym_eigenvalues;
@@ -83,7 +83,9 @@ fn run_one(
     } else {
         None
     };
-    let grad_norm = polish.as_ref().map_or(first.grad_norm, |p| p.grad_norm.min(first.grad_norm));
+    let grad_norm = polish
+        .as_ref()
+        .map_or(first.grad_norm, |p| p.grad_norm.min(first.grad_norm));
     let kind = classify(loss, s.eps, converged, eig, s.eig_zero_rel);
     let rec = RunRecord {
         activation: act.name().into(),
@@ -256,8 +258,8 @@ pub fn dense_of(op: &dyn SymOp) -> Matrix<f64> {
         e[j] = 1.0;
         op.apply(&e, &mut col);
         e[j] = 0.0;
-        for i in 0..n {
-            a.set(i, j, col[i]);
+        for (i, &c) in col.iter().enumerate() {
+            a.set(i, j, c);
         }
     }
     // Symmetrise (the products are symmetric up to rounding).
