@@ -72,6 +72,10 @@ pub struct WideArgs {
     /// Random initialisations per rank cell.
     #[arg(long, default_value_t = 10)]
     rank_draws: usize,
+    /// Polish runs that hit the L-BFGS cap with Newton-CG (exact HVPs) instead of
+    /// reporting them as still descending.
+    #[arg(long)]
+    polish_capped: bool,
     /// Output directory (JSON, CSV, figures, report.md).
     #[arg(long, default_value = "wide-out")]
     out: PathBuf,
@@ -176,6 +180,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             ..TrainSettings::default().lbfgs
         },
         eps: a.eps,
+        polish_capped: a.polish_capped,
         ..TrainSettings::default()
     };
     train.validate().map_err(|e| e.to_string())?;

@@ -47,6 +47,9 @@ pub struct TrainSettings {
     pub eig_zero_rel: f64,
     pub init: Init,
     pub init_scale: f64,
+    /// Also polish runs that hit the L-BFGS cap with Newton-CG (they are then judged by
+    /// the polish's own stopping rule).
+    pub polish_capped: bool,
 }
 
 impl Default for TrainSettings {
@@ -69,6 +72,7 @@ impl Default for TrainSettings {
             eig_zero_rel: 1e-7,
             init: Init::Xavier,
             init_scale: 1.0,
+            polish_capped: false,
         }
     }
 }
@@ -110,16 +114,18 @@ pub fn mse_config(
     }
 }
 
-/// L-BFGS then (unless the loss is already below the threshold or the run hit its
-/// cap) a Newton-CG polish; the stop reason is L-BFGS's unless the polish reached the
-/// loss threshold.
+/// L-BFGS then (unless the loss is already below the threshold, or the run hit its
+/// cap and `polish_capped` is off) a Newton-CG polish. When a polish ran, its stop
+/// reason decides whether the run converged.
 pub fn train_to_convergence(
     obj: &SquaredLoss<'_>,
     theta0: &[f64],
     s: &TrainSettings,
 ) -> (OptimResult, Option<OptimResult>) {
     let first = lbfgs(obj, theta0, &s.lbfgs);
-    if first.stop == StopReason::LossBelow || first.stop == StopReason::IterationCap {
+    if first.stop == StopReason::LossBelow
+        || (first.stop == StopReason::IterationCap && !s.polish_capped)
+    {
         return (first, None);
     }
     let polish = newton_cg(obj, &first.x, &s.newton);

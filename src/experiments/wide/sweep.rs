@@ -69,8 +69,8 @@ fn run_one(
         (&first.x, first.f)
     };
     let stop = match &polish {
-        Some(p) if p.f <= s.eps => p.stop,
-        _ => first.stop,
+        Some(p) => p.stop,
+        None => first.stop,
     };
     let converged = stop.is_converged();
     let model = obj.model_at(theta);
