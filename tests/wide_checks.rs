@@ -612,3 +612,34 @@ fn wide_command_writes_results_and_rejects_bad_input() {
         );
     }
 }
+
+#[test]
+fn width_sweep_is_reproducible_and_classifies_end_points() {
+    use landscape::experiments::wide::sweep::{width_sweep, SweepConfig};
+    let x = randn(12, 3, 41);
+    let y = randn(12, 2, 42);
+    let cfg = SweepConfig {
+        activations: vec![Activation::Tanh],
+        widths: vec![1, 11],
+        seeds: 2,
+        seed: 5,
+        bias: true,
+        train: TrainSettings::default(),
+    };
+    let a = width_sweep(&x, &y, &cfg, &|| {}).unwrap();
+    let b = width_sweep(&x, &y, &cfg, &|| {}).unwrap();
+    let bits = |r: &landscape::experiments::wide::sweep::SweepResult| -> Vec<u64> {
+        r.runs.iter().map(|r| r.loss.to_bits()).collect()
+    };
+    assert_eq!(bits(&a), bits(&b));
+    // Width 1 cannot fit 12 Gaussian targets in R^2 (P = 9 < 24): loss stays positive and
+    // the end point is classified by its eigenvalue (never "global").
+    for r in a.runs.iter().filter(|r| r.hidden[0] == 1) {
+        assert!(r.loss > 1e-3 && !r.reached_zero, "{r:?}");
+    }
+    // Duplicate samples are rejected (the theorems assume distinct samples).
+    let mut xd = x.clone();
+    let row0 = xd.row(0).to_vec();
+    xd.row_mut(1).copy_from_slice(&row0);
+    assert!(width_sweep(&xd, &y, &cfg, &|| {}).is_err());
+}
