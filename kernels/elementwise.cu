@@ -122,7 +122,7 @@ __device__ void row_outer(const T* A, long long na, int aug_a, const T* B, long 
 
 // Backward R-pass through a hidden activation (full Hessian HVP), in place:
 //   rgx <- act''(z) * rz * gx + act'(z) * rgx,   gx <- act'(z) * gx.
-// act'' is nonzero only for tanh (kind 2): -2 tanh(z) (1 - tanh(z)^2).
+// act'' is nonzero for tanh (kind 2), sigmoid (3) and softplus (4).
 template <typename T>
 __device__ void hvp_hidden(const T* z, const T* d1, const T* rz, T* gx, T* rgx, int kind, long long n)
 {
@@ -132,6 +132,11 @@ __device__ void hvp_hidden(const T* z, const T* d1, const T* rz, T* gx, T* rgx, 
         if (kind == 2) {
             T t = tanh(z[i]);
             d2 = T(-2) * t * (T(1) - t * t);
+        } else if (kind == 3 || kind == 4) {
+            // sigmoid (3): s (1 - s) (1 - 2 s); softplus (4): s (1 - s).
+            T s = T(1) / (T(1) + exp(-z[i]));
+            d2 = s * (T(1) - s);
+            if (kind == 3) d2 = d2 * (T(1) - T(2) * s);
         }
         rgx[i] = d2 * rz[i] * gx[i] + d1[i] * rgx[i];
         gx[i] = d1[i] * gx[i];

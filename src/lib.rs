@@ -15,6 +15,7 @@ pub mod hessian;
 pub mod io;
 pub mod linalg;
 pub mod nn;
+pub mod optim;
 pub mod plot;
 pub mod rng;
 pub mod tensor;

@@ -70,6 +70,13 @@ fn models() -> Vec<Mlp<f64>> {
             LossKind::CrossEntropy,
         ),
         (&[3, 31, 2, 2], Activation::Relu, true, LossKind::Mse),
+        (&[6, 5, 3], Activation::Sigmoid, true, LossKind::Mse),
+        (
+            &[4, 7, 5, 3],
+            Activation::Softplus,
+            false,
+            LossKind::CrossEntropy,
+        ),
     ];
     specs
         .iter()

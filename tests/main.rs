@@ -16,3 +16,4 @@ mod plot_checks;
 mod sample_size_checks;
 mod theory_checks;
 mod training;
+mod wide_checks;

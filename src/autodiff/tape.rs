@@ -678,6 +678,23 @@ impl<'t, T: Scalar> Var<'t, T> {
             .unary(self.id, Op::Tanh(self.id), |a| a.par_map(|x| x.tanh()))
     }
 
+    /// `1 / (1 + e^{-z}) = (1 + tanh(z / 2)) / 2`, built from differentiable ops.
+    pub fn sigmoid(self) -> Self {
+        let half = T::ONE / (T::ONE + T::ONE);
+        self.scale(half).tanh().scale(half).add_scalar(half)
+    }
+
+    /// `ln(1 + e^z) = relu(z) + ln(1 + e^{-|z|})` (no overflow), built from
+    /// differentiable ops; the masks are constants, so the first and second
+    /// derivatives are exact away from `z = 0`, where both pieces are smooth anyway.
+    pub fn softplus(self) -> Self {
+        let sign = self
+            .value()
+            .map(|z| if z > T::ZERO { T::ONE } else { -T::ONE });
+        let neg_abs = self.mul_const(Rc::new(sign)).scale(-T::ONE);
+        self.relu().add(neg_abs.exp().add_scalar(T::ONE).ln())
+    }
+
     pub fn sqrt(self) -> Self {
         self.tape
             .unary(self.id, Op::Sqrt(self.id), |a| a.par_map(|x| x.sqrt()))

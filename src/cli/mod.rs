@@ -7,6 +7,7 @@ mod geometry;
 mod hessian;
 mod sample_size;
 mod sweep;
+mod wide;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -68,6 +69,8 @@ enum Command {
     Connect(geometry::ConnectArgs),
     /// Re-draw the figures of a surface file written by `surface --out` (no recomputation).
     SurfaceReplot(geometry::ReplotArgs),
+    /// Wide networks: when every local minimum is global (rank, width sweep, deep-net conditions, certified bad ReLU minimum, paths, linear nets).
+    Wide(wide::WideArgs),
 }
 
 #[derive(Args, Clone)]
@@ -611,6 +614,7 @@ pub fn run() -> Result<(), String> {
         Command::Surface(a) => geometry::cmd_surface(a, &command_line),
         Command::Connect(a) => geometry::cmd_connect(a, &command_line),
         Command::SurfaceReplot(a) => geometry::cmd_replot(a),
+        Command::Wide(a) => wide::cmd_wide(a, &command_line),
     }
 }
 

@@ -6,3 +6,4 @@
 
 pub mod geometry;
 pub mod sample_size;
+pub mod wide;

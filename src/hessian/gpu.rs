@@ -157,7 +157,7 @@ impl<T: CudaScalar> GpuStructure<T> {
                 launch_activation(dev, "fwd", gm.activation, slope, &z, &mut xa, m * d)?;
                 let mut da = dev.zeros_slice::<T>(m * d)?;
                 launch_activation(dev, "deriv", gm.activation, slope, &z, &mut da, m * d)?;
-                if gm.activation == Activation::Tanh {
+                if !gm.activation.is_piecewise_linear() {
                     let mut dd = dev.zeros_slice::<T>(m * d)?;
                     launch_activation(
                         dev,

@@ -57,7 +57,7 @@ pub fn hvp(
     v: &[f64],
 ) -> Result<Vec<f64>> {
     // One product: building the sparse copy of the inputs would not pay off.
-    HessianOperator::build(model, x, labels, part, false)?.apply(v)
+    HessianOperator::build(model, x, labels, None, part, false)?.apply(v)
 }
 
 /// HVPs for several vectors at once (the forward pass is shared).
@@ -105,13 +105,44 @@ impl<'a> HessianOperator<'a> {
     /// The operator with its forward pass cached; mostly-zero inputs are also kept as
     /// sparse rows for the first layer's products (amortised over many products).
     pub fn new(model: &'a Mlp<f64>, x: &Matrix<f64>, labels: &[usize], part: Part) -> Result<Self> {
-        Self::build(model, x, labels, part, true)
+        Self::build(model, x, labels, None, part, true)
+    }
+
+    /// The operator of the squared loss against real-valued targets `y` (`n x K`, one
+    /// row per sample): `l = mean_i sum_k (z_ik - y_ik)^2`, so `r = 2 (z - y)` and
+    /// `A = 2 I`. The model's loss must be MSE; with one-hot rows this is [`Self::new`].
+    pub fn with_targets(
+        model: &'a Mlp<f64>,
+        x: &Matrix<f64>,
+        targets: &Matrix<f64>,
+        part: Part,
+    ) -> Result<Self> {
+        if model.config.loss != LossKind::Mse {
+            return Err(Error::InvalidArgument(
+                "real-valued targets need the MSE loss".into(),
+            ));
+        }
+        if targets.rows() != x.rows() || targets.cols() != model.config.classes {
+            return Err(Error::Shape(format!(
+                "targets are {}x{}, expected {}x{} (samples x outputs)",
+                targets.rows(),
+                targets.cols(),
+                x.rows(),
+                model.config.classes
+            )));
+        }
+        if !targets.all_finite() {
+            return Err(Error::NonFiniteInput("targets contain NaN or Inf".into()));
+        }
+        let labels = vec![0; x.rows()];
+        Self::build(model, x, &labels, Some(targets), part, true)
     }
 
     fn build(
         model: &'a Mlp<f64>,
         x: &Matrix<f64>,
         labels: &[usize],
+        targets: Option<&Matrix<f64>>,
         part: Part,
         sparse_inputs: bool,
     ) -> Result<Self> {
@@ -135,8 +166,9 @@ impl<'a> HessianOperator<'a> {
                 } else {
                     None
                 };
+                let yb = targets.map(|t| t.rows_view(r.start, r.end).to_owned());
                 let labels = labels[r].to_vec();
-                let (probs, gz) = backward_state(model, &fwd, &dact, &labels);
+                let (probs, gz) = backward_state(model, &fwd, &dact, &labels, yb.as_ref());
                 Ok(BlockState {
                     fwd,
                     labels,
@@ -246,11 +278,15 @@ fn backward_state(
     fwd: &crate::nn::mlp::ForwardCache<f64>,
     dact: &[Matrix<f64>],
     labels: &[usize],
+    targets: Option<&Matrix<f64>>,
 ) -> (Matrix<f64>, Vec<Matrix<f64>>) {
     let nl = model.num_layers();
     let logits = fwd.logits();
     let m = logits.rows();
-    let (r, _) = crate::nn::backprop::loss_residuals(model.config.loss, logits, labels);
+    let r = match targets {
+        Some(y) => logits.zip_map(y, |z, t| 2.0 * (z - t)),
+        None => crate::nn::backprop::loss_residuals(model.config.loss, logits, labels).0,
+    };
     let probs = match model.config.loss {
         LossKind::CrossEntropy => {
             let mut probs = Matrix::zeros(m, logits.cols());

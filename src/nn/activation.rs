@@ -12,6 +12,10 @@ pub enum Activation {
     /// `z` for `z > 0`, `slope * z` otherwise.
     LeakyRelu,
     Tanh,
+    /// Logistic sigmoid `1 / (1 + e^{-z})`: analytic, bounded, strictly increasing.
+    Sigmoid,
+    /// `ln(1 + e^z)`: analytic, unbounded above, strictly increasing.
+    Softplus,
     /// Deep linear networks.
     Identity,
 }
@@ -22,6 +26,8 @@ impl Activation {
             Activation::Relu => "relu",
             Activation::LeakyRelu => "leaky_relu",
             Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Softplus => "softplus",
             Activation::Identity => "identity",
         }
     }
@@ -31,6 +37,8 @@ impl Activation {
             "relu" => Activation::Relu,
             "leaky_relu" | "leakyrelu" => Activation::LeakyRelu,
             "tanh" => Activation::Tanh,
+            "sigmoid" | "logistic" => Activation::Sigmoid,
+            "softplus" => Activation::Softplus,
             "identity" | "linear" => Activation::Identity,
             _ => return None,
         })
@@ -54,6 +62,8 @@ impl Activation {
                 }
             }
             Activation::Tanh => z.tanh(),
+            Activation::Sigmoid => sigmoid(z),
+            Activation::Softplus => softplus(z),
             Activation::Identity => z,
         }
     }
@@ -80,6 +90,11 @@ impl Activation {
                 let t = z.tanh();
                 T::ONE - t * t
             }
+            Activation::Sigmoid => {
+                let s = sigmoid(z);
+                s * (T::ONE - s)
+            }
+            Activation::Softplus => sigmoid(z),
             Activation::Identity => T::ONE,
         }
     }
@@ -92,12 +107,41 @@ impl Activation {
                 let t = z.tanh();
                 -(T::ONE + T::ONE) * t * (T::ONE - t * t)
             }
+            Activation::Sigmoid => {
+                let s = sigmoid(z);
+                s * (T::ONE - s) * (T::ONE - (T::ONE + T::ONE) * s)
+            }
+            Activation::Softplus => {
+                let s = sigmoid(z);
+                s * (T::ONE - s)
+            }
             _ => T::ZERO,
         }
     }
 
     /// Whether `act''` vanishes almost everywhere.
     pub fn is_piecewise_linear(self) -> bool {
-        !matches!(self, Activation::Tanh)
+        !matches!(
+            self,
+            Activation::Tanh | Activation::Sigmoid | Activation::Softplus
+        )
     }
+}
+
+/// `1 / (1 + e^{-z})`, without overflow for either sign of `z`.
+#[inline]
+pub fn sigmoid<T: Scalar>(z: T) -> T {
+    if z >= T::ZERO {
+        T::ONE / (T::ONE + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (T::ONE + e)
+    }
+}
+
+/// `ln(1 + e^z) = max(z, 0) + ln(1 + e^{-|z|})`, without overflow.
+#[inline]
+pub fn softplus<T: Scalar>(z: T) -> T {
+    let zf = z.to_f64();
+    T::from_f64(zf.max(0.0) + (-zf.abs()).exp().ln_1p())
 }

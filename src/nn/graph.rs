@@ -76,6 +76,8 @@ impl<T: Scalar> Mlp<T> {
                     Activation::Relu => z.relu(),
                     Activation::LeakyRelu => z.leaky_relu(slope),
                     Activation::Tanh => z.tanh(),
+                    Activation::Sigmoid => z.sigmoid(),
+                    Activation::Softplus => z.softplus(),
                     Activation::Identity => z,
                 }
             } else {

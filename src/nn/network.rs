@@ -665,6 +665,8 @@ impl<'t, T: Scalar> Walk<'_, 't, T> {
                     Activation::Relu => v.relu(),
                     Activation::LeakyRelu => v.leaky_relu(self.slope),
                     Activation::Tanh => v.tanh(),
+                    Activation::Sigmoid => v.sigmoid(),
+                    Activation::Softplus => v.softplus(),
                     Activation::Identity => v,
                 };
                 match a {

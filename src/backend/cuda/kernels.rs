@@ -204,7 +204,12 @@ impl<'d, T: CudaScalar> Kernels<'d, T> {
         act: Activation,
         n: usize,
     ) -> Result<()> {
-        let kind: i32 = if act == Activation::Tanh { 2 } else { 0 };
+        let kind: i32 = match act {
+            Activation::Tanh => 2,
+            Activation::Sigmoid => 3,
+            Activation::Softplus => 4,
+            _ => 0,
+        };
         let n64 = i64_of(n);
         launch!(
             self,

@@ -405,6 +405,8 @@ fn activation_name(act: Activation) -> &'static str {
         Activation::Relu => "relu",
         Activation::LeakyRelu => "leaky_relu",
         Activation::Tanh => "tanh",
+        Activation::Sigmoid => "sigmoid",
+        Activation::Softplus => "softplus",
         Activation::Identity => "identity",
     }
 }
