@@ -6,6 +6,7 @@ mod bounds;
 mod geometry;
 mod hessian;
 mod sample_size;
+mod sphere;
 mod sweep;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -68,6 +69,9 @@ enum Command {
     Connect(geometry::ConnectArgs),
     /// Re-draw the figures of a surface file written by `surface --out` (no recomputation).
     SurfaceReplot(geometry::ReplotArgs),
+    /// Scale-invariant networks trained on the sphere (seed 001): train, sweep over elr, connect, plot.
+    #[command(subcommand)]
+    Sphere(sphere::SphereCommand),
 }
 
 #[derive(Args, Clone)]
@@ -480,6 +484,7 @@ pub fn run() -> Result<(), String> {
         Command::Surface(a) => geometry::cmd_surface(a, &command_line),
         Command::Connect(a) => geometry::cmd_connect(a, &command_line),
         Command::SurfaceReplot(a) => geometry::cmd_replot(a),
+        Command::Sphere(c) => sphere::cmd_sphere(c, &command_line),
     }
 }
 
