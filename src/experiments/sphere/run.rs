@@ -226,7 +226,8 @@ fn train_typed<T: Scalar>(
     let end = run.start_epoch + cfg.epochs;
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     if run.history.is_empty() {
-        let rec = measure(run, &work, cfg, &x, &train.y, tx.as_ref(), None, 0.0, true)?;
+        let curv = cfg.metrics.curvature_every > 0;
+        let rec = measure(run, &work, cfg, &x, &train.y, tx.as_ref(), None, 0.0, curv)?;
         hooks.epoch(run, &rec)?;
         run.history.push(rec);
     }
@@ -562,6 +563,10 @@ pub struct CheckpointMeta {
     pub si_names: Vec<String>,
     pub frozen_names: Vec<String>,
     pub w_start_norm: f64,
+    /// The radii as IEEE-754 bit patterns: a resumed run continues on exactly the
+    /// same spheres (JSON floats need not round-trip in the last bit).
+    #[serde(default)]
+    pub radii_bits: Vec<u64>,
 }
 
 /// Writes the run's network (f64 master weights and BatchNorm buffers) with its
@@ -574,6 +579,7 @@ pub fn save_checkpoint(run: &SphereRun, path: &Path, prov: &Provenance) -> Resul
         si_names: run.spec.si_names.clone(),
         frozen_names: run.spec.frozen_names.clone(),
         w_start_norm: norm(&run.w_start),
+        radii_bits: run.spheres.radii.iter().map(|r| r.to_bits()).collect(),
     };
     let mut md = prov.model_metadata();
     md.insert(
@@ -605,7 +611,13 @@ pub fn load_checkpoint(
     };
     let mut w = spec.vector(&net);
     let (spheres, epoch) = match &meta {
-        Some(m) => (m.spheres.clone(), m.epoch),
+        Some(m) => {
+            let mut sp = m.spheres.clone();
+            if m.radii_bits.len() == sp.radii.len() {
+                sp.radii = m.radii_bits.iter().map(|&b| f64::from_bits(b)).collect();
+            }
+            (sp, m.epoch)
+        }
         None => (
             Spheres::new(&spec, &mut w, super::RadiusMode::Initial, per_layer)?,
             0,
