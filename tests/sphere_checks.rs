@@ -172,7 +172,7 @@ fn riemannian_and_projected_steps_match_their_closed_forms() {
     // a = 0, the Riemannian step by exactly elr rho |b| (any a), towards -e2.
     let rho = 2.5;
     let spheres = Spheres {
-        groups: vec![0..3],
+        groups: std::iter::once(0..3).collect(),
         radii: vec![rho],
     };
     let mut rng = Rng::new(0);
@@ -209,7 +209,7 @@ fn random_walk_step_has_the_gradient_steps_length_and_is_tangent() {
     let n = 7;
     let rho = 1.7;
     let spheres = Spheres {
-        groups: vec![0..n],
+        groups: std::iter::once(0..n).collect(),
         radii: vec![rho],
     };
     for trial in 0..5 {
@@ -360,8 +360,8 @@ fn fisher_trace_matches_dense_per_sample_jacobians() {
                 let mut b = w.clone();
                 b[k] -= h;
                 let (za, zb) = (logits(&a, &xb), logits(&b, &xb));
-                for o in 0..18 {
-                    jac[o][k] = (za.as_slice()[o] - zb.as_slice()[o]) / (2.0 * h);
+                for (o, row) in jac.iter_mut().enumerate() {
+                    row[k] = (za.as_slice()[o] - zb.as_slice()[o]) / (2.0 * h);
                 }
             }
             let mut batch = 0.0;

@@ -306,7 +306,7 @@ impl Spheres {
         let groups: Vec<Range<usize>> = if per_layer {
             spec.ranges.clone()
         } else {
-            vec![0..spec.len]
+            std::iter::once(0..spec.len).collect()
         };
         let mut radii = Vec::with_capacity(groups.len());
         for g in &groups {
@@ -514,7 +514,7 @@ impl ElrSchedule {
                 }
                 if points
                     .iter()
-                    .any(|&(e, v)| !(v > 0.0 && v.is_finite()) || !e.is_finite())
+                    .any(|&(e, v)| !(v > 0.0 && v.is_finite() && e.is_finite()))
                 {
                     return bad("every elr must be positive and every epoch finite");
                 }

@@ -285,10 +285,10 @@ fn train_typed<T: Scalar>(
             .collect();
         let last = epoch == end;
         let since = epoch - run.start_epoch;
-        if last || since % cfg.metrics.every == 0 {
+        if last || since.is_multiple_of(cfg.metrics.every) {
             let m = steps.max(1) as f64;
             let curv = cfg.metrics.curvature_every > 0
-                && (last || since % cfg.metrics.curvature_every == 0);
+                && (last || since.is_multiple_of(cfg.metrics.curvature_every));
             let mut rec = measure(
                 run,
                 &work,
@@ -763,7 +763,7 @@ impl RunHooks for FileHooks<'_> {
     }
     fn epoch(&mut self, run: &SphereRun, rec: &EpochRecord) -> Result<()> {
         save_checkpoint(run, &self.dir.join("checkpoint.safetensors"), self.prov)?;
-        if self.save_every > 0 && (run.epoch - run.start_epoch) % self.save_every == 0 {
+        if self.save_every > 0 && (run.epoch - run.start_epoch).is_multiple_of(self.save_every) {
             save_checkpoint(
                 run,
                 &self.dir.join(format!("epoch_{}.safetensors", run.epoch)),
