@@ -191,6 +191,21 @@ pub fn cmd_sphere(c: SphereCommand, command_line: &str) -> Result<(), String> {
     }
 }
 
+/// A run's legend name: its elr, the step when it is a baseline, the start epoch when fine-tuned.
+fn run_name(elr: &str, step: StepKind, start_epoch: usize) -> String {
+    let mut n = format!("elr {elr}");
+    match step {
+        StepKind::Projected => {}
+        StepKind::Riemannian => n.push_str(" riemannian"),
+        StepKind::RandomWalk => n.push_str(" random walk"),
+        StepKind::Ascent => n.push_str(" ascent"),
+    }
+    if start_epoch > 0 {
+        n.push_str(&format!(" from epoch {start_epoch}"));
+    }
+    n
+}
+
 fn e(e: landscape::Error) -> String {
     e.to_string()
 }
@@ -327,7 +342,7 @@ fn cmd_train(a: SphereTrainArgs, cl: &str) -> Result<(), String> {
     let steps = (bundle.train.len().div_ceil(c.batch_size) * c.epochs) as u64;
     let pb = progress(steps, "sphere train");
     let pbc = pb.clone();
-    let name = format!("elr {}", cfg.schedule.label());
+    let name = run_name(&cfg.schedule.label(), cfg.step, start.start_epoch);
     let rec = run_in_dir(
         &c.out,
         &name,
@@ -410,7 +425,7 @@ fn cmd_sweep(a: SphereSweepArgs, cl: &str) -> Result<(), String> {
                 let pbc = pb.clone();
                 let r = run_in_dir(
                     &dir,
-                    &format!("elr {:.2e}", elrs[i]),
+                    &run_name(&format!("{:.2e}", elrs[i]), base.step, start.start_epoch),
                     &start,
                     &cfg,
                     &rule,
@@ -603,6 +618,11 @@ fn cmd_plot(a: SpherePlotArgs, cl: &str) -> Result<(), String> {
     for d in &a.dirs {
         let mut r = read_run_record(d).map_err(e)?;
         r.regime = classify(&r.history, r.classes, &RegimeRule::default());
+        let elr = match &r.config.schedule {
+            ElrSchedule::Constant { elr } => format!("{elr:.2e}"),
+            other => other.label(),
+        };
+        r.name = run_name(&elr, r.config.step, r.start_epoch);
         runs.push(r);
     }
     let labels: Vec<(f64, u8)> = runs
