@@ -14,6 +14,7 @@ mod network_checks;
 mod network_cli;
 mod plot_checks;
 mod sample_size_checks;
+mod sphere_checks;
 mod theory_checks;
 mod training;
 mod wide_checks;

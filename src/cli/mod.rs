@@ -6,6 +6,7 @@ mod bounds;
 mod geometry;
 mod hessian;
 mod sample_size;
+mod sphere;
 mod sweep;
 mod wide;
 
@@ -71,6 +72,9 @@ enum Command {
     SurfaceReplot(geometry::ReplotArgs),
     /// Wide networks: when every local minimum is global (rank, width sweep, deep-net conditions, certified bad ReLU minimum, paths, linear nets).
     Wide(wide::WideArgs),
+    /// Scale-invariant networks trained on the sphere (seed 001): train, sweep over elr, connect, plot.
+    #[command(subcommand)]
+    Sphere(sphere::SphereCommand),
 }
 
 #[derive(Args, Clone)]
@@ -615,6 +619,7 @@ pub fn run() -> Result<(), String> {
         Command::Connect(a) => geometry::cmd_connect(a, &command_line),
         Command::SurfaceReplot(a) => geometry::cmd_replot(a),
         Command::Wide(a) => wide::cmd_wide(a, &command_line),
+        Command::Sphere(c) => sphere::cmd_sphere(c, &command_line),
     }
 }
 

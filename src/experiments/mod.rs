@@ -2,8 +2,10 @@
 //!
 //! * [`geometry`]: directions, 1-D/2-D surfaces, curvature maps, mode-connecting curves;
 //! * [`sample_size`]: sample-size convergence of the loss (the seed experiment) with
-//!   exact Hessian increments and an exact Taylor decomposition away from the optimum.
+//!   exact Hessian increments and an exact Taylor decomposition away from the optimum;
+//! * [`sphere`]: scale-invariant networks trained on the sphere (seed 001), its three regimes.
 
 pub mod geometry;
 pub mod sample_size;
+pub mod sphere;
 pub mod wide;
