@@ -515,28 +515,20 @@ fn tap_gemm<T: Scalar>(isa: ConvIsa, g: &TapGemm<'_, T>) -> Vec<T> {
     out
 }
 
-/// The weight as per-tap matrices, `b[t][c][o] = W[o, c k k + t]`.
-fn weight_tap_major<T: Scalar>(sh: &ConvShape, w: &[T]) -> Vec<T> {
+/// The weight as per-tap matrices: `b[t][c][o] = W[o, c k k + t]`, or with
+/// `transposed` the per-tap transposes `b[t][o][c] = W[o, c k k + t]`.
+fn weight_per_tap<T: Scalar>(sh: &ConvShape, w: &[T], transposed: bool) -> Vec<T> {
     let (ci, co, kk) = (sh.c_in, sh.c_out, sh.taps());
     let mut b = vec![T::ZERO; kk * ci * co];
     for o in 0..co {
         for c in 0..ci {
             for t in 0..kk {
-                b[(t * ci + c) * co + o] = w[o * ci * kk + c * kk + t];
-            }
-        }
-    }
-    b
-}
-
-/// The weight as per-tap transposed matrices, `b[t][o][c] = W[o, c k k + t]`.
-fn weight_tap_major_t<T: Scalar>(sh: &ConvShape, w: &[T]) -> Vec<T> {
-    let (ci, co, kk) = (sh.c_in, sh.c_out, sh.taps());
-    let mut b = vec![T::ZERO; kk * co * ci];
-    for o in 0..co {
-        for c in 0..ci {
-            for t in 0..kk {
-                b[(t * co + o) * ci + c] = w[o * ci * kk + c * kk + t];
+                let at = if transposed {
+                    (t * co + o) * ci + c
+                } else {
+                    (t * ci + c) * co + o
+                };
+                b[at] = w[o * ci * kk + c * kk + t];
             }
         }
     }
@@ -554,7 +546,13 @@ fn conv_forward_isa<T: Scalar>(isa: ConvIsa, geom: &ConvGeom, x: &[T], w: &[T]) 
     assert_eq!(x.len(), sh.rows_in() * sh.c_in, "conv: input size");
     assert_eq!(w.len(), sh.c_out * sh.c_in * sh.taps(), "conv: weight size");
     let nr = panel_width::<T>(isa);
-    let panels = pack_panels(sh.taps(), sh.c_in, sh.c_out, nr, &weight_tap_major(sh, w));
+    let panels = pack_panels(
+        sh.taps(),
+        sh.c_in,
+        sh.c_out,
+        nr,
+        &weight_per_tap(sh, w, false),
+    );
     tap_gemm(
         isa,
         &TapGemm {
@@ -588,7 +586,13 @@ fn conv_data_isa<T: Scalar>(isa: ConvIsa, geom: &ConvGeom, d: &[T], w: &[T]) -> 
         "conv_data: weight size"
     );
     let nr = panel_width::<T>(isa);
-    let panels = pack_panels(sh.taps(), sh.c_out, sh.c_in, nr, &weight_tap_major_t(sh, w));
+    let panels = pack_panels(
+        sh.taps(),
+        sh.c_out,
+        sh.c_in,
+        nr,
+        &weight_per_tap(sh, w, true),
+    );
     tap_gemm(
         isa,
         &TapGemm {
