@@ -466,28 +466,9 @@ fn panel_width<T: Scalar>(isa: ConvIsa) -> usize {
     }
 }
 
-#[inline(always)]
-unsafe fn tap_rows_dyn<T: Scalar, const MR: usize, const NR: usize, const FMA: bool>(
-    g: &TapGemm<'_, T>,
-    r0: usize,
-    r1: usize,
-    out: *mut T,
-) {
-    tap_rows::<T, MR, NR, FMA>(g, r0, r1, out)
-}
-isa_variants!(tap_block, tap_rows_dyn, (g: &TapGemm<'_, T>, r0: usize, r1: usize, out: *mut T), ());
+isa_variants!(tap_block, tap_rows, (g: &TapGemm<'_, T>, r0: usize, r1: usize, out: *mut T), ());
 
-#[inline(always)]
-unsafe fn weight_rows_dyn<T: Scalar, const MR: usize, const NR: usize, const FMA: bool>(
-    geom: &ConvGeom,
-    x: &[T],
-    d: &[T],
-    r0: usize,
-    r1: usize,
-) -> (Vec<T>, usize, usize) {
-    weight_rows::<T, MR, NR, FMA>(geom, x, d, r0, r1)
-}
-isa_variants!(weight_block, weight_rows_dyn, (geom: &ConvGeom, x: &[T], d: &[T], r0: usize, r1: usize), (Vec<T>, usize, usize));
+isa_variants!(weight_block, weight_rows, (geom: &ConvGeom, x: &[T], d: &[T], r0: usize, r1: usize), (Vec<T>, usize, usize));
 
 /// Runs a [`TapGemm`] over all its rows, in parallel over fixed row blocks.
 fn tap_gemm<T: Scalar>(isa: ConvIsa, g: &TapGemm<'_, T>) -> Vec<T> {

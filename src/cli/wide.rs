@@ -303,10 +303,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 y_label: "median least-squares loss".into(),
                 log_y: true,
                 series,
-                markers: vec![
-                    ((m as f64 - 1.0) / m as f64, "m-1".into()),
-                    (1.0, "m".into()),
-                ],
+                markers: width_markers(m),
                 ..Default::default()
             },
             &a.out.join("rank_fixed_features"),
@@ -401,10 +398,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 x_label: "n1 / m".into(),
                 y_label: "fraction at a global minimum".into(),
                 series,
-                markers: vec![
-                    ((m as f64 - 1.0) / m as f64, "m-1".into()),
-                    (1.0, "m".into()),
-                ],
+                markers: width_markers(m),
                 ..Default::default()
             },
             &a.out.join("sweep_fraction"),
@@ -676,4 +670,12 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", a.out.display()))?;
     println!("{report}");
     Ok(())
+}
+
+/// Vertical markers at the chapter's width thresholds `n1 = m - 1` and `n1 = m` (x is `n1 / m`).
+fn width_markers(m: usize) -> Vec<(f64, String)> {
+    vec![
+        ((m as f64 - 1.0) / m as f64, "m-1".into()),
+        (1.0, "m".into()),
+    ]
 }
