@@ -14,6 +14,7 @@ pub mod experiments;
 pub mod hessian;
 pub mod io;
 pub mod linalg;
+pub mod memory;
 pub mod nn;
 pub mod optim;
 pub mod plot;

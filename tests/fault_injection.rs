@@ -121,8 +121,26 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// JSON durations (keys containing `seconds`) set to 0; everything else untouched.
+/// JSON durations (keys containing `seconds`) and CSV duration columns (headers
+/// containing `seconds`) set to 0; everything else untouched.
 fn normalise(name: &str, bytes: &[u8]) -> Vec<u8> {
+    if name.ends_with(".csv") {
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or("");
+        let timed: Vec<bool> = header.split(',').map(|h| h.contains("seconds")).collect();
+        let mut out = format!("{header}\n");
+        for l in lines {
+            let cells: Vec<&str> = l
+                .split(',')
+                .enumerate()
+                .map(|(i, c)| if timed.get(i) == Some(&true) { "0" } else { c })
+                .collect();
+            out.push_str(&cells.join(","));
+            out.push('\n');
+        }
+        return out.into_bytes();
+    }
     if !name.ends_with(".json") {
         return bytes.to_vec();
     }
@@ -837,6 +855,47 @@ fn every_command_writes_outputs_atomically() {
                 "cf",
                 "--json",
                 "c.json",
+            ],
+        ),
+        (
+            "wide",
+            vec![
+                "wide",
+                "--data",
+                "digits",
+                "--m",
+                "12",
+                "--only",
+                "rank,relu",
+                "--seeds",
+                "1",
+                "--out",
+                "w",
+            ],
+        ),
+        (
+            "sphere",
+            vec![
+                "sphere",
+                "train",
+                "--data",
+                "digits",
+                "--train-size",
+                "64",
+                "--width",
+                "2",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--elr",
+                "1e-3",
+                "--curvature-every",
+                "0",
+                "--metric-samples",
+                "32",
+                "--out",
+                "sph",
             ],
         ),
         (

@@ -7,6 +7,7 @@ mod cuda_checks;
 mod data_readers;
 mod fault_injection;
 mod geometry_checks;
+mod guard_rails;
 mod hessian_checks;
 mod linalg_checks;
 mod model_files;

@@ -341,6 +341,7 @@ fn surface_figures(
 /// Re-draws a saved surface's figures from its file alone.
 pub fn cmd_replot(a: ReplotArgs) -> Result<(), String> {
     let s = read_surface_file(&a.surface).map_err(e)?;
+    super::probe_prefix(Some(&a.fig))?;
     let files = surface_figures(
         &a.fig,
         &s.grid_x,

@@ -11,6 +11,7 @@ use landscape::hessian::{
 use landscape::io::model_file::{write_safetensors, RawTensor};
 use landscape::io::provenance::Provenance;
 use landscape::linalg::{self, LanczosOptions, SymOp, Which};
+use landscape::memory::{self, Allocation, MemoryBudget};
 use landscape::nn::{Mlp, Network};
 use landscape::Matrix;
 use serde_json::json;
@@ -63,7 +64,9 @@ pub struct HessianArgs {
     /// Exact per-sample Gauss-Newton norms (K x K route) of every selected sample, to this CSV.
     #[arg(long)]
     pub gn_norms: Option<PathBuf>,
-    /// Memory budget for dense assembly, in GiB.
+    /// Memory budget in GiB for every large buffer of the run, checked before the work
+    /// starts: the dense matrix, Krylov bases, the Hutch++ sketch, and the per-sample
+    /// state of the HVPs (autodiff tapes of any architecture); see `landscape::memory`.
     #[arg(long, default_value_t = 8.0)]
     pub memory_budget: f64,
     /// Lanczos relative residual tolerance (||Hv - lv|| <= tol ||H||).
@@ -192,6 +195,11 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     let net: Network<f64> = a.model.load_network(&bundle)?;
     super::probe_outputs(&[a.dense.as_deref(), a.gn_norms.as_deref(), a.json.as_deref()])?;
     super::probe_prefix(a.density.as_deref())?;
+    if let Some(d) = &a.dense {
+        let p = net.num_params() as u64;
+        landscape::io::probe_output_sized(d, p.saturating_mul(p).saturating_mul(8))
+            .map_err(|e| format!("cannot write {e}"))?;
+    }
     let bn_mode = bn_mode_of(a.bn_mode, a.bn_batch_size);
     // The analytic MLP Hessian is the fast path; every other network goes through the tape.
     let analytic: Option<Mlp<f64>> = if bn_mode == BnMode::Eval {
@@ -219,9 +227,7 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     if a.tol.is_nan() || a.tol <= 0.0 {
         return Err("--tol must be positive".into());
     }
-    if !(a.memory_budget > 0.0 && a.memory_budget.is_finite()) {
-        return Err("--memory-budget must be a positive number of GiB".into());
-    }
+    let budget = MemoryBudget::from_gib(a.memory_budget).map_err(|e| e.to_string())?;
     let (gpu, fallback) = resolve_device(a.device).map_err(|e| e.to_string())?;
     if let Some(reason) = &fallback {
         eprintln!("--device auto: using the CPU ({reason})");
@@ -236,6 +242,9 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     }
     let objective = NetObjective::new(&net, &x, &y, bn_mode).map_err(|e| e.to_string())?;
     let p = net.num_params();
+    budget
+        .check(&memory_plan(&a, &net, y.len(), analytic.is_some()))
+        .map_err(|e| e.to_string())?;
     let mut results = serde_json::Map::new();
     results.insert(
         "device".into(),
@@ -264,7 +273,7 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     let mut dense: Option<Matrix<f64>> = None;
     if let Some(path) = &a.dense {
         let t = Instant::now();
-        let budget = (a.memory_budget * (1u64 << 30) as f64) as usize;
+        let budget = budget.bytes().min(usize::MAX as u64) as usize;
         let h = match (&analytic, &gpu, a.dtype) {
             (None, _, _) => dense_by_columns(&objective, budget),
             (Some(model), None, _) => dense_hessian(model, &x, &y, a.part, budget),
@@ -619,4 +628,62 @@ fn per_layer(
     }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// The large buffers of this `hessian` run, alive at the same time (see
+/// [`landscape::memory`]): the dense matrix, the Krylov bases of Lanczos, SLQ and the
+/// per-layer blocks, the Hutch++ sketch, and the per-sample state of the HVPs (the
+/// analytic operator's activations and masks, or the networks' autodiff tapes).
+fn memory_plan(a: &HessianArgs, net: &Network<f64>, n: usize, analytic: bool) -> Vec<Allocation> {
+    let p = net.num_params();
+    let acts = net.layout().activations_per_sample;
+    let max_iter = a.max_iter.unwrap_or(p.min(300)).min(p);
+    let mut plan = Vec::new();
+    if a.dense.is_some() {
+        plan.push(memory::f64_matrix("the dense Hessian", p, p));
+    }
+    if a.top.is_some() || a.bottom.is_some() {
+        plan.push(memory::krylov_basis("the Lanczos basis", max_iter, p));
+    }
+    if a.density.is_some() {
+        plan.push(memory::krylov_basis("the SLQ basis", max_iter.min(80), p));
+    }
+    if a.trace {
+        plan.push(memory::f64_matrix(
+            "the Hutch++ sketch",
+            2 * (a.probes / 3).max(1),
+            p,
+        ));
+    }
+    if a.per_layer {
+        let largest = net
+            .named_params()
+            .iter()
+            .map(|(_, m)| m.len())
+            .max()
+            .unwrap_or(0);
+        let k = a.max_iter.unwrap_or(40).min(largest);
+        plan.push(memory::krylov_basis(
+            "the largest per-layer Lanczos basis",
+            k,
+            largest,
+        ));
+    }
+    let need_hvp = plan.iter().any(|x| x.bytes > 0) || a.fisher_trace || a.grad_norms.is_some();
+    if need_hvp || a.gn_norms.is_some() {
+        plan.push(if analytic {
+            memory::f64_matrix("the per-sample activations and masks", n, 3 * acts)
+        } else {
+            let chunk = match a.bn_mode {
+                BnModeArg::Eval => 64,
+                BnModeArg::Train => a.bn_batch_size,
+            };
+            memory::tape(
+                "the autodiff tapes",
+                acts,
+                memory::samples_in_flight(n, chunk),
+            )
+        });
+    }
+    plan
 }

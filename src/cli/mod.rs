@@ -239,6 +239,11 @@ fn probe_outputs(paths: &[Option<&Path>]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks before long work that an output folder can be created and written.
+fn probe_dir(dir: &Path) -> Result<(), String> {
+    landscape::io::probe_dir(dir).map_err(|e| format!("cannot write {e}"))
+}
+
 /// Figure outputs `PREFIX.png`/`PREFIX-*.png`: probes the prefix's folder.
 fn probe_prefix(prefix: Option<&Path>) -> Result<(), String> {
     match prefix {
@@ -907,6 +912,7 @@ fn check_model_fits(model: &Mlp<f64>, bundle: &DataBundle) -> Result<(), String>
 fn cmd_eval(a: EvalArgs, command_line: &str) -> Result<(), String> {
     let bundle = a.data.load()?;
     let model = a.model.load_network(&bundle)?;
+    probe_outputs(&[a.json.as_deref()])?;
     let results = split_metrics(&model, &bundle, a.split)?;
     let prov = Provenance::new(
         command_line,
@@ -1011,6 +1017,7 @@ fn cmd_info(a: InfoArgs, command_line: &str) -> Result<(), String> {
 
 fn cmd_export(a: ExportArgs, command_line: &str) -> Result<(), String> {
     let model = a.model.load_any()?;
+    probe_dir(&a.out)?;
     let prov = Provenance::new(
         command_line,
         None,

@@ -336,6 +336,7 @@ fn cmd_train(a: SphereTrainArgs, cl: &str) -> Result<(), String> {
     let bundle = c.data.load()?;
     let schedule = ElrSchedule::parse(&a.elr).map_err(e)?;
     let cfg = run_config(c, schedule)?;
+    super::probe_dir(&c.out)?;
     let start = start_run(c, &bundle)?;
     let prov = provenance(c, &bundle, json!({"run": cfg}), cl);
     let rule = RegimeRule::default();
@@ -393,6 +394,7 @@ fn cmd_sweep(a: SphereSweepArgs, cl: &str) -> Result<(), String> {
     if let Some(bad) = elrs.iter().find(|v| !(**v > 0.0 && v.is_finite())) {
         return Err(format!("--elr: {bad} is not a positive finite number"));
     }
+    super::probe_dir(&c.out)?;
     if a.jobs == 0 {
         return Err("--jobs must be at least 1".into());
     }
@@ -495,8 +497,7 @@ fn cmd_sweep(a: SphereSweepArgs, cl: &str) -> Result<(), String> {
         ));
     }
     std::fs::create_dir_all(&c.out).map_err(|err| format!("{}: {err}", c.out.display()))?;
-    std::fs::write(c.out.join("sweep.csv"), &csv)
-        .map_err(|err| format!("{}: {err}", c.out.join("sweep.csv").display()))?;
+    super::write_file(&c.out.join("sweep.csv"), csv.as_bytes())?;
     let summary: Vec<serde_json::Value> = elrs
         .iter()
         .zip(&runs)
@@ -536,6 +537,8 @@ fn cmd_connect(a: SphereConnectArgs, cl: &str) -> Result<(), String> {
     let (ra, _) = load_checkpoint(&a.a, false).map_err(e)?;
     let (rb, _) = load_checkpoint(&a.b, false).map_err(e)?;
     super::check_network_fits(&ra.net, &bundle)?;
+    super::probe_outputs(&[a.json.as_deref()])?;
+    super::probe_prefix(a.fig.as_deref())?;
     let pb = progress(a.points as u64, "sphere connect");
     let pts = connect_on_sphere(
         &ra,
@@ -614,6 +617,8 @@ fn cmd_connect(a: SphereConnectArgs, cl: &str) -> Result<(), String> {
 }
 
 fn cmd_plot(a: SpherePlotArgs, cl: &str) -> Result<(), String> {
+    super::probe_dir(&a.fig_dir)?;
+    super::probe_outputs(&[a.json.as_deref()])?;
     let mut runs = Vec::new();
     for d in &a.dirs {
         let mut r = read_run_record(d).map_err(e)?;

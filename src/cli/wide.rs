@@ -125,7 +125,7 @@ fn read_targets_csv(path: &Path) -> Result<Matrix<f64>, String> {
 }
 
 fn csv_write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    super::write_file(path, text.as_bytes())
 }
 
 pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
@@ -168,7 +168,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         None => make_targets(a.targets, &bundle.train.y, bundle.classes, a.seed),
     };
     wide::check_problem(&x, &y).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    super::probe_dir(&a.out)?;
     let widths = a.widths.clone().unwrap_or_else(|| default_widths(m));
     if widths.contains(&0) {
         return Err("--widths must be positive".into());
@@ -666,8 +666,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         t_all.elapsed().as_secs_f64(),
         rayon::current_num_threads()
     ));
-    std::fs::write(a.out.join("report.md"), &report)
-        .map_err(|e| format!("{}: {e}", a.out.display()))?;
+    super::write_file(&a.out.join("report.md"), report.as_bytes())?;
     println!("{report}");
     Ok(())
 }

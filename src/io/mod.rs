@@ -116,27 +116,94 @@ pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mid_write: impl FnOnc
     Ok(())
 }
 
+/// Bytes the output probe writes and syncs: a full disk fails there, before the long
+/// work, rather than at the end of it.
+const PROBE_BYTES: usize = 64 << 10;
+
 /// Checks before long work that `path` can be written: its folder exists (it is
-/// created if missing) and a file can be created there. A one-line error otherwise.
+/// created if missing), a file can be created there, and [`PROBE_BYTES`] can be written
+/// and synced to it (a full disk is refused here). A one-line error otherwise.
 pub fn probe_output(path: &Path) -> Result<()> {
+    probe_output_sized(path, 0)
+}
+
+/// [`probe_output`], and the file system holding `path` has at least `expected_bytes`
+/// free (the size of an output known in advance, e.g. a dense Hessian).
+pub fn probe_output_sized(path: &Path, expected_bytes: u64) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     if path.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "{}: is a folder, not a file path",
-            path.display()
-        )));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a folder, not a file path",
+            ),
+        ));
+    }
+    if let Some(free) = free_bytes(dir) {
+        check_free_space(
+            path,
+            expected_bytes.saturating_add(PROBE_BYTES as u64),
+            free,
+        )?;
     }
     let probe = temp_path(path)?;
-    std::fs::File::create(&probe).map_err(|e| {
+    let written = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(&[0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|e| {
         Error::io(
             path,
             std::io::Error::new(e.kind(), format!("cannot write here: {e}")),
         )
-    })?;
-    let _ = std::fs::remove_file(&probe);
+    })
+}
+
+/// [`probe_output`] for an output folder: creates it and probes a file inside.
+pub fn probe_dir(dir: &Path) -> Result<()> {
+    if dir.is_file() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "is a file, not a folder"),
+        ));
+    }
+    probe_output(&dir.join(".landscape-probe"))
+}
+
+/// Refuses to start when `needed` bytes exceed the `free` bytes of `path`'s file system.
+pub fn check_free_space(path: &Path, needed: u64, free: u64) -> Result<()> {
+    if needed > free {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "cannot write here: the output needs {:.2} MiB but its file system has {:.2} MiB free",
+                    needed as f64 / (1u64 << 20) as f64,
+                    free as f64 / (1u64 << 20) as f64
+                ),
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Free bytes (available to this user) of the file system holding `dir`, if known.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

@@ -200,6 +200,10 @@ pub struct Layout {
     /// Channels of each BatchNorm layer, in order.
     pub bn_channels: Vec<usize>,
     pub output: Shape,
+    /// Activation values one sample produces, summed over every layer's output
+    /// (residual bodies and shortcuts included): the unit of the tape-memory estimate
+    /// in [`crate::memory`].
+    pub activations_per_sample: usize,
 }
 
 /// What a trainable tensor is.
@@ -242,6 +246,7 @@ impl Architecture {
             param_roles: Vec::new(),
             bn_channels: Vec::new(),
             output: input,
+            activations_per_sample: input.numel(),
         };
         let out = walk(&self.layers, input, &mut lay, true)?;
         match out {
@@ -482,6 +487,7 @@ fn walk(layers: &[LayerSpec], mut s: Shape, lay: &mut Layout, top: bool) -> Resu
                 b
             }
         };
+        lay.activations_per_sample += s.numel();
     }
     Ok(s)
 }

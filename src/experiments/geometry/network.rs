@@ -626,8 +626,8 @@ impl Evaluator<'_> {
         points: &[Vec<f64>],
         tick: impl Fn() + Sync,
     ) -> Result<Vec<(f64, f64)>> {
-        match &self.0 {
-            Inner::Mlp(e) => e.eval_many(points, tick),
+        let values: Vec<(f64, f64)> = match &self.0 {
+            Inner::Mlp(e) => e.eval_many(points, tick)?,
             Inner::Net { .. } => points
                 .par_iter()
                 .map(|c| {
@@ -635,8 +635,19 @@ impl Evaluator<'_> {
                     tick();
                     r
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
+        };
+        // A NaN/Inf loss stops the run naming the point (never a silent gap in a figure).
+        if let Some((c, (l, _))) = points
+            .iter()
+            .zip(&values)
+            .find(|(_, (l, e))| !l.is_finite() || !e.is_finite())
+        {
+            return Err(Error::NonFiniteInput(format!(
+                "the loss is {l} at the point {c:?} (coordinates along the directions): the model's outputs overflow there; use a smaller range"
+            )));
         }
+        Ok(values)
     }
 }
 
