@@ -121,9 +121,15 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// JSON durations (keys containing `seconds`) and CSV duration columns (headers
-/// containing `seconds`) set to 0; everything else untouched.
+/// JSON durations (keys containing `seconds`), CSV duration columns (headers
+/// containing `seconds`) set to 0, and the `## Wall time` section of a Markdown report
+/// dropped; everything else untouched.
 fn normalise(name: &str, bytes: &[u8]) -> Vec<u8> {
+    if name.ends_with(".md") {
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let kept = text.split("## Wall time").next().unwrap_or("");
+        return kept.as_bytes().to_vec();
+    }
     if name.ends_with(".csv") {
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         let mut lines = text.lines();
@@ -424,6 +430,48 @@ fn sweep_resumes_after_kill_and_sigint_between_configurations() {
     let (st, err) = interrupt(&b, &with_ck(&args, "--resume"), "point:1", Sig::Int);
     assert_eq!(st.code(), Some(130), "{err}");
     assert!(err.contains("at configuration 2 of 4"), "{err}");
+    run_ok(&b, &with_ck(&args, "--resume"));
+    assert_same_outputs(&a, &b);
+}
+
+#[test]
+fn wide_resumes_between_experiments_and_inside_the_width_sweep() {
+    let root = TempDir::new("fi-wide");
+    let args = [
+        "wide",
+        "--data",
+        "digits",
+        "--m",
+        "12",
+        "--only",
+        "rank,sweep,relu",
+        "--activations",
+        "tanh,relu",
+        "--widths",
+        "2,11,12",
+        "--seeds",
+        "2",
+        "--rank-draws",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        "w",
+        // Every run of the test has the same command line: the finished experiments'
+        // files, written before the kill, record it.
+        "--checkpoint-interval",
+        "0",
+    ];
+    let a = reference(&root, &args);
+    let b = root.join("killed");
+    std::fs::create_dir_all(&b).unwrap();
+    let every = with_ck(&args, "--checkpoint-dir");
+    // Points: 1 after rank, 2-4 after each batch of 4 sweep runs, 5 after the sweep.
+    let (st, _) = interrupt(&b, &every, "point:3", Sig::Kill);
+    assert_killed(st);
+    let (st, err) = interrupt(&b, &with_ck(&args, "--resume"), "point:1", Sig::Int);
+    assert_eq!(st.code(), Some(130), "{err}");
+    assert!(err.contains("width sweep run 8 of 12"), "{err}");
     run_ok(&b, &with_ck(&args, "--resume"));
     assert_same_outputs(&a, &b);
 }

@@ -8,11 +8,13 @@ use landscape::data::{self, DataOptions, Normalize, Subset};
 use landscape::experiments::wide::{
     self as wide, linear, make_targets, path, rank, relu, sweep, TargetKind, TrainSettings,
 };
+use landscape::io::checkpoint::{test_point, Decoder, Encoder, Session};
 use landscape::io::provenance::{write_json, Provenance};
 use landscape::nn::Activation;
 use landscape::optim::LbfgsConfig;
 use landscape::plot::{line_plot, LineFigure, Series};
 use landscape::Matrix;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -79,6 +81,65 @@ pub struct WideArgs {
     /// Output directory (JSON, CSV, figures, report.md).
     #[arg(long, default_value = "wide-out")]
     out: PathBuf,
+    /// Checkpoints after every finished experiment and every batch of width-sweep runs.
+    #[command(flatten)]
+    ckpt: super::CheckpointArgs,
+}
+
+/// What a `wide` checkpoint holds: the finished experiments (their files are already
+/// written), the report and wall times so far, and the finished runs of the width sweep.
+#[derive(Default, Serialize, Deserialize)]
+struct WideState {
+    done: Vec<String>,
+    report: String,
+    timings: Vec<(String, f64)>,
+    seconds_before: f64,
+    sweep_runs: Vec<sweep::RunRecord>,
+}
+
+impl WideState {
+    fn is_done(&self, name: &str) -> bool {
+        self.done.iter().any(|d| d == name)
+    }
+
+    /// JSON in the checkpoint (serde_json's `float_roundtrip`: every f64 exactly).
+    fn encode(&self, seconds: f64, runs: &[sweep::RunRecord]) -> Vec<u8> {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["seconds_before"] = json!(seconds);
+        v["sweep_runs"] = serde_json::to_value(runs).unwrap_or_default();
+        Encoder::new().str(&v.to_string()).finish()
+    }
+
+    fn decode(payload: &[u8], dir: &Path) -> Result<Self, String> {
+        let path = landscape::io::checkpoint::path_in(dir);
+        let mut d = Decoder::new(payload, &path);
+        let text = d.string().map_err(|e| e.to_string())?;
+        d.end().map_err(|e| e.to_string())?;
+        serde_json::from_str(&text).map_err(|e| d.error(format!("wide state: {e}")).to_string())
+    }
+
+    /// Marks `name` finished after `seconds` and checkpoints (every experiment is a safe
+    /// point).
+    fn finish(
+        &mut self,
+        name: &str,
+        seconds: f64,
+        elapsed: f64,
+        session: &mut Option<Session>,
+    ) -> Result<(), String> {
+        self.timings.push((name.to_string(), seconds));
+        self.done.push(name.to_string());
+        test_point("point");
+        if let Some(s) = session.as_mut() {
+            s.safe_point(
+                true,
+                || format!("after the {name} experiment"),
+                || self.encode(self.seconds_before + elapsed, &[]),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 fn default_widths(m: usize) -> Vec<usize> {
@@ -193,6 +254,20 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         Experiment::Linear,
     ]);
     let dataset = json!({"data": bundle.summary_json(), "m": m, "targets": a.target_csv.as_ref().map_or(format!("{:?}", a.targets).to_lowercase(), |p| p.display().to_string()), "k": y.cols()});
+    let config = json!({"data": bundle.summary_json(), "m": m, "subset_seed": a.subset_seed,
+        "targets": dataset["targets"], "k": y.cols(), "only": only.iter().map(|e| format!("{e:?}").to_lowercase()).collect::<Vec<_>>(), "activations": a.activations,
+        "widths": widths, "seeds": a.seeds, "seed": a.seed, "max_iter": a.max_iter, "eps": a.eps,
+        "rank_draws": a.rank_draws, "polish_capped": a.polish_capped});
+    let mut session = a.ckpt.session("wide", config)?;
+    let resumed = match session.as_mut().and_then(|s| s.take_resume()) {
+        Some(p) => Some(WideState::decode(
+            &p,
+            a.ckpt.dir().expect("a checkpoint folder"),
+        )?),
+        None => None,
+    };
+    let fresh = resumed.is_none();
+    let mut state = resumed.unwrap_or_default();
     let mut report = String::new();
     report.push_str(&format!(
         "# landscape wide: {} with m = {m} samples, d = {}, K = {} outputs\n\n",
@@ -201,7 +276,9 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         y.cols()
     ));
     report.push_str(&format!("Command: `{command_line}`\n\n"));
-    let mut timings = Vec::new();
+    if fresh {
+        state.report = report;
+    }
     let write =
         |name: &str, cfg: serde_json::Value, res: serde_json::Value| -> Result<(), String> {
             let prov = Provenance::new(command_line, Some(a.seed), Some(dataset.clone()), cfg);
@@ -215,7 +292,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         };
     let err = |e: landscape::Error| e.to_string();
 
-    if only.contains(&Experiment::Rank) {
+    if only.contains(&Experiment::Rank) && !state.is_done("rank") {
         let t = Instant::now();
         let mut rw: Vec<usize> = vec![
             m / 2,
@@ -309,10 +386,12 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             &a.out.join("rank_fixed_features"),
         )
         .map_err(err)?;
-        report.push_str("## Rank of the hidden features at initialisation (Lemma 1)\n\n");
-        report.push_str("| activation | n1 | init scale | bias shift | frac rank[X1,1] < min(m, n1+1) | frac rank < m | median sigma_min/sigma_max | min margin (decades) | median LS loss on fixed features | max samples with all units off | median units z > 0 on all samples | median units z <= 0 on all samples |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        state
+            .report
+            .push_str("## Rank of the hidden features at initialisation (Lemma 1)\n\n");
+        state.report.push_str("| activation | n1 | init scale | bias shift | frac rank[X1,1] < min(m, n1+1) | frac rank < m | median sigma_min/sigma_max | min margin (decades) | median LS loss on fixed features | max samples with all units off | median units z > 0 on all samples | median units z <= 0 on all samples |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for c in &cells {
-            report.push_str(&format!(
+            state.report.push_str(&format!(
                 "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2e} | {:.1} | {:.2e} | {} | {} | {} |\n",
                 c.activation,
                 c.width,
@@ -328,16 +407,17 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 c.median_never_positive_units
             ));
         }
-        report.push('\n');
+        state.report.push('\n');
         write(
             "rank",
             serde_json::to_value(&cfg).unwrap_or_default(),
             json!({"m": m, "cells": cells}),
         )?;
-        timings.push(("rank", t.elapsed().as_secs_f64()));
+        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
+        state.finish("rank", secs, total, &mut session)?;
     }
 
-    if only.contains(&Experiment::Sweep) {
+    if only.contains(&Experiment::Sweep) && !state.is_done("sweep") {
         let t = Instant::now();
         let cfg = sweep::SweepConfig {
             activations: a.activations.clone(),
@@ -351,7 +431,22 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             (cfg.activations.len() * widths.len() * a.seeds) as u64,
             "width sweep",
         );
-        let res = sweep::width_sweep(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;
+        let finished = std::mem::take(&mut state.sweep_runs);
+        pb.set_position(finished.len() as u64);
+        let total = pb.length().unwrap_or(0);
+        let res =
+            sweep::width_sweep_resumable(&x, &y, &cfg, &|| pb.inc(1), finished, &mut |runs| {
+                test_point("point");
+                match session.as_mut() {
+                    Some(s) => s.safe_point(
+                        false,
+                        || format!("width sweep run {} of {total}", runs.len()),
+                        || state.encode(state.seconds_before + t_all.elapsed().as_secs_f64(), runs),
+                    ),
+                    None => Ok(()),
+                }
+            })
+            .map_err(err)?;
         pb.finish_and_clear();
         let mut csv = String::from("activation,width,seed,params,loss,grad_norm,stop,lbfgs_iterations,newton_iterations,reached_zero,lambda_min,lambda_residual,kind,weight_norm,saturated_units\n");
         for r in &res.runs {
@@ -404,9 +499,9 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             &a.out.join("sweep_fraction"),
         )
         .map_err(err)?;
-        report.push_str("## Width sweep (Theorem 1)\n\n| activation | n1 | runs | fraction zero | median loss | end points |\n|---|---|---|---|---|---|\n");
+        state.report.push_str("## Width sweep (Theorem 1)\n\n| activation | n1 | runs | fraction zero | median loss | end points |\n|---|---|---|---|---|---|\n");
         for s in &res.summary {
-            report.push_str(&format!(
+            state.report.push_str(&format!(
                 "| {} | {} | {} | {:.2} | {:.2e} | {} |\n",
                 s.activation,
                 s.width,
@@ -420,24 +515,25 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                     .join(", ")
             ));
         }
-        report.push_str("\nThresholds (smallest grid width from which every run reached zero), beside m - 1 and m:\n\n");
+        state.report.push_str("\nThresholds (smallest grid width from which every run reached zero), beside m - 1 and m:\n\n");
         for (act, th) in &res.thresholds {
-            report.push_str(&format!(
+            state.report.push_str(&format!(
                 "- {act}: {} (m - 1 = {}, m = {m})\n",
                 th.map_or("not reached in the grid".into(), |w| w.to_string()),
                 m - 1
             ));
         }
-        report.push('\n');
+        state.report.push('\n');
         write(
             "sweep",
             serde_json::to_value(&cfg).unwrap_or_default(),
             serde_json::to_value(&res).unwrap_or_default(),
         )?;
-        timings.push(("sweep", t.elapsed().as_secs_f64()));
+        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
+        state.finish("sweep", secs, total, &mut session)?;
     }
 
-    if only.contains(&Experiment::Deep) {
+    if only.contains(&Experiment::Deep) && !state.is_done("deep") {
         let t = Instant::now();
         let k = y.cols();
         let smooth: Vec<Activation> = a
@@ -462,7 +558,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         let recs = sweep::deep_conditions(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;
         pb.finish_and_clear();
         let mut csv = String::from("activation,n1,seed,loss,reached_zero,kind,wide_rank,wide_rank_margin,cond_wide_rank,later_ranks,cond_full_rank,block_dim,block_min_abs_eig,block_max_abs_eig,cond_block_nonsingular,all_conditions,counterexample\n");
-        report.push_str(&format!("## Deep nets (Theorem 2): [d, n1, {k}, {k}] with n1 the wide layer\n\n| activation | n1 | seed | loss | end point | rank [X1,1] (m = {m}) | later W full rank | block dim | min abs eig / max | all conditions | counterexample |\n|---|---|---|---|---|---|---|---|---|---|---|\n"));
+        state.report.push_str(&format!("## Deep nets (Theorem 2): [d, n1, {k}, {k}] with n1 the wide layer\n\n| activation | n1 | seed | loss | end point | rank [X1,1] (m = {m}) | later W full rank | block dim | min abs eig / max | all conditions | counterexample |\n|---|---|---|---|---|---|---|---|---|---|---|\n"));
         for r in &recs {
             csv.push_str(&format!(
                 "{},{},{},{:e},{},{:?},{},{:.2},{},{:?},{},{},{:e},{:e},{},{},{}\n",
@@ -484,7 +580,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 r.all_conditions,
                 r.counterexample
             ));
-            report.push_str(&format!(
+            state.report.push_str(&format!(
                 "| {} | {} | {} | {:.2e} | {:?} | {} | {} | {} | {:.1e} | {} | {} |\n",
                 r.run.activation,
                 r.run.hidden[0],
@@ -500,7 +596,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             ));
         }
         let n_counter = recs.iter().filter(|r| r.counterexample).count();
-        report.push_str(&format!(
+        state.report.push_str(&format!(
             "\nCounterexamples (loss > eps with every condition holding): {n_counter} of {}.\n\n",
             recs.len()
         ));
@@ -510,10 +606,11 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             serde_json::to_value(&cfg).unwrap_or_default(),
             json!({"m": m, "records": recs}),
         )?;
-        timings.push(("deep", t.elapsed().as_secs_f64()));
+        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
+        state.finish("deep", secs, total, &mut session)?;
     }
 
-    if only.contains(&Experiment::Relu) {
+    if only.contains(&Experiment::Relu) && !state.is_done("relu") {
         let t = Instant::now();
         let cfg = relu::ReluConfig {
             width: m,
@@ -527,11 +624,11 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         let pb = progress((2 + cfg.seeds) as u64, "relu");
         let res = relu::relu_certificate(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;
         pb.finish_and_clear();
-        report.push_str(&format!(
+        state.report.push_str(&format!(
             "## ReLU: a certified bad local minimum at width n1 = m = {m}\n\n"
         ));
         for c in [&res.relu, &res.tanh] {
-            report.push_str(&format!(
+            state.report.push_str(&format!(
                 "- {}: loss at the constructed point {:.6e} (affine least squares L* = {:.6e}), ||grad|| = {:.2e}, min pre-activation {:.3}, certified radius {}, min excess over L* of {} random points at 0.99 radius {}, lambda_min = {:.3e} (residual {:.1e}, ||H|| ~ {:.2e}); L-BFGS from the point: loss {:.3e} ({})\n",
                 c.activation, c.loss, c.affine_ls_loss, c.grad_norm, c.min_preactivation,
                 c.radius.map_or("-".into(), |r| format!("{r:.4e}")), cfg.probes,
@@ -540,7 +637,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 c.lbfgs_from_point_loss, c.lbfgs_from_point_stop
             ));
         }
-        report.push_str(&format!(
+        state.report.push_str(&format!(
             "- ReLU nets of width {m} trained from random initialisations: losses {:?}\n- Certified bad minimum: {}\n\n",
             res.relu_trained.iter().map(|r| format!("{:.2e}", r.loss)).collect::<Vec<_>>(),
             res.certified_bad_minimum
@@ -550,10 +647,11 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             serde_json::to_value(&cfg).unwrap_or_default(),
             serde_json::to_value(&res).unwrap_or_default(),
         )?;
-        timings.push(("relu", t.elapsed().as_secs_f64()));
+        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
+        state.finish("relu", secs, total, &mut session)?;
     }
 
-    if only.contains(&Experiment::Path) {
+    if only.contains(&Experiment::Path) && !state.is_done("path") {
         let t = Instant::now();
         let cfg = path::PathConfig {
             activation: Activation::Tanh,
@@ -604,9 +702,9 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             &a.out.join("paths"),
         )
         .map_err(err)?;
-        report.push_str("## Sublevel sets: trained Bezier paths between two minima (tanh)\n\n| n1 | end losses | linear path max | Bezier path max | barrier (Bezier max - max end) | path optimiser |\n|---|---|---|---|---|---|\n");
+        state.report.push_str("## Sublevel sets: trained Bezier paths between two minima (tanh)\n\n| n1 | end losses | linear path max | Bezier path max | barrier (Bezier max - max end) | path optimiser |\n|---|---|---|---|---|---|\n");
         for r in &res {
-            report.push_str(&format!(
+            state.report.push_str(&format!(
                 "| {} | {:.2e}, {:.2e} | {:.2e} | {:.2e} | {:.2e} | {} it, {} |\n",
                 r.width,
                 r.end_losses[0],
@@ -618,16 +716,17 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 r.path_stop
             ));
         }
-        report.push('\n');
+        state.report.push('\n');
         write(
             "path",
             serde_json::to_value(&cfg).unwrap_or_default(),
             json!({"m": m, "paths": res, "end_points": ends}),
         )?;
-        timings.push(("path", t.elapsed().as_secs_f64()));
+        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
+        state.finish("path", secs, total, &mut session)?;
     }
 
-    if only.contains(&Experiment::Linear) {
+    if only.contains(&Experiment::Linear) && !state.is_done("linear") {
         let t = Instant::now();
         let k = y.cols();
         let cfg = linear::LinearConfig {
@@ -642,32 +741,34 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         let pb = progress((cfg.architectures.len() * cfg.seeds) as u64, "linear");
         let recs = linear::linear_networks(&x, &y, &cfg, &|| pb.inc(1)).map_err(err)?;
         pb.finish_and_clear();
-        report.push_str("## Deep linear networks (no biases)\n\n| hidden | bottleneck r | seed | closed-form optimum | reached | relative gap | stop |\n|---|---|---|---|---|---|---|\n");
+        state.report.push_str("## Deep linear networks (no biases)\n\n| hidden | bottleneck r | seed | closed-form optimum | reached | relative gap | stop |\n|---|---|---|---|---|---|---|\n");
         for r in &recs {
-            report.push_str(&format!(
+            state.report.push_str(&format!(
                 "| {:?} | {} | {} | {:.8e} | {:.8e} | {:.1e} | {} |\n",
                 r.hidden, r.bottleneck, r.seed, r.optimum, r.loss, r.rel_gap, r.stop
             ));
         }
-        report.push('\n');
+        state.report.push('\n');
         write(
             "linear",
             serde_json::to_value(&cfg).unwrap_or_default(),
             json!({"m": m, "records": recs}),
         )?;
-        timings.push(("linear", t.elapsed().as_secs_f64()));
+        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
+        state.finish("linear", secs, total, &mut session)?;
     }
-    report.push_str("## Wall time\n\n");
-    for (n, s) in &timings {
-        report.push_str(&format!("- {n}: {s:.1} s\n"));
+    state.report.push_str("## Wall time\n\n");
+    for (n, s) in &state.timings {
+        state.report.push_str(&format!("- {n}: {s:.1} s\n"));
     }
-    report.push_str(&format!(
+    state.report.push_str(&format!(
         "- total: {:.1} s on {} threads\n",
-        t_all.elapsed().as_secs_f64(),
+        state.seconds_before + t_all.elapsed().as_secs_f64(),
         rayon::current_num_threads()
     ));
-    super::write_file(&a.out.join("report.md"), report.as_bytes())?;
-    println!("{report}");
+    super::write_file(&a.out.join("report.md"), state.report.as_bytes())?;
+    a.ckpt.finish()?;
+    println!("{}", state.report);
     Ok(())
 }
 

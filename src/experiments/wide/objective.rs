@@ -10,7 +10,7 @@ use crate::nn::{Activation, LossKind, Mlp, MlpConfig};
 use crate::optim::{Objective, SecondOrder};
 use crate::rng::Rng;
 use crate::tensor::{gemm_par, Matrix, Par};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `l(theta) = (1/m) sum_i ||f(x_i; theta) - y_i||^2` for a fixed architecture.
 pub struct SquaredLoss<'a> {
@@ -222,7 +222,7 @@ pub fn smallest_eig(op: &dyn SymOp, max_iter: usize, seed: u64) -> Result<Certif
 }
 
 /// What an end point is, from its loss, stopping reason and smallest Hessian eigenvalue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndpointKind {
     /// Loss below the zero threshold: a global minimum (the infimum 0 is attained).
@@ -272,7 +272,7 @@ pub fn classify(
 /// Units of each hidden layer that are saturated: `act'(z) < 0.01 act'_max` on every
 /// sample (tanh, sigmoid: flat tails; softplus, ReLU: the flat left side, for ReLU a
 /// dead unit), and the fraction of (sample, unit) entries that are.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Saturation {
     pub saturated_units: Vec<usize>,
     pub saturated_fraction: Vec<f64>,

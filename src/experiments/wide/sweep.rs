@@ -14,7 +14,7 @@ use crate::nn::{Activation, Mlp};
 use crate::optim::SecondOrder;
 use crate::tensor::{Matrix, Par};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepConfig {
@@ -28,7 +28,7 @@ pub struct SweepConfig {
 }
 
 /// One trained run and its end point.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     pub activation: String,
     pub hidden: Vec<usize>,
@@ -140,6 +140,21 @@ pub fn width_sweep(
     cfg: &SweepConfig,
     progress: Progress<'_>,
 ) -> Result<SweepResult> {
+    width_sweep_resumable(x, y, cfg, progress, Vec::new(), &mut |_| Ok(()))
+}
+
+/// [`width_sweep`] continuing after the first `finished.len()` runs (in job order:
+/// activation, width, seed), calling `safe_point` with every run so far after each batch
+/// of runs (a few per worker thread, run in parallel). Each run depends only on its own
+/// seed, so the result does not depend on where a previous run stopped.
+pub fn width_sweep_resumable(
+    x: &Matrix<f64>,
+    y: &Matrix<f64>,
+    cfg: &SweepConfig,
+    progress: Progress<'_>,
+    finished: Vec<RunRecord>,
+    safe_point: &mut dyn FnMut(&[RunRecord]) -> Result<()>,
+) -> Result<SweepResult> {
     cfg.train.validate()?;
     super::check_problem(x, y)?;
     let mut jobs = Vec::new();
@@ -150,14 +165,31 @@ pub fn width_sweep(
             }
         }
     }
-    let runs: Vec<RunRecord> = jobs
-        .into_par_iter()
-        .map(|(a, w, seed)| {
-            let r = run_one(x, y, a, &[w], cfg.bias, seed, &cfg.train).map(|r| r.0);
-            progress();
-            r
-        })
-        .collect::<Result<_>>()?;
+    if finished.len() > jobs.len()
+        || finished
+            .iter()
+            .zip(&jobs)
+            .any(|(r, (a, w, s))| r.activation != a.name() || r.hidden != [*w] || r.seed != *s)
+    {
+        return Err(crate::Error::InvalidArgument(
+            "the checkpoint's finished runs do not match this sweep's runs".into(),
+        ));
+    }
+    let mut runs = finished;
+    let batch = 4 * rayon::current_num_threads().max(1);
+    while runs.len() < jobs.len() {
+        let end = (runs.len() + batch).min(jobs.len());
+        let done: Vec<RunRecord> = jobs[runs.len()..end]
+            .par_iter()
+            .map(|&(a, w, seed)| {
+                let r = run_one(x, y, a, &[w], cfg.bias, seed, &cfg.train).map(|r| r.0);
+                progress();
+                r
+            })
+            .collect::<Result<_>>()?;
+        runs.extend(done);
+        safe_point(&runs)?;
+    }
     let mut summary = Vec::new();
     let mut thresholds = Vec::new();
     for &a in &cfg.activations {
