@@ -15,11 +15,12 @@
 //! order (the order itself is recomputed from `Rng::derived(seed, epoch)`), the
 //! epoch's running loss sum and step count, and the finished epochs' metrics.
 
-use crate::autodiff::Tape;
+use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{test_point, CheckpointError, Decoder, Encoder, Session};
 use crate::nn::backprop::loss_and_grad_analytic;
 use crate::nn::{loss::error_rate, BatchStats, Mlp, Mode, Network};
+use crate::optim::methods::{method_grad, TrainMethod};
 use crate::rng::Rng;
 use crate::tensor::{Matrix, Scalar};
 use serde::{Deserialize, Serialize};
@@ -155,6 +156,17 @@ pub trait TrainModel<T: Scalar> {
     /// Every tensor of the model's state (the trainable tensors, then the BatchNorm
     /// buffers) and its counters (BatchNorm `num_batches_tracked`), for checkpoints.
     fn state_mut(&mut self) -> (Vec<&mut Matrix<T>>, Vec<&mut u64>);
+    /// The batch's mean training-mode loss recorded on `tape` (so it can be
+    /// differentiated more than once), with the trainable tensors as tape inputs in
+    /// parameter-vector order and the BatchNorm batch statistics.
+    fn record_train_loss<'t>(
+        &self,
+        tape: &'t Tape<T>,
+        x: &Matrix<T>,
+        labels: &[usize],
+    ) -> (Vec<Var<'t, T>>, Var<'t, T>, StepStats<T>);
+    /// State-dict names of the trainable tensors in parameter-vector order.
+    fn param_names(&self) -> Vec<String>;
 }
 
 impl<T: Scalar> TrainModel<T> for Mlp<T> {
@@ -225,6 +237,31 @@ impl<T: Scalar> TrainModel<T> for Mlp<T> {
         params.extend(buffers);
         (params, Vec::new())
     }
+    fn record_train_loss<'t>(
+        &self,
+        tape: &'t Tape<T>,
+        x: &Matrix<T>,
+        labels: &[usize],
+    ) -> (Vec<Var<'t, T>>, Var<'t, T>, StepStats<T>) {
+        let params = self.params_on_tape(tape);
+        let xv = tape.constant(x.clone());
+        let (loss, fwd) = self.loss_tape(&params, xv, labels, Mode::Train);
+        let stats = fwd
+            .batch_stats
+            .into_iter()
+            .map(|s| {
+                s.map(|(mean, var)| BatchStats {
+                    mean,
+                    var,
+                    count: x.rows(),
+                })
+            })
+            .collect();
+        (params, loss, stats)
+    }
+    fn param_names(&self) -> Vec<String> {
+        self.named_params().into_iter().map(|(n, _)| n).collect()
+    }
 }
 
 impl<T: Scalar> TrainModel<T> for Network<T> {
@@ -267,6 +304,19 @@ impl<T: Scalar> TrainModel<T> for Network<T> {
             counters.push(&mut bn.num_batches_tracked);
         }
         (tensors, counters)
+    }
+    fn record_train_loss<'t>(
+        &self,
+        tape: &'t Tape<T>,
+        x: &Matrix<T>,
+        labels: &[usize],
+    ) -> (Vec<Var<'t, T>>, Var<'t, T>, StepStats<T>) {
+        let params = self.params_on_tape(tape);
+        let (loss, fwd) = self.loss_tape(&params, x, labels, Mode::Train);
+        (params, loss, fwd.batch_stats)
+    }
+    fn param_names(&self) -> Vec<String> {
+        self.named_params().into_iter().map(|(n, _)| n).collect()
     }
 }
 
@@ -360,6 +410,9 @@ pub struct TrainOutcome {
     pub history: Vec<EpochMetrics>,
     /// Seconds spent in the earlier, interrupted parts of a resumed run (0 otherwise).
     pub earlier_seconds: f64,
+    /// Wall seconds of each epoch run by this call (training steps and the epoch's
+    /// evaluation; a resumed epoch counts from the resume).
+    pub epoch_seconds: Vec<f64>,
 }
 
 /// Where training stands: what a checkpoint holds besides the model and optimiser.
@@ -473,6 +526,34 @@ pub fn train_checkpointed<T: Scalar, M: TrainModel<T>>(
     labels: &[usize],
     test: Option<(&Matrix<T>, &[usize])>,
     cfg: &TrainConfig,
+    session: Option<&mut Session>,
+    on_step: impl FnMut(usize, usize, f64),
+    on_epoch: impl FnMut(&M, &EpochMetrics) -> Result<()>,
+) -> Result<TrainOutcome> {
+    train_with_method(
+        model,
+        x,
+        labels,
+        test,
+        cfg,
+        &TrainMethod::Plain,
+        session,
+        on_step,
+        on_epoch,
+    )
+}
+
+/// [`train_checkpointed`] with a training method (SAM, ASAM, curvature penalties; see
+/// [`crate::optim::methods`]) supplying each step's gradient. `TrainMethod::Plain` is the
+/// plain batch gradient, the same code path as [`train_checkpointed`].
+#[allow(clippy::too_many_arguments)]
+pub fn train_with_method<T: Scalar, M: TrainModel<T>>(
+    model: &mut M,
+    x: &Matrix<T>,
+    labels: &[usize],
+    test: Option<(&Matrix<T>, &[usize])>,
+    cfg: &TrainConfig,
+    method: &TrainMethod,
     mut session: Option<&mut Session>,
     mut on_step: impl FnMut(usize, usize, f64),
     mut on_epoch: impl FnMut(&M, &EpochMetrics) -> Result<()>,
@@ -505,6 +586,7 @@ pub fn train_checkpointed<T: Scalar, M: TrainModel<T>>(
             "BatchNorm needs a batch size of at least 2".into(),
         ));
     }
+    method.validate(cfg.batch_size, has_bn)?;
     let zeros: Vec<Matrix<T>> = model
         .params_mut()
         .iter()
@@ -540,7 +622,9 @@ pub fn train_checkpointed<T: Scalar, M: TrainModel<T>>(
     }
     let mut global_step = start.global_step;
     let seconds = |t0: &std::time::Instant| earlier_seconds + t0.elapsed().as_secs_f64();
+    let mut epoch_seconds = Vec::new();
     for epoch in start.epoch..=cfg.epochs {
+        let te = std::time::Instant::now();
         let order = Rng::derived(cfg.seed, epoch as u64).permutation(n);
         let resumed = epoch == start.epoch;
         let mut batch_loss_sum = if resumed { start.batch_loss_sum } else { 0.0 };
@@ -553,7 +637,12 @@ pub fn train_checkpointed<T: Scalar, M: TrainModel<T>>(
             }
             let xb = x.select_rows(idx);
             let yb: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-            let (loss, grads, stats) = model.train_grad(&xb, &yb)?;
+            let (loss, grads, stats) = if method.is_plain() {
+                model.train_grad(&xb, &yb)?
+            } else {
+                let r = method_grad(model, &xb, &yb, method, cfg.seed, global_step as u64 + 1)?;
+                (r.loss, r.grads, r.stats)
+            };
             if !loss.is_finite() {
                 return Err(Error::NonFinite {
                     what: "loss".into(),
@@ -621,6 +710,7 @@ pub fn train_checkpointed<T: Scalar, M: TrainModel<T>>(
             test_loss,
             test_error,
         };
+        epoch_seconds.push(te.elapsed().as_secs_f64());
         on_epoch(model, &metrics)?;
         history.push(metrics);
         if let Some(s) = session.as_deref_mut() {
@@ -641,6 +731,7 @@ pub fn train_checkpointed<T: Scalar, M: TrainModel<T>>(
     Ok(TrainOutcome {
         history,
         earlier_seconds,
+        epoch_seconds,
     })
 }
 

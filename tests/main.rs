@@ -14,6 +14,7 @@ mod model_files;
 mod network_checks;
 mod network_cli;
 mod plot_checks;
+mod sam_checks;
 mod sample_size_checks;
 mod sphere_checks;
 mod theory_checks;

@@ -95,6 +95,7 @@ fn cfg(step: StepKind, elr: f64, epochs: usize) -> SphereRunConfig {
             fisher: FisherMethod::Exact,
             lanczos_iter: 10,
         },
+        sam: None,
     }
 }
 

@@ -20,8 +20,9 @@ use landscape::io::provenance::{write_json, Provenance};
 use landscape::nn::arch::{preset, Architecture, PresetOptions, PRESETS};
 use landscape::nn::Network;
 use landscape::nn::{Activation, BatchNormConfig, Init, LossKind, Mlp, MlpConfig};
+use landscape::optim::methods::{GradNormForm, TraceForm, TrainMethod};
 use landscape::train::evaluate_network;
-use landscape::train::{train_checkpointed, Optimizer, TrainConfig, TrainModel, TrainOutcome};
+use landscape::train::{train_with_method, Optimizer, TrainConfig, TrainModel, TrainOutcome};
 use landscape::{Matrix, Scalar};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -364,9 +365,110 @@ struct TrainArgs {
     /// training state (`resume.ckpt`, see --resume).
     #[command(flatten)]
     ckpt: CheckpointArgs,
+    /// Training method (SAM, ASAM, curvature penalties).
+    #[command(flatten)]
+    method: MethodArgs,
     /// Results with provenance.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// The curvature-aware training methods of `landscape train` (at most one).
+#[derive(Args, Clone, Default)]
+struct MethodArgs {
+    /// SAM with radius RHO: the step uses the gradient at w + RHO g/||g||.
+    #[arg(long, value_name = "RHO", allow_negative_numbers = true)]
+    sam: Option<f64>,
+    /// ASAM with radius RHO: eps = RHO T^2 g/||T g||, T = |w| + eta on weights.
+    #[arg(long, value_name = "RHO", allow_negative_numbers = true)]
+    asam: Option<f64>,
+    /// ASAM's eta.
+    #[arg(long, default_value_t = 0.01)]
+    asam_eta: f64,
+    /// m-sharpness: one SAM/ASAM perturbation per chunk of M samples (M divides the batch size).
+    #[arg(long, value_name = "M")]
+    sam_chunk: Option<usize>,
+    /// Gradient-norm penalty L + LAMBDA ||grad L|| (exact gradient by double backward).
+    #[arg(long, value_name = "LAMBDA", allow_negative_numbers = true)]
+    grad_norm_penalty: Option<f64>,
+    /// The penalty's finite-difference form (Zhao et al.) with radius R instead of double backward.
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
+    grad_norm_fd: Option<f64>,
+    /// Hessian-trace penalty L + LAMBDA tr(H) (Hutchinson; exact third-order gradient).
+    #[arg(long, value_name = "LAMBDA", allow_negative_numbers = true)]
+    trace_penalty: Option<f64>,
+    /// Hutchinson probes per step for --trace-penalty.
+    #[arg(long, default_value_t = 1)]
+    trace_probes: usize,
+    /// Approximate the trace penalty's gradient by central second differences of the
+    /// gradient along each probe, relative step H (s = H ||w|| / ||v||).
+    #[arg(long, value_name = "H", allow_negative_numbers = true)]
+    trace_fd: Option<f64>,
+}
+
+impl MethodArgs {
+    /// The training method these flags ask for (range checks are the library's).
+    fn method(&self) -> Result<TrainMethod, String> {
+        let given = [
+            ("--sam", self.sam.is_some()),
+            ("--asam", self.asam.is_some()),
+            ("--grad-norm-penalty", self.grad_norm_penalty.is_some()),
+            ("--trace-penalty", self.trace_penalty.is_some()),
+        ];
+        let on: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+        if on.len() > 1 {
+            return Err(format!(
+                "{} cannot be combined: choose one training method",
+                on.join(" and ")
+            ));
+        }
+        if self.sam_chunk.is_some() && self.sam.is_none() && self.asam.is_none() {
+            return Err("--sam-chunk needs --sam or --asam".into());
+        }
+        if self.grad_norm_fd.is_some() && self.grad_norm_penalty.is_none() {
+            return Err("--grad-norm-fd needs --grad-norm-penalty".into());
+        }
+        if self.trace_fd.is_some() && self.trace_penalty.is_none() {
+            return Err("--trace-fd needs --trace-penalty".into());
+        }
+        if self.trace_probes != 1 && self.trace_penalty.is_none() {
+            return Err("--trace-probes needs --trace-penalty".into());
+        }
+        if self.asam_eta != 0.01 && self.asam.is_none() {
+            return Err("--asam-eta needs --asam".into());
+        }
+        Ok(if let Some(rho) = self.sam {
+            TrainMethod::Sam {
+                rho,
+                chunk: self.sam_chunk,
+            }
+        } else if let Some(rho) = self.asam {
+            TrainMethod::Asam {
+                rho,
+                eta: self.asam_eta,
+                chunk: self.sam_chunk,
+            }
+        } else if let Some(lambda) = self.grad_norm_penalty {
+            TrainMethod::GradNormPenalty {
+                lambda,
+                form: match self.grad_norm_fd {
+                    Some(radius) => GradNormForm::FiniteDifference { radius },
+                    None => GradNormForm::Exact,
+                },
+            }
+        } else if let Some(lambda) = self.trace_penalty {
+            TrainMethod::TracePenalty {
+                lambda,
+                probes: self.trace_probes,
+                form: match self.trace_fd {
+                    Some(step) => TraceForm::FiniteDifference { step },
+                    None => TraceForm::Exact,
+                },
+            }
+        } else {
+            TrainMethod::Plain
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -738,6 +840,14 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         optimizer: optimizer_of(&a)?,
         seed: a.seed,
     };
+    let method = a.method.method()?;
+    let has_bn = match &arch {
+        Some(ar) => ar.has_batchnorm(),
+        None => mlp_config.batchnorm.is_some(),
+    };
+    method
+        .validate(tc.batch_size, has_bn)
+        .map_err(|e| e.to_string())?;
     let init = a
         .init
         .unwrap_or(if is_mlp { Init::Kaiming } else { Init::Torch });
@@ -745,7 +855,7 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         Some(ar) => json!(ar),
         None => json!(mlp_config),
     };
-    let full_config = json!({
+    let mut full_config = json!({
         "model": model_json,
         "init": init,
         "init_scale": a.init_scale,
@@ -753,6 +863,10 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         "dtype": a.dtype,
         "data": bundle.summary_json(),
     });
+    // Plain training keeps its configuration (and so its model-file metadata) unchanged.
+    if !method.is_plain() {
+        full_config["method"] = json!(method);
+    }
     let mut meta = BTreeMap::new();
     meta.insert("training".to_string(), full_config.to_string());
     probe_outputs(&[a.out.as_deref(), a.json.as_deref()])?;
@@ -764,20 +878,23 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
             let model = Mlp::<f64>::init(mlp_config, init, a.init_scale, a.seed)
                 .map_err(|e| e.to_string())?;
             match a.dtype {
-                Dtype::F64 => run_training(model, &bundle, &tc, &a, &meta, s)?,
-                Dtype::F32 => run_training(model.cast::<f32>(), &bundle, &tc, &a, &meta, s)?,
+                Dtype::F64 => run_training(model, &bundle, &tc, &method, &a, &meta, s)?,
+                Dtype::F32 => {
+                    run_training(model.cast::<f32>(), &bundle, &tc, &method, &a, &meta, s)?
+                }
             }
         }
         Some(ar) => {
             let net =
                 Network::<f64>::init(ar, init, a.init_scale, a.seed).map_err(|e| e.to_string())?;
             match a.dtype {
-                Dtype::F64 => run_training(net, &bundle, &tc, &a, &meta, s)?,
-                Dtype::F32 => run_training(net.cast::<f32>(), &bundle, &tc, &a, &meta, s)?,
+                Dtype::F64 => run_training(net, &bundle, &tc, &method, &a, &meta, s)?,
+                Dtype::F32 => run_training(net.cast::<f32>(), &bundle, &tc, &method, &a, &meta, s)?,
             }
         }
     };
     let history = outcome.history;
+    let epoch_seconds = outcome.epoch_seconds;
     // Training time over every part of a resumed run.
     let seconds = outcome.earlier_seconds + start.elapsed().as_secs_f64();
     if let Some(out) = &a.out {
@@ -816,16 +933,26 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         "num_params": final_model.num_params(),
         "architecture": final_model.arch.name,
         "model_file": a.out.as_ref().map(|p| p.display().to_string()),
-        "timing": {"train_seconds": seconds},
+        "timing": {
+            "train_seconds": seconds,
+            "epoch_seconds": epoch_seconds,
+            "mean_epoch_seconds": if epoch_seconds.is_empty() { None } else {
+                Some(epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64)
+            },
+        },
+        "method": method,
+        "passes_per_step": method.passes(),
     });
     write_results(a.json.as_deref(), "train", results, &prov)?;
     a.ckpt.finish()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_training<T: Scalar, M: TrainedModel<T>>(
     mut model: M,
     bundle: &DataBundle,
     tc: &TrainConfig,
+    method: &TrainMethod,
     a: &TrainArgs,
     meta: &BTreeMap<String, String>,
     session: Option<&mut landscape::io::checkpoint::Session>,
@@ -838,12 +965,13 @@ fn run_training<T: Scalar, M: TrainedModel<T>>(
         .map(|(tx, t)| (tx, t.y.as_slice()));
     let steps_per_epoch = bundle.train.y.len().div_ceil(tc.batch_size.max(1));
     let pb = progress((steps_per_epoch * tc.epochs) as u64, "train");
-    let history = train_checkpointed(
+    let history = train_with_method(
         &mut model,
         &x,
         &bundle.train.y,
         test,
         tc,
+        method,
         session,
         |epoch, step, loss| {
             pb.set_position(step as u64);

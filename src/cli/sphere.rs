@@ -70,6 +70,10 @@ pub struct CommonArgs {
     from: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "projected")]
     step: StepKind,
+    /// SAM on the sphere: tangent ascent of length RHO, retraction, the gradient there
+    /// projected onto the tangent space at w, then the --step (projected or riemannian).
+    #[arg(long, value_name = "RHO", allow_negative_numbers = true)]
+    sam: Option<f64>,
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 128)]
@@ -235,6 +239,7 @@ fn run_config(a: &CommonArgs, schedule: ElrSchedule) -> Result<SphereRunConfig, 
             },
             lanczos_iter: a.lanczos_iter,
         },
+        sam: a.sam,
     };
     cfg.validate().map_err(e)?;
     Ok(cfg)

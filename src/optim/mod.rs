@@ -1,3 +1,6 @@
+//! [`methods`]: the curvature-aware training methods (SAM, ASAM, gradient-norm and
+//! Hessian-trace penalties) that plug into the minibatch training loop of `crate::train`.
+//!
 //! Full-batch deterministic optimisers for landscape experiments: L-BFGS with a weak
 //! Wolfe line search and a documented stopping rule, and a Newton-CG polish that
 //! uses exact Hessian-vector products.
@@ -8,6 +11,7 @@
 //! the same start gives the same iterates bit for bit (given the objective is).
 
 pub mod lbfgs;
+pub mod methods;
 
 pub use lbfgs::{lbfgs, newton_cg, LbfgsConfig, NewtonCgConfig, OptimResult, StopReason};
 

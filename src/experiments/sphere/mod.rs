@@ -453,6 +453,48 @@ pub fn sphere_step(
     info
 }
 
+/// The tangent part of `g` at `w`, group by group: `g - (g . u) u` with `u = w / ||w||`
+/// over each group's range (the projection onto the tangent space of the spheres).
+pub fn project_tangent(w: &[f64], g: &[f64], spheres: &Spheres) -> Vec<f64> {
+    assert_eq!(w.len(), g.len(), "project_tangent: lengths");
+    let mut out = g.to_vec();
+    for grp in &spheres.groups {
+        let wg = &w[grp.clone()];
+        let wn = norm(wg);
+        if !(wn > 0.0 && wn.is_finite()) {
+            continue;
+        }
+        let c = dot(&g[grp.clone()], wg) / (wn * wn);
+        for (o, x) in out[grp.clone()].iter_mut().zip(wg) {
+            *o -= c * x;
+        }
+    }
+    out
+}
+
+/// SAM on the sphere (DESIGN.md section 13; our reading of Riemannian SAM): the ascent
+/// point `R(w + rho g_t / ||g_t||)`, with `g_t` the tangent part of the batch gradient
+/// (see [`project_tangent`]), `||g_t||` over the whole SI vector, and `R` the retraction
+/// that rescales every group back to its radius. `rho` is the Euclidean length of the
+/// ascent before the retraction (on a sphere of radius `r` it turns `w` by about
+/// `rho / r`). Returns `w` itself when `g_t = 0` or `rho = 0`. The training step then
+/// takes the gradient at this point, projects it onto the tangent space at `w`
+/// ([`project_tangent`]) and steps and retracts with [`sphere_step`].
+pub fn sam_ascent_point(w: &[f64], g: &[f64], spheres: &Spheres, rho: f64) -> Vec<f64> {
+    let gt = project_tangent(w, g, spheres);
+    let n = norm(&gt);
+    let mut out = w.to_vec();
+    if !(n > 0.0 && n.is_finite()) || rho == 0.0 {
+        return out;
+    }
+    let s = rho / n;
+    out.iter_mut().zip(&gt).for_each(|(x, d)| *x += s * d);
+    for (grp, &r) in spheres.groups.iter().zip(&spheres.radii) {
+        rescale(&mut out[grp.clone()], r);
+    }
+    out
+}
+
 fn rescale(w: &mut [f64], rho: f64) {
     let n = norm(w);
     if n > 0.0 && n.is_finite() {

@@ -9,7 +9,10 @@
 //! BatchNorm buffers bit for bit).
 
 use super::metrics::{batch_pass, fisher_trace, top_eigenvalue, FisherMethod};
-use super::{angle_between, norm, sphere_step, ElrSchedule, SiSpec, Spheres, StepKind};
+use super::{
+    angle_between, norm, project_tangent, sam_ascent_point, sphere_step, ElrSchedule, SiSpec,
+    Spheres, StepKind,
+};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::experiments::geometry::recompute_bn_stats;
@@ -72,6 +75,11 @@ pub struct SphereRunConfig {
     /// Forward and backward passes in f32 (the SI master weights stay f64).
     pub f32: bool,
     pub metrics: MetricsConfig,
+    /// SAM on the sphere with this ascent length rho (see [`sam_ascent_point`]): the step
+    /// uses the gradient at the retracted ascent point, projected onto the tangent space
+    /// at `w`; the ascent pass leaves the BatchNorm running statistics alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sam: Option<f64>,
 }
 
 impl SphereRunConfig {
@@ -83,6 +91,16 @@ impl SphereRunConfig {
         }
         if self.metrics.every == 0 {
             return bad("--metrics-every must be at least 1");
+        }
+        if let Some(rho) = self.sam {
+            if !(rho.is_finite() && rho >= 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "--sam rho must be a finite number >= 0, got {rho}"
+                )));
+            }
+            if matches!(self.step, StepKind::RandomWalk | StepKind::Ascent) {
+                return bad("--sam applies to --step projected or riemannian");
+            }
         }
         if self.metrics.curvature_every > 0
             && (self.metrics.curvature_samples < 2 || self.metrics.curvature_batch < 2)
@@ -259,6 +277,23 @@ fn train_typed<T: Scalar>(
             }
             if !g.iter().all(|v| v.is_finite()) {
                 return Err(nonfinite("gradient"));
+            }
+            if let Some(rho) = cfg.sam {
+                // SAM on the sphere: the gradient at the retracted ascent point, projected
+                // onto the tangent space at w; that pass's batch statistics are dropped.
+                let wa = sam_ascent_point(&w, &g, &run.spheres, rho);
+                run.spec.set_vector(&mut work, &wa);
+                let second = work.train_grad(&xb, &yb);
+                run.spec.set_vector(&mut work, &w);
+                let (_, grads2, _) = second?;
+                let mut g2 = Vec::with_capacity(run.spec.len);
+                for &i in &run.spec.si {
+                    g2.extend(grads2[i].as_slice().iter().map(|v| v.to_f64()));
+                }
+                if !g2.iter().all(|v| v.is_finite()) {
+                    return Err(nonfinite("gradient at the SAM ascent point"));
+                }
+                g = project_tangent(&w, &g2, &run.spheres);
             }
             let tfrac = (epoch - 1 - run.start_epoch) as f64 + s as f64 / steps_per_epoch as f64;
             elr = cfg.schedule.at(tfrac);
