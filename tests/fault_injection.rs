@@ -150,24 +150,26 @@ fn normalise(name: &str, bytes: &[u8]) -> Vec<u8> {
     if !name.ends_with(".json") {
         return bytes.to_vec();
     }
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
-    let mut out = String::new();
-    for line in text.split_inclusive('\n') {
-        let t = line.trim_start();
-        let key_end = t
-            .strip_prefix('"')
-            .and_then(|r| r.find("\": "))
-            .map(|i| i + 1);
-        match key_end {
-            Some(k) if t[..k].contains("seconds") => {
-                let indent = &line[..line.len() - t.len()];
-                let comma = if t.trim_end().ends_with(',') { "," } else { "" };
-                out.push_str(&format!("{indent}{}\": 0{comma}\n", &t[..k]));
+    // Every value under a key containing `seconds` (numbers, or lists such as
+    // `epoch_seconds`) becomes 0; the rest is compared as parsed.
+    fn zero_durations(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k.contains("seconds") {
+                        *x = serde_json::json!(0);
+                    } else {
+                        zero_durations(x);
+                    }
+                }
             }
-            _ => out.push_str(line),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(zero_durations),
+            _ => {}
         }
     }
-    out.into_bytes()
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    zero_durations(&mut v);
+    serde_json::to_vec_pretty(&v).unwrap()
 }
 
 /// The two folders hold the same files with the same bytes (see the module docs), and
