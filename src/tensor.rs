@@ -492,6 +492,41 @@ const PARALLEL_GEMM_MIN_WORK: usize = 1 << 18;
 
 /// Whether a kernel may split its work over the rayon pool.
 ///
+/// Counts of the dense-product work done through the GEMM layer ([`gemm_par`],
+/// [`matmul_new`]) and the convolution kernels (`autodiff::conv`), for `landscape
+/// bench`'s achieved GFLOP/s: `2 m n k` per product (a multiply-add is 2 FLOPs). Off
+/// unless [`flop_count::start`] is called; one relaxed atomic add per product when on.
+pub mod flop_count {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static FLOPS: AtomicU64 = AtomicU64::new(0);
+
+    /// Starts counting from zero.
+    pub fn start() {
+        FLOPS.store(0, Ordering::Relaxed);
+        ON.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops counting and returns the FLOPs counted since [`start`].
+    pub fn stop() -> f64 {
+        ON.store(false, Ordering::Relaxed);
+        FLOPS.swap(0, Ordering::Relaxed) as f64
+    }
+
+    /// Records a product of `m x k` by `k x n`.
+    #[inline]
+    pub fn add(m: usize, k: usize, n: usize) {
+        if ON.load(Ordering::Relaxed) {
+            let f = 2u64
+                .saturating_mul(m as u64)
+                .saturating_mul(k as u64)
+                .saturating_mul(n as u64);
+            FLOPS.fetch_add(f, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Callers that already run in parallel over sample blocks pass `Seq` so that
 /// each block's GEMMs stay on its thread (no nested synchronisation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -528,6 +563,7 @@ pub fn gemm_par<T: Scalar>(
     if m == 0 || n == 0 {
         return;
     }
+    flop_count::add(m, k, n);
     if k == 0 {
         for x in c.as_mut_slice() {
             *x = if beta == T::ZERO { T::ZERO } else { *x * beta };
@@ -596,6 +632,7 @@ pub fn matmul_new<T: Scalar>(par: Par, a: MatRef<'_, T>, b: MatRef<'_, T>) -> Ma
     if m == 0 || n == 0 || k == 0 {
         return Matrix::zeros(m, n);
     }
+    flop_count::add(m, k, n);
     let mut data: Vec<T> = Vec::with_capacity(m * n);
     // Raw address so the row blocks can be written from several threads.
     let base = data.as_mut_ptr() as usize;

@@ -335,3 +335,43 @@ fn hessian_of_a_batchnorm_model_uses_double_backward() {
         "BatchNorm",
     );
 }
+
+/// `bench` names the machine and the GEMM rate of the run, and counts the dense-product
+/// FLOPs of a workload: the training step of the 784-256-256-10 MLP at batch 128 against
+/// a hand count (forward `X W^T` per layer, the weight gradients the same again, the
+/// input gradients of layers 2 and 3; `2 m n k` each).
+#[test]
+fn bench_reports_the_machine_and_counted_gemm_flops() {
+    let d = temp_dir("bench-flops");
+    let json_path = d.join("b.json");
+    let o = run(&[
+        "bench",
+        "--workloads",
+        "train-step",
+        "--devices",
+        "cpu",
+        "--reps",
+        "1",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let r = &v["results"];
+    assert!(!r["machine"]["processor"].as_str().unwrap().is_empty());
+    assert!(r["machine"]["threads"].as_u64().unwrap() >= 1);
+    assert!(r["gemm_rate_gflops"]["f64"].as_f64().unwrap() > 0.0);
+    assert!(r["gemm_rate_gflops"]["f32"].as_f64().unwrap() > 0.0);
+    let b = 128.0;
+    let forward = 2.0 * b * (784.0 * 256.0 + 256.0 * 256.0 + 256.0 * 10.0);
+    let input_grads = 2.0 * b * (256.0 * 256.0 + 256.0 * 10.0);
+    let row = &r["rows"][0];
+    assert_eq!(row["workload"], "train_step");
+    assert_eq!(
+        row["gemm_flops"].as_f64().unwrap(),
+        2.0 * forward + input_grads
+    );
+    assert!(row["fraction_of_gemm_rate"].as_f64().unwrap() > 0.0);
+    assert!(r["table_markdown"].as_str().unwrap().contains("Machine: "));
+}

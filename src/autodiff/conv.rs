@@ -518,7 +518,14 @@ fn weight_per_tap<T: Scalar>(sh: &ConvShape, w: &[T], transposed: bool) -> Vec<T
 
 /// `conv(X, W)`: `X` is `rows_in x C_in`, `W` is `C_out x C_in k k`; the
 /// result is `rows_out x C_out` (see the module docs).
+/// Each of the three ops is an implicit GEMM of `rows_out x (c_in k^2)` by
+/// `(c_in k^2) x c_out` (padding taps included), counted as such.
+fn count_flops(sh: &ConvShape) {
+    crate::tensor::flop_count::add(sh.rows_out(), sh.c_in * sh.taps(), sh.c_out);
+}
+
 pub fn conv_forward<T: Scalar>(geom: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
+    count_flops(&geom.shape);
     conv_forward_isa(conv_isa(), geom, x, w)
 }
 
@@ -551,6 +558,7 @@ fn conv_forward_isa<T: Scalar>(isa: ConvIsa, geom: &ConvGeom, x: &[T], w: &[T]) 
 /// `conv_data(D, W)`: the input gradient, `rows_in x C_in`, of an output
 /// gradient `D` (`rows_out x C_out`).
 pub fn conv_data<T: Scalar>(geom: &ConvGeom, d: &[T], w: &[T]) -> Vec<T> {
+    count_flops(&geom.shape);
     conv_data_isa(conv_isa(), geom, d, w)
 }
 
@@ -591,6 +599,7 @@ fn conv_data_isa<T: Scalar>(isa: ConvIsa, geom: &ConvGeom, d: &[T], w: &[T]) -> 
 /// `conv_weight(X, D)`: the weight gradient, `C_out x C_in k k`, of an output
 /// gradient `D` (`rows_out x C_out`) at input `X` (`rows_in x C_in`).
 pub fn conv_weight<T: Scalar>(geom: &ConvGeom, x: &[T], d: &[T]) -> Vec<T> {
+    count_flops(&geom.shape);
     conv_weight_isa(conv_isa(), geom, x, d)
 }
 

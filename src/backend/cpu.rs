@@ -110,3 +110,54 @@ mod tests {
         }
     }
 }
+
+/// The machine a CPU measurement ran on: processor model, the instruction-set
+/// extensions it has (of those the kernels use), the kernels chosen, and threads.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MachineInfo {
+    /// `model name` of `/proc/cpuinfo` (`unknown` elsewhere).
+    pub processor: String,
+    /// Extensions detected at run time, among sse4.2, avx, avx2, fma, avx512f.
+    pub isa: Vec<&'static str>,
+    /// The convolution kernels' family (`autodiff::conv::conv_isa`).
+    pub conv_kernels: String,
+    /// The GEMM of the dense products (it dispatches on avx/fma itself).
+    pub gemm: &'static str,
+    pub threads: usize,
+}
+
+/// Reads the [`MachineInfo`] of this process.
+pub fn machine_info() -> MachineInfo {
+    let processor = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    #[allow(unused_mut)]
+    let mut isa = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, on) in [
+            ("sse4.2", is_x86_feature_detected!("sse4.2")),
+            ("avx", is_x86_feature_detected!("avx")),
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+            ("avx512f", is_x86_feature_detected!("avx512f")),
+        ] {
+            if on {
+                isa.push(name);
+            }
+        }
+    }
+    MachineInfo {
+        processor,
+        isa,
+        conv_kernels: format!("{:?}", crate::autodiff::conv::conv_isa()).to_lowercase(),
+        gemm: "matrixmultiply 0.3 (dgemm, sgemm)",
+        threads: rayon::current_num_threads(),
+    }
+}

@@ -27,6 +27,7 @@
 
 use super::{progress, write_results};
 use clap::{Args, ValueEnum};
+use landscape::backend::cpu::machine_info;
 use landscape::backend::cuda::{CudaDevice, CudaScalar};
 use landscape::data::{self, DataOptions};
 use landscape::hessian::gpu::{
@@ -40,10 +41,12 @@ use landscape::linalg::{lanczos, LanczosOptions, Which};
 use landscape::nn::arch::{preset, PresetOptions};
 use landscape::nn::backprop::loss_and_grad_analytic;
 use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Network};
+use landscape::tensor::{flop_count, gemm_par, Par, Scalar};
 use landscape::train::TrainModel;
 use landscape::Matrix;
 use serde_json::json;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -145,11 +148,47 @@ fn dataset(name: &str) -> Result<(Matrix<f64>, Vec<usize>, String), String> {
 }
 
 /// Median seconds of `reps` runs after one warm-up.
+/// Square size of the GEMM-rate measurement of every bench run.
+const GEMM_RATE_N: usize = 1536;
+
+/// GFLOP/s of `C = A B` (`n x n`, all threads, the engine's GEMM layer), median of 3
+/// after a warm-up: the machine's dense-product rate of this run, the yardstick of
+/// the workloads' achieved rates.
+fn gemm_rate<T: Scalar>(n: usize) -> f64 {
+    let mut rng = landscape::rng::Rng::new(7);
+    let a = Matrix::<T>::from_fn(n, n, |_, _| T::from_f64(rng.normal()));
+    let b = Matrix::<T>::from_fn(n, n, |_, _| T::from_f64(rng.normal()));
+    let mut c = Matrix::<T>::zeros(n, n);
+    let mut ts = Vec::new();
+    for i in 0..4 {
+        let t = Instant::now();
+        gemm_par(Par::Rayon, T::ONE, a.view(), b.view(), T::ZERO, &mut c);
+        if i > 0 {
+            ts.push(t.elapsed().as_secs_f64());
+        }
+    }
+    ts.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / ts[1] / 1e9
+}
+
+/// FLOPs per call of the last [`time_it`], counted at the CPU GEMM layer and the
+/// convolution kernels (`tensor::flop_count`), as f64 bits.
+static LAST_TIMED_FLOPS: AtomicU64 = AtomicU64::new(0);
+
+/// Dense-product FLOPs of one call of the last timed CPU workload (`None`: none counted).
+fn last_timed_flops() -> Option<f64> {
+    let f = f64::from_bits(LAST_TIMED_FLOPS.load(Ordering::Relaxed));
+    (f > 0.0).then_some(f)
+}
+
 fn time_it(
     reps: usize,
     mut f: impl FnMut() -> Result<(), String>,
 ) -> Result<(f64, Vec<f64>), String> {
+    flop_count::start();
     f()?;
+    let flops = flop_count::stop();
+    LAST_TIMED_FLOPS.store(flops.to_bits(), Ordering::Relaxed);
     let mut ts = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
         let t = Instant::now();
@@ -394,7 +433,7 @@ fn network_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String>
         seconds,
         all,
         work,
-        gemm_flops: None,
+        gemm_flops: last_timed_flops(),
         note: None,
     })
 }
@@ -476,7 +515,7 @@ fn cpu_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String> {
         seconds,
         all,
         work,
-        gemm_flops: None,
+        gemm_flops: last_timed_flops(),
         note: None,
     })
 }
@@ -555,6 +594,15 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
         hashes: json!({"digits": dh, "mnist10k": mh}),
         convnet: bench_convnet()?,
     };
+    let machine = machine_info();
+    let (dgemm, sgemm) = if a.devices == BenchDevices::Cuda {
+        (None, None)
+    } else {
+        (
+            Some(gemm_rate::<f64>(GEMM_RATE_N)),
+            Some(gemm_rate::<f32>(GEMM_RATE_N)),
+        )
+    };
     let mut rows = Vec::new();
     let pb = progress(workloads.len() as u64, "bench");
     for &w in &workloads {
@@ -569,9 +617,22 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
     }
     pb.finish_and_clear();
     // One table: our rows, each with the matching peer rows (same workload, device kind, dtype).
-    let mut table = String::from(
-        "| workload | device | dtype | ours (s) | throughput | GEMM TFLOP/s | peer | peer (s) | peer / ours |\n|---|---|---|---|---|---|---|---|---|\n",
+    let mut table = format!(
+        "Machine: {} ({} threads; {}; conv kernels {}; GEMM {}).\n",
+        machine.processor,
+        machine.threads,
+        machine.isa.join(" "),
+        machine.conv_kernels,
+        machine.gemm
     );
+    if let (Some(d), Some(s)) = (dgemm, sgemm) {
+        table.push_str(&format!(
+            "GEMM rate of this run ({GEMM_RATE_N}^3, all threads): dgemm {d:.1} GFLOP/s, sgemm {s:.1} GFLOP/s. \
+             CPU rows: dense-product FLOPs counted at the GEMM layer and the convolution kernels, \
+             their rate, and that rate over the GEMM rate of the row's dtype.\n"
+        ));
+    }
+    table.push_str("\n| workload | device | dtype | ours (s) | throughput | GEMM TFLOP/s | of GEMM rate | peer | peer (s) | peer / ours |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut out_rows = Vec::new();
     for r in &rows {
         let kind = if r.device.starts_with("cuda") {
@@ -586,17 +647,29 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
             })
             .collect();
         let tflops = r.gemm_flops.map(|f| f / r.seconds / 1e12);
+        let peak = if kind == "cpu" {
+            if r.dtype == "f32" {
+                sgemm
+            } else {
+                dgemm
+            }
+        } else {
+            None
+        };
+        let share = tflops.zip(peak).map(|(t, p)| t * 1e3 / p);
+        let share_cell = share.map_or(String::new(), |s| format!("{:.0}%", 100.0 * s));
         let thr = format!("{:.4e} {}/s", r.work.1 / r.seconds, r.work.0);
         let mut peer_json = Vec::new();
         if matching.is_empty() {
             table.push_str(&format!(
-                "| {} | {} | {} | {:.4e} | {} | {} | | | |\n",
+                "| {} | {} | {} | {:.4e} | {} | {} | {} | | | |\n",
                 r.workload,
                 r.device,
                 r.dtype,
                 r.seconds,
                 thr,
-                tflops.map_or(String::new(), |t| format!("{t:.2}"))
+                tflops.map_or(String::new(), |t| format!("{t:.3}")),
+                share_cell
             ));
         }
         for p in matching {
@@ -607,13 +680,14 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
                 p["method"].as_str().unwrap_or("")
             );
             table.push_str(&format!(
-                "| {} | {} | {} | {:.4e} | {} | {} | {} | {:.4e} | {:.1}x |\n",
+                "| {} | {} | {} | {:.4e} | {} | {} | {} | {} | {:.4e} | {:.1}x |\n",
                 r.workload,
                 r.device,
                 r.dtype,
                 r.seconds,
                 thr,
-                tflops.map_or(String::new(), |t| format!("{t:.2}")),
+                tflops.map_or(String::new(), |t| format!("{t:.3}")),
+                share_cell,
                 label,
                 ps,
                 ps / r.seconds
@@ -626,7 +700,8 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
             "workload": r.workload, "device": r.device, "dtype": r.dtype,
             "seconds_median": r.seconds, "seconds_all": r.all,
             "throughput": r.work.1 / r.seconds, "throughput_unit": format!("{}/s", r.work.0),
-            "gemm_flops": r.gemm_flops, "gemm_tflops": tflops, "peers": peer_json, "note": r.note,
+            "gemm_flops": r.gemm_flops, "gemm_tflops": tflops, "fraction_of_gemm_rate": share,
+            "peers": peer_json, "note": r.note,
         }));
     }
     print!("{table}");
@@ -639,12 +714,13 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
         Some(inputs.hashes.clone()),
         json!({"workloads": workloads.iter().map(|w| w.key()).collect::<Vec<_>>(), "reps": a.reps,
                "gpu": gpu.as_ref().map(|d| json!({"name": d.name(), "arch": d.arch()})),
-               "threads": rayon::current_num_threads()}),
+               "threads": rayon::current_num_threads(), "machine": machine}),
     );
     write_results(
         a.json.as_deref(),
         "bench",
-        json!({"rows": out_rows, "table_markdown": table}),
+        json!({"rows": out_rows, "table_markdown": table, "machine": machine,
+               "gemm_rate_gflops": {"n": GEMM_RATE_N, "f64": dgemm, "f32": sgemm}}),
         &prov,
     )
 }
