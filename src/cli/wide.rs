@@ -39,6 +39,10 @@ pub struct WideArgs {
     subset_seed: u64,
     #[arg(long, value_enum, default_value = "unit")]
     normalize: Normalize,
+    /// F x F average pooling of the images before normalisation (e.g. 4: MNIST 28x28 -> 7x7,
+    /// d = 49), so that m > d + 1 with an affordable m.
+    #[arg(long)]
+    downsample: Option<usize>,
     /// Regression targets: one-hot labels or seeded Gaussian targets (a control).
     #[arg(long, value_enum, default_value = "onehot")]
     targets: TargetKind,
@@ -142,6 +146,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             n: a.m,
             seed: a.subset_seed,
         },
+        downsample: a.downsample,
         ..Default::default()
     };
     let bundle = data::load(&a.data, &opts).map_err(|e| e.to_string())?;
