@@ -824,6 +824,7 @@ fn downsample_option_pools_embedded_images_and_rejects_bad_factors() {
     let pooled = unit(Some(2));
     assert_eq!((pooled.features, pooled.image_shape), (16, Some([1, 4, 4])));
     assert_eq!(pooled.summary_json()["features"], 16);
+    assert_eq!(pooled.summary_json()["downsample"], 2);
     // By hand from the raw 8x8 pixels in [0, 16]: block mean, then / 16.
     for s in 0..3 {
         let px = raw.train.x.row(s);

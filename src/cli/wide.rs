@@ -128,8 +128,9 @@ fn read_targets_csv(path: &Path) -> Result<Matrix<f64>, String> {
     Ok(Matrix::from_vec(m, k, rows.concat()))
 }
 
+/// Writes a text output through the atomic writer (temporary file + rename).
 fn csv_write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    super::write_file(path, text.as_bytes())
 }
 
 pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
@@ -671,8 +672,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         t_all.elapsed().as_secs_f64(),
         rayon::current_num_threads()
     ));
-    std::fs::write(a.out.join("report.md"), &report)
-        .map_err(|e| format!("{}: {e}", a.out.display()))?;
+    csv_write(&a.out.join("report.md"), &report)?;
     println!("{report}");
     Ok(())
 }

@@ -150,6 +150,8 @@ pub struct DataBundle {
     pub features: usize,
     /// `(channels, rows, cols)` for images.
     pub image_shape: Option<[usize; 3]>,
+    /// The `F` of `F x F` average pooling applied to the images, if any.
+    pub downsample: Option<usize>,
     pub normalize: Normalize,
     pub train_subset: Subset,
     pub test_subset: Subset,
@@ -167,6 +169,7 @@ impl DataBundle {
             "classes": self.classes,
             "features": self.features,
             "image_shape": self.image_shape,
+            "downsample": self.downsample,
             "n_train": self.train.len(),
             "n_test": self.test.as_ref().map_or(0, |t| t.len()),
             "normalize": self.normalize,
@@ -540,6 +543,7 @@ fn finish(name: &str, src: Source, opts: &DataOptions) -> Result<DataBundle> {
         classes,
         features: train.x.cols(),
         image_shape,
+        downsample: opts.downsample,
         normalize: opts.normalize,
         train_subset: opts.train_subset.clone(),
         test_subset: opts.test_subset.clone(),
