@@ -76,6 +76,9 @@ pub struct WideArgs {
     /// Random initialisations per rank cell.
     #[arg(long, default_value_t = 10)]
     rank_draws: usize,
+    /// Hidden widths of the rank experiment (default: m/2, m-2, m-1, m, m+10, 2m).
+    #[arg(long, value_delimiter = ',')]
+    rank_widths: Option<Vec<usize>>,
     /// Polish runs that hit the L-BFGS cap with Newton-CG (exact HVPs) instead of
     /// reporting them as still descending.
     #[arg(long)]
@@ -176,8 +179,8 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
     wide::check_problem(&x, &y).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let widths = a.widths.clone().unwrap_or_else(|| default_widths(m));
-    if widths.contains(&0) {
-        return Err("--widths must be positive".into());
+    if widths.contains(&0) || a.rank_widths.as_ref().is_some_and(|w| w.contains(&0)) {
+        return Err("--widths and --rank-widths must be positive".into());
     }
     let train = TrainSettings {
         lbfgs: LbfgsConfig {
@@ -223,14 +226,16 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
 
     if only.contains(&Experiment::Rank) {
         let t = Instant::now();
-        let mut rw: Vec<usize> = vec![
-            m / 2,
-            m.saturating_sub(2).max(1),
-            m.saturating_sub(1).max(1),
-            m,
-            m + 10,
-            2 * m,
-        ];
+        let mut rw: Vec<usize> = a.rank_widths.clone().unwrap_or_else(|| {
+            vec![
+                m / 2,
+                m.saturating_sub(2).max(1),
+                m.saturating_sub(1).max(1),
+                m,
+                m + 10,
+                2 * m,
+            ]
+        });
         rw.sort_unstable();
         rw.dedup();
         let cfg = rank::RankConfig {
