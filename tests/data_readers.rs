@@ -751,3 +751,126 @@ fn npy_and_npz_datasets() {
     let tz = write(&d, "t.npz", &trunc_zip[..trunc_zip.len() - 10]);
     one_line(&tz, &none, "t.npz");
 }
+
+#[test]
+fn average_pooling_against_hand_computed_blocks() {
+    use landscape::data::avg_pool;
+    use landscape::Matrix;
+    // One 1x4x4 image with pixels 0..15 and one 2x2x4 image (two channels), pooled 2x2.
+    let one = Matrix::from_vec(1, 16, (0..16).map(f64::from).collect());
+    let (p, shape) = avg_pool(&one, [1, 4, 4], 2).unwrap();
+    assert_eq!(shape, [1, 2, 2]);
+    // (0+1+4+5)/4, (2+3+6+7)/4, (8+9+12+13)/4, (10+11+14+15)/4
+    assert_eq!(p.as_slice(), &[2.5, 4.5, 10.5, 12.5]);
+    let two = Matrix::from_vec(
+        2,
+        16,
+        (0..16)
+            .map(f64::from)
+            .chain((0..16).map(|v| f64::from(v * v)))
+            .collect(),
+    );
+    let (p, shape) = avg_pool(&two, [2, 2, 4], 2).unwrap();
+    assert_eq!(shape, [2, 1, 2]);
+    // channel 0 = pixels 0..7 as 2x4, channel 1 = 8..15; row 2 holds the squares.
+    assert_eq!(p.row(0), &[2.5, 4.5, 10.5, 12.5]);
+    assert_eq!(
+        p.row(1),
+        &[
+            (0.0 + 1.0 + 16.0 + 25.0) / 4.0,
+            (4.0 + 9.0 + 36.0 + 49.0) / 4.0,
+            (64.0 + 81.0 + 144.0 + 169.0) / 4.0,
+            (100.0 + 121.0 + 196.0 + 225.0) / 4.0
+        ]
+    );
+    // F = 1 is the identity; F = 4 is the mean.
+    assert_eq!(
+        avg_pool(&one, [1, 4, 4], 1).unwrap().0.as_slice(),
+        one.as_slice()
+    );
+    assert_eq!(avg_pool(&one, [1, 4, 4], 4).unwrap().0.as_slice(), &[7.5]);
+    for (f, shape, msg) in [
+        (0, [1, 4, 4], "positive"),
+        (3, [1, 4, 4], "does not divide"),
+        (2, [1, 2, 4], "features"),
+    ] {
+        let e = avg_pool(&one, shape, f).unwrap_err().to_string();
+        assert!(e.contains(msg) && !e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn downsample_option_pools_embedded_images_and_rejects_bad_factors() {
+    let raw = load(
+        "digits",
+        &DataOptions {
+            normalize: Normalize::None,
+            train_subset: Subset::First(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let unit = |downsample| {
+        load(
+            "digits",
+            &DataOptions {
+                train_subset: Subset::First(3),
+                downsample,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let pooled = unit(Some(2));
+    assert_eq!((pooled.features, pooled.image_shape), (16, Some([1, 4, 4])));
+    assert_eq!(pooled.summary_json()["features"], 16);
+    assert_eq!(pooled.summary_json()["downsample"], 2);
+    // By hand from the raw 8x8 pixels in [0, 16]: block mean, then / 16.
+    for s in 0..3 {
+        let px = raw.train.x.row(s);
+        for i in 0..4 {
+            for j in 0..4 {
+                let sum = px[16 * i + 2 * j]
+                    + px[16 * i + 2 * j + 1]
+                    + px[16 * i + 8 + 2 * j]
+                    + px[16 * i + 8 + 2 * j + 1];
+                let want = sum / 4.0 / 16.0;
+                assert!((pooled.train.x.get(s, 4 * i + j) - want).abs() < 1e-15);
+            }
+        }
+    }
+    // mnist10k 28x28 -> 7x7, test set too, values still in [0, 1].
+    let m = load(
+        "mnist10k",
+        &DataOptions {
+            train_subset: Subset::First(5),
+            test_subset: Subset::First(5),
+            downsample: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((m.features, m.image_shape), (49, Some([1, 7, 7])));
+    assert_eq!(m.test.as_ref().unwrap().x.cols(), 49);
+    assert!(m.train.x.as_slice().iter().all(|v| (0.0..=1.0).contains(v)));
+    // Bad factors and data without an image shape: one-line errors.
+    let dir = temp_dir("downsample");
+    let csv = write(&dir, "f.csv", b"a,b,label\n0,10,1\n2,20,0\n");
+    for (spec, f, msg) in [
+        ("digits", 0, "positive"),
+        ("digits", 3, "does not divide"),
+        ("mnist10k", 5, "does not divide"),
+        (csv.to_str().unwrap(), 2, "no image shape"),
+    ] {
+        let e = load(
+            spec,
+            &DataOptions {
+                downsample: Some(f),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(msg) && !e.contains('\n'), "{spec} {f}: {e}");
+    }
+}

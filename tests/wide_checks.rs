@@ -593,6 +593,9 @@ fn wide_command_writes_results_and_rejects_bad_input() {
         vec!["wide", "--m", "1"],
         vec!["wide", "--m", "5000"],
         vec!["wide", "--widths", "0"],
+        vec!["wide", "--downsample", "0"],
+        vec!["wide", "--downsample", "3"],
+        vec!["wide", "--rank-widths", "0"],
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_landscape"))
             .args(&bad)

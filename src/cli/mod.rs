@@ -124,6 +124,9 @@ struct DataArgs {
     /// Shape C,H,W of each sample for feature files (CSV, .npy) that hold images.
     #[arg(long, value_delimiter = ',', num_args = 3)]
     input_shape: Option<Vec<usize>>,
+    /// F x F average pooling of image inputs before normalisation (F must divide the sides).
+    #[arg(long)]
+    downsample: Option<usize>,
 }
 
 impl DataArgs {
@@ -147,6 +150,7 @@ impl DataArgs {
             split_seed: self.split_seed,
             npz_keys: self.npz_keys.as_ref().map(|k| (k[0].clone(), k[1].clone())),
             input_shape: self.input_shape.as_ref().map(|s| [s[0], s[1], s[2]]),
+            downsample: self.downsample,
         }
     }
 

@@ -41,6 +41,10 @@ pub struct WideArgs {
     subset_seed: u64,
     #[arg(long, value_enum, default_value = "unit")]
     normalize: Normalize,
+    /// F x F average pooling of the images before normalisation (e.g. 4: MNIST 28x28 -> 7x7,
+    /// d = 49), so that m > d + 1 with an affordable m.
+    #[arg(long)]
+    downsample: Option<usize>,
     /// Regression targets: one-hot labels or seeded Gaussian targets (a control).
     #[arg(long, value_enum, default_value = "onehot")]
     targets: TargetKind,
@@ -74,6 +78,9 @@ pub struct WideArgs {
     /// Random initialisations per rank cell.
     #[arg(long, default_value_t = 10)]
     rank_draws: usize,
+    /// Hidden widths of the rank experiment (default: m/2, m-2, m-1, m, m+10, 2m).
+    #[arg(long, value_delimiter = ',')]
+    rank_widths: Option<Vec<usize>>,
     /// Polish runs that hit the L-BFGS cap with Newton-CG (exact HVPs) instead of
     /// reporting them as still descending.
     #[arg(long)]
@@ -185,6 +192,7 @@ fn read_targets_csv(path: &Path) -> Result<Matrix<f64>, String> {
     Ok(Matrix::from_vec(m, k, rows.concat()))
 }
 
+/// Writes a text output through the atomic writer (temporary file + rename).
 fn csv_write(path: &Path, text: &str) -> Result<(), String> {
     super::write_file(path, text.as_bytes())
 }
@@ -203,6 +211,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             n: a.m,
             seed: a.subset_seed,
         },
+        downsample: a.downsample,
         ..Default::default()
     };
     let bundle = data::load(&a.data, &opts).map_err(|e| e.to_string())?;
@@ -231,8 +240,8 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
     wide::check_problem(&x, &y).map_err(|e| e.to_string())?;
     super::probe_dir(&a.out)?;
     let widths = a.widths.clone().unwrap_or_else(|| default_widths(m));
-    if widths.contains(&0) {
-        return Err("--widths must be positive".into());
+    if widths.contains(&0) || a.rank_widths.as_ref().is_some_and(|w| w.contains(&0)) {
+        return Err("--widths and --rank-widths must be positive".into());
     }
     let train = TrainSettings {
         lbfgs: LbfgsConfig {
@@ -257,7 +266,8 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
     let config = json!({"data": bundle.summary_json(), "m": m, "subset_seed": a.subset_seed,
         "targets": dataset["targets"], "k": y.cols(), "only": only.iter().map(|e| format!("{e:?}").to_lowercase()).collect::<Vec<_>>(), "activations": a.activations,
         "widths": widths, "seeds": a.seeds, "seed": a.seed, "max_iter": a.max_iter, "eps": a.eps,
-        "rank_draws": a.rank_draws, "polish_capped": a.polish_capped});
+        "rank_draws": a.rank_draws, "rank_widths": a.rank_widths, "downsample": a.downsample,
+        "polish_capped": a.polish_capped});
     let mut session = a.ckpt.session("wide", config)?;
     let resumed = match session.as_mut().and_then(|s| s.take_resume()) {
         Some(p) => Some(WideState::decode(
@@ -294,14 +304,16 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
 
     if only.contains(&Experiment::Rank) && !state.is_done("rank") {
         let t = Instant::now();
-        let mut rw: Vec<usize> = vec![
-            m / 2,
-            m.saturating_sub(2).max(1),
-            m.saturating_sub(1).max(1),
-            m,
-            m + 10,
-            2 * m,
-        ];
+        let mut rw: Vec<usize> = a.rank_widths.clone().unwrap_or_else(|| {
+            vec![
+                m / 2,
+                m.saturating_sub(2).max(1),
+                m.saturating_sub(1).max(1),
+                m,
+                m + 10,
+                2 * m,
+            ]
+        });
         rw.sort_unstable();
         rw.dedup();
         let cfg = rank::RankConfig {

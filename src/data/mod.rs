@@ -88,6 +88,9 @@ pub struct DataOptions {
     /// `[C, H, W]` of each sample, for feature files (CSV, `.npy`) holding images;
     /// overrides the shape a file implies. `C H W` must equal the feature count.
     pub input_shape: Option<[usize; 3]>,
+    /// `F x F` average pooling of every image channel before normalisation
+    /// (see [`avg_pool`]); `F` must divide the image's height and width.
+    pub downsample: Option<usize>,
 }
 
 impl Default for DataOptions {
@@ -106,6 +109,7 @@ impl Default for DataOptions {
             split_seed: 0,
             npz_keys: None,
             input_shape: None,
+            downsample: None,
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct DataBundle {
     pub features: usize,
     /// `(channels, rows, cols)` for images.
     pub image_shape: Option<[usize; 3]>,
+    /// The `F` of `F x F` average pooling applied to the images, if any.
+    pub downsample: Option<usize>,
     pub normalize: Normalize,
     pub train_subset: Subset,
     pub test_subset: Subset,
@@ -163,6 +169,7 @@ impl DataBundle {
             "classes": self.classes,
             "features": self.features,
             "image_shape": self.image_shape,
+            "downsample": self.downsample,
             "n_train": self.train.len(),
             "n_test": self.test.as_ref().map_or(0, |t| t.len()),
             "normalize": self.normalize,
@@ -515,6 +522,19 @@ fn finish(name: &str, src: Source, opts: &DataOptions) -> Result<DataBundle> {
         }
         image_shape = Some(shape);
     }
+    if let Some(f) = opts.downsample {
+        let shape = image_shape.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--downsample needs images, and {name} has no image shape (give one with --input-shape C,H,W)"
+            ))
+        })?;
+        let (x, pooled) = avg_pool(&train.x, shape, f)?;
+        train.x = x;
+        if let Some(t) = test.as_mut() {
+            t.x = avg_pool(&t.x, shape, f)?.0;
+        }
+        image_shape = Some(pooled);
+    }
     normalize(&mut train, test.as_mut(), opts.normalize, src.range);
     Ok(DataBundle {
         name: name.to_string(),
@@ -523,12 +543,60 @@ fn finish(name: &str, src: Source, opts: &DataOptions) -> Result<DataBundle> {
         classes,
         features: train.x.cols(),
         image_shape,
+        downsample: opts.downsample,
         normalize: opts.normalize,
         train_subset: opts.train_subset.clone(),
         test_subset: opts.test_subset.clone(),
         train,
         test,
     })
+}
+
+/// `F x F` average pooling of images stored one per row, channel-major (`C, H, W`):
+/// output pixel `(c, i, j)` is `(1 / F^2) sum_{a, b < F} x[c, F i + a, F j + b]`, so an
+/// image of shape `[C, H, W]` becomes `[C, H / F, W / F]` (`F = 1` is the identity).
+/// Because the mean of affinely mapped pixels is the affine map of the mean, pooling
+/// commutes with the `unit` and `symmetric` normalisations and keeps their value range.
+/// Errors: `F = 0`, `F` not dividing `H` and `W`, or `C H W` not the row length.
+pub fn avg_pool(x: &Matrix<f64>, shape: [usize; 3], f: usize) -> Result<(Matrix<f64>, [usize; 3])> {
+    let [c, h, w] = shape;
+    if f == 0 {
+        return Err(Error::InvalidArgument(
+            "--downsample must be a positive pooling factor".into(),
+        ));
+    }
+    if c * h * w != x.cols() {
+        return Err(Error::Shape(format!(
+            "image shape {c}x{h}x{w} has {} values, the data have {} features",
+            c * h * w,
+            x.cols()
+        )));
+    }
+    if h % f != 0 || w % f != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "--downsample {f} does not divide the {h}x{w} images (pooling needs whole {f}x{f} blocks)"
+        )));
+    }
+    let (ho, wo) = (h / f, w / f);
+    let inv = 1.0 / (f * f) as f64;
+    let mut out = Vec::with_capacity(x.rows() * c * ho * wo);
+    for r in 0..x.rows() {
+        let img = x.row(r);
+        for ch in 0..c {
+            let plane = &img[ch * h * w..(ch + 1) * h * w];
+            for i in 0..ho {
+                for j in 0..wo {
+                    let mut s = 0.0;
+                    for a in 0..f {
+                        let row = &plane[(f * i + a) * w + f * j..(f * i + a) * w + f * j + f];
+                        s += row.iter().sum::<f64>();
+                    }
+                    out.push(s * inv);
+                }
+            }
+        }
+    }
+    Ok((Matrix::from_vec(x.rows(), c * ho * wo, out), [c, ho, wo]))
 }
 
 /// Applies the normalisation; statistics come from the training set.
