@@ -934,7 +934,7 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         "model_file": a.out.as_ref().map(|p| p.display().to_string()),
         "timing": {
             "train_seconds": seconds,
-            "epoch_seconds": epoch_seconds,
+            // Over the epochs this process ran (a resumed run: those after the resume).
             "mean_epoch_seconds": if epoch_seconds.is_empty() { None } else {
                 Some(epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64)
             },
