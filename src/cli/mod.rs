@@ -3,6 +3,7 @@
 
 mod bench;
 mod bounds;
+mod compare_methods;
 mod geometry;
 mod hessian;
 mod sample_size;
@@ -76,6 +77,8 @@ enum Command {
     /// Scale-invariant networks trained on the sphere (seed 001): train, sweep over elr, connect, plot.
     #[command(subcommand)]
     Sphere(sphere::SphereCommand),
+    /// Training methods compared (SGD, SAM, ASAM, SAM on the sphere, penalties): table and figures from train/hessian JSON records.
+    CompareMethods(compare_methods::CompareMethodsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -731,6 +734,7 @@ pub fn run() -> Result<(), String> {
         Command::SurfaceReplot(a) => geometry::cmd_replot(a),
         Command::Wide(a) => wide::cmd_wide(a, &command_line),
         Command::Sphere(c) => sphere::cmd_sphere(c, &command_line),
+        Command::CompareMethods(a) => compare_methods::cmd_compare_methods(a, &command_line),
     }
 }
 
@@ -939,7 +943,7 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
         "model_file": a.out.as_ref().map(|p| p.display().to_string()),
         "timing": {
             "train_seconds": seconds,
-            "epoch_seconds": epoch_seconds,
+            // Over the epochs this process ran (a resumed run: those after the resume).
             "mean_epoch_seconds": if epoch_seconds.is_empty() { None } else {
                 Some(epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64)
             },

@@ -21,7 +21,10 @@
 //!   the angle `elr rho ||g_t||` (the exponential map);
 //! * random walk: the projected step with a uniformly random unit tangent
 //!   direction in place of `-g / ||g||` and the same length `elr rho^2 ||g||`;
-//! * gradient ascent: the projected step with `+g`.
+//! * gradient ascent: the projected step with `+g`;
+//! * SAM on the sphere (an option of the projected and Riemannian steps): `g` replaced by
+//!   the tangent projection at `w` of the gradient at the retracted ascent point
+//!   ([`sam_ascent_point`], [`project_tangent`]).
 //!
 //! All arithmetic on the SI vector is f64 (a master copy); the network may run
 //! its forward and backward passes in f32 for speed.
