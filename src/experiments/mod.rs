@@ -6,6 +6,7 @@
 //! * [`sphere`]: scale-invariant networks trained on the sphere (seed 001), its three regimes.
 
 pub mod geometry;
+pub mod margins;
 pub mod sample_size;
 pub mod sphere;
 pub mod wide;
