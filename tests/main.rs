@@ -9,6 +9,7 @@ mod fault_injection;
 mod geometry_checks;
 mod hessian_checks;
 mod linalg_checks;
+mod margins_checks;
 mod model_files;
 mod network_checks;
 mod network_cli;

@@ -5,6 +5,7 @@ mod bench;
 mod bounds;
 mod geometry;
 mod hessian;
+mod margins;
 mod sample_size;
 mod sphere;
 mod sweep;
@@ -75,6 +76,10 @@ enum Command {
     /// Scale-invariant networks trained on the sphere (seed 001): train, sweep over elr, connect, plot.
     #[command(subcommand)]
     Sphere(sphere::SphereCommand),
+    /// Signed first-order margins (Jiang et al.) per sample and layer, normalised by the layer's total variation; signatures, CSV, histograms.
+    Margins(margins::MarginsArgs),
+    /// Train a population of models over a grid; predict the generalisation gap from margin signatures and curvature (resumable).
+    MarginsStudy(margins::StudyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -620,6 +625,8 @@ pub fn run() -> Result<(), String> {
         Command::SurfaceReplot(a) => geometry::cmd_replot(a),
         Command::Wide(a) => wide::cmd_wide(a, &command_line),
         Command::Sphere(c) => sphere::cmd_sphere(c, &command_line),
+        Command::Margins(a) => margins::cmd_margins(a, &command_line),
+        Command::MarginsStudy(a) => margins::cmd_study(a, &command_line),
     }
 }
 

@@ -725,6 +725,8 @@ pub struct Analysis {
     pub gap_min: f64,
     pub gap_max: f64,
     pub fits: Vec<FitReport>,
+    /// Fits that could not be made (too few usable models, rank deficiency).
+    pub skipped_fits: Vec<String>,
     pub measures: Vec<MeasureReport>,
 }
 
@@ -741,6 +743,7 @@ pub fn analyse(cfg: &StudyConfig, records: &[ModelRecord]) -> Result<Analysis> {
         .collect();
     let gaps: Vec<f64> = records.iter().map(|r| r.gap).collect();
     let mut fits = Vec::new();
+    let mut skipped = Vec::new();
     let layer_names: Vec<String> = cfg.layers.iter().map(|s| s.trim().to_string()).collect();
     for (c, &epoch) in cfg.checkpoints.iter().enumerate() {
         let mut groups: Vec<(String, Vec<usize>)> =
@@ -763,8 +766,15 @@ pub fn analyse(cfg: &StudyConfig, records: &[ModelRecord]) -> Result<Analysis> {
                     idx.push(r.index);
                 }
             }
-            let fit = least_squares(&xs, &ys)?;
-            let cv = cross_validate(&xs, &ys, cfg.folds, cfg.cv_seed)?;
+            let (fit, cv) = match least_squares(&xs, &ys)
+                .and_then(|f| Ok((f, cross_validate(&xs, &ys, cfg.folds, cfg.cv_seed)?)))
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    skipped.push(format!("epoch {epoch}, {name}: {e}"));
+                    continue;
+                }
+            };
             fits.push(FitReport {
                 features: name,
                 epoch,
@@ -814,6 +824,7 @@ pub fn analyse(cfg: &StudyConfig, records: &[ModelRecord]) -> Result<Analysis> {
         gap_min: gaps.iter().copied().fold(f64::INFINITY, f64::min),
         gap_max: gaps.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         fits,
+        skipped_fits: skipped,
         measures,
     })
 }
