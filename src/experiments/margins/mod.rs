@@ -393,6 +393,15 @@ pub enum SignatureKind {
 }
 
 impl SignatureKind {
+    /// The statistics a linear model uses: the fences are affine in the
+    /// quartiles, so the quartile signature enters a fit as (Q1, Q2, Q3).
+    pub fn fit_columns(&self) -> &'static [usize] {
+        match self {
+            SignatureKind::Quartiles => &[0, 1, 2],
+            SignatureKind::Moments => &[0, 1, 2, 3],
+        }
+    }
+
     /// Names of the statistics, in order.
     pub fn names(&self) -> &'static [&'static str] {
         match self {

@@ -9,7 +9,10 @@
 //!   (the train accuracy on the training labels, noisy ones included). The fit
 //!   is `ln gap ~ b0 + b . s`, with `s` the signature(s) at one checkpoint epoch
 //!   (always predicting the FINAL gap, so that early checkpoints say how early
-//!   the margins predict the end); models with `gap <= 0` or a non-finite
+//!   the margins predict the end). The fences are affine in the quartiles
+//!   (`2.5 Q1 - 1.5 Q3`, `2.5 Q3 - 1.5 Q1`), so a linear model gains nothing
+//!   from them and they would make the design rank deficient: the quartile fit
+//!   uses (Q1, Q2, Q3) of each layer ([`SignatureKind::fit_columns`]); models with `gap <= 0` or a non-finite
 //!   measure are left out of a fit (counted).
 //! * Curvature, on the first `curvature.samples` training samples, evaluation
 //!   mode, the final model: `lambda_max` of the loss Hessian (Lanczos, with its
@@ -758,7 +761,10 @@ pub fn analyse(cfg: &StudyConfig, records: &[ModelRecord]) -> Result<Analysis> {
             for r in &usable {
                 let row: Vec<f64> = ks
                     .iter()
-                    .flat_map(|&k| r.checkpoints[c].signatures[k].values.iter().copied())
+                    .flat_map(|&k| {
+                        let v = &r.checkpoints[c].signatures[k].values;
+                        cfg.signature.fit_columns().iter().map(move |&j| v[j])
+                    })
                     .collect();
                 if row.iter().all(|v| v.is_finite()) {
                     xs.push(row);
