@@ -148,7 +148,11 @@ fn mlp_margins_match_brute_force() {
                 m.layers[k].grad_norms[s]
             );
             assert!(close(m.layers[k].raw[s], gap / g, 1e-6));
-            let t = if k < 3 { tvs[k] } else { m.layers[3].total_variation };
+            let t = if k < 3 {
+                tvs[k]
+            } else {
+                m.layers[3].total_variation
+            };
             assert!(close(m.layers[k].normalized[s], gap / g / t, 1e-6));
         }
     }
@@ -235,7 +239,13 @@ fn margins_negative_exactly_on_misclassified() {
     let x = random_x(n, 4, 2);
     let y: Vec<usize> = (0..n).map(|i| (i * 3) % 5).collect();
     let z = net.logits(&x).unwrap();
-    let m = compute_margins(&net, &x, &y, &[LayerSel::Input, LayerSel::Hidden(1), LayerSel::Output]).unwrap();
+    let m = compute_margins(
+        &net,
+        &x,
+        &y,
+        &[LayerSel::Input, LayerSel::Hidden(1), LayerSel::Output],
+    )
+    .unwrap();
     let mut wrong = 0;
     for s in 0..n {
         let row = z.row(s);
@@ -258,7 +268,9 @@ fn least_squares_r2_tau_by_hand() {
     assert!(close(f.coefficients[0], -0.5, 1e-14) && close(f.coefficients[1], 1.5, 1e-14));
     assert!(close(f.r2, 0.75, 1e-14));
     // Two features, exact: y = 1 + 2 a - 3 b.
-    let xs: Vec<Vec<f64>> = (0..7).map(|i| vec![i as f64, ((i * i) % 5) as f64]).collect();
+    let xs: Vec<Vec<f64>> = (0..7)
+        .map(|i| vec![i as f64, ((i * i) % 5) as f64])
+        .collect();
     let ys: Vec<f64> = xs.iter().map(|r| 1.0 + 2.0 * r[0] - 3.0 * r[1]).collect();
     let f = least_squares(&xs, &ys).unwrap();
     for (c, w) in f.coefficients.iter().zip([1.0, 2.0, -3.0]) {
@@ -271,11 +283,27 @@ fn least_squares_r2_tau_by_hand() {
     assert!(least_squares(&dup, &[1.0, 2.0, 0.0, 1.0, 3.0]).is_err());
     assert!(least_squares(&x[..1], &[1.0]).is_err());
     // Kendall: one discordant pair of six; tau-b with one tie on each side.
-    assert!(close(kendall_tau(&[1., 2., 3., 4.], &[1., 3., 2., 4.]), 2.0 / 3.0, 1e-15));
-    assert!(close(kendall_tau(&[1., 2., 2., 3.], &[1., 2., 3., 3.]), 0.8, 1e-15));
-    assert!(close(kendall_tau(&[1., 2., 3.], &[3., 2., 1.]), -1.0, 1e-15));
+    assert!(close(
+        kendall_tau(&[1., 2., 3., 4.], &[1., 3., 2., 4.]),
+        2.0 / 3.0,
+        1e-15
+    ));
+    assert!(close(
+        kendall_tau(&[1., 2., 2., 3.], &[1., 2., 3., 3.]),
+        0.8,
+        1e-15
+    ));
+    assert!(close(
+        kendall_tau(&[1., 2., 3.], &[3., 2., 1.]),
+        -1.0,
+        1e-15
+    ));
     assert!(close(quantile_sorted(&[1., 2., 3., 4.], 0.25), 1.75, 1e-15));
-    assert!(close(quantile_sorted(&[1., 2., 3., 4., 5.], 0.5), 3.0, 1e-15));
+    assert!(close(
+        quantile_sorted(&[1., 2., 3., 4., 5.], 0.5),
+        3.0,
+        1e-15
+    ));
 }
 
 fn tiny_study() -> StudyConfig {
@@ -348,7 +376,10 @@ fn study_resumes_without_retraining() {
         );
     }
     assert_eq!(models_csv(&cfg, &full), models_csv(&cfg, &resumed));
-    assert_eq!(analyse(&cfg, &full).unwrap(), analyse(&cfg, &resumed).unwrap());
+    assert_eq!(
+        analyse(&cfg, &full).unwrap(),
+        analyse(&cfg, &resumed).unwrap()
+    );
     // Another configuration cannot resume this folder.
     let mut other = cfg.clone();
     other.epochs = 3;
@@ -357,6 +388,10 @@ fn study_resumes_without_retraining() {
     // Unknown training methods are refused.
     let mut bad = cfg.clone();
     bad.grid.method = vec!["adamw".into()];
-    assert!(bad.validate().unwrap_err().to_string().contains("unknown training method"));
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("unknown training method"));
     let _ = std::fs::remove_dir_all(&base);
 }

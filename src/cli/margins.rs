@@ -6,9 +6,7 @@ use clap::{Args, ValueEnum};
 use landscape::experiments::margins::study::{
     analyse, load_data, models_csv, run_study, RunOptions, StudyConfig,
 };
-use landscape::experiments::margins::{
-    compute_margins, hidden_count, parse_layers, SignatureKind,
-};
+use landscape::experiments::margins::{compute_margins, hidden_count, parse_layers, SignatureKind};
 use landscape::io::provenance::Provenance;
 use landscape::plot::{line_plot, scatter_plot, LineFigure, ScatterFigure, Series};
 use serde_json::json;
@@ -97,7 +95,14 @@ pub fn cmd_margins(a: MarginsArgs, command_line: &str) -> Result<(), String> {
             "negative": l.raw.iter().filter(|d| **d < 0.0).count(),
         }));
         if let Some(prefix) = &a.figures {
-            histogram(&l.normalized, a.bins, &s.layer, &s.values, a.signature, prefix)?;
+            histogram(
+                &l.normalized,
+                a.bins,
+                &s.layer,
+                &s.values,
+                a.signature,
+                prefix,
+            )?;
         }
     }
     let prov = Provenance::new(
@@ -200,8 +205,7 @@ pub fn cmd_study(a: StudyArgs, command_line: &str) -> Result<(), String> {
         return Ok(());
     }
     let (cpath, out) = (a.config.expect("clap"), a.out.expect("clap"));
-    let text =
-        std::fs::read_to_string(&cpath).map_err(|e| format!("{}: {e}", cpath.display()))?;
+    let text = std::fs::read_to_string(&cpath).map_err(|e| format!("{}: {e}", cpath.display()))?;
     let cfg: StudyConfig = serde_json::from_str(&text)
         .map_err(|e| format!("{}: not a valid study config: {e}", cpath.display()))?;
     cfg.validate().map_err(|e| e.to_string())?;
@@ -224,7 +228,10 @@ pub fn cmd_study(a: StudyArgs, command_line: &str) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     pb.finish_and_clear();
     let analysis = analyse(&cfg, &records).map_err(|e| e.to_string())?;
-    write_file(&out.join("models.csv"), models_csv(&cfg, &records).as_bytes())?;
+    write_file(
+        &out.join("models.csv"),
+        models_csv(&cfg, &records).as_bytes(),
+    )?;
     for f in analysis.fits.iter().filter(|f| f.features == "all") {
         eprintln!(
             "epoch {}: ln gap on the signature of {} models: R^2 {:.3}, {}-fold CV R^2 {:.3}, tau {:.3} (CV {:.3})",
@@ -260,7 +267,10 @@ pub fn cmd_study(a: StudyArgs, command_line: &str) -> Result<(), String> {
         .filter(|r| r.gap > 0.0 && r.curvature.is_some())
         .collect();
     for m in &analysis.measures {
-        eprintln!("{}: Kendall tau with the gap {:.3} ({} models)", m.measure, m.tau, m.models);
+        eprintln!(
+            "{}: Kendall tau with the gap {:.3} ({} models)",
+            m.measure, m.tau, m.models
+        );
         let get = |c: &landscape::experiments::margins::study::Curvature| match m.measure.as_str() {
             "lambda_max" => c.lambda_max,
             "trace" => c.trace,
@@ -268,14 +278,20 @@ pub fn cmd_study(a: StudyArgs, command_line: &str) -> Result<(), String> {
             _ => c.sharpness,
         };
         let fig = ScatterFigure {
-            title: format!("{} vs generalisation gap (Kendall tau {:.2})", m.measure, m.tau),
+            title: format!(
+                "{} vs generalisation gap (Kendall tau {:.2})",
+                m.measure, m.tau
+            ),
             x_label: m.measure.clone(),
             y_label: "train acc - test acc".into(),
             log_x: true,
             log_y: true,
             series: vec![Series::new(
                 "",
-                usable.iter().map(|r| get(r.curvature.as_ref().expect("filtered"))).collect(),
+                usable
+                    .iter()
+                    .map(|r| get(r.curvature.as_ref().expect("filtered")))
+                    .collect(),
                 usable.iter().map(|r| r.gap).collect(),
             )],
             ..Default::default()
@@ -283,7 +299,11 @@ pub fn cmd_study(a: StudyArgs, command_line: &str) -> Result<(), String> {
         scatter_plot(&fig, &out.join(format!("curvature-{}", m.measure)))
             .map_err(|e| e.to_string())?;
     }
-    let all: Vec<_> = analysis.fits.iter().filter(|f| f.features == "all").collect();
+    let all: Vec<_> = analysis
+        .fits
+        .iter()
+        .filter(|f| f.features == "all")
+        .collect();
     let xs: Vec<f64> = all.iter().map(|f| f.epoch as f64).collect();
     let fig = LineFigure {
         title: "margin-signature fit of ln gap against checkpoint epoch".into(),
@@ -291,7 +311,11 @@ pub fn cmd_study(a: StudyArgs, command_line: &str) -> Result<(), String> {
         y_label: "R^2".into(),
         series: vec![
             Series::new("R^2 (fit)", xs.clone(), all.iter().map(|f| f.r2).collect()),
-            Series::new("R^2 (cross-validated)", xs, all.iter().map(|f| f.cv_r2).collect()),
+            Series::new(
+                "R^2 (cross-validated)",
+                xs,
+                all.iter().map(|f| f.cv_r2).collect(),
+            ),
         ],
         ..Default::default()
     };

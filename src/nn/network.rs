@@ -439,10 +439,7 @@ impl<T: Scalar> Network<T> {
         let mut hidden = Vec::new();
         for l in &self.arch.layers {
             a = st.layer(l, a);
-            if matches!(
-                l,
-                LayerSpec::Activation { .. } | LayerSpec::Residual { .. }
-            ) {
+            if matches!(l, LayerSpec::Activation { .. } | LayerSpec::Residual { .. }) {
                 hidden.push(match a {
                     Act::Flat(v, _) | Act::Input(v, ..) | Act::Image(v, ..) => v,
                 });

@@ -37,13 +37,12 @@ pub fn scatter_plot(fig: &ScatterFigure, prefix: &Path) -> Result<Vec<PathBuf>> 
                 s.y.len()
             )));
         }
-        let pts = s
-            .x
-            .iter()
-            .zip(&s.y)
-            .map(|(&x, &y)| (x, y))
-            .filter(|&(x, y)| ok(x, fig.log_x) && ok(y, fig.log_y))
-            .collect();
+        let pts =
+            s.x.iter()
+                .zip(&s.y)
+                .map(|(&x, &y)| (x, y))
+                .filter(|&(x, y)| ok(x, fig.log_x) && ok(y, fig.log_y))
+                .collect();
         clouds.push((s.label.clone(), pts));
     }
     let all: Vec<(f64, f64)> = clouds.iter().flat_map(|c| c.1.iter().copied()).collect();
@@ -73,7 +72,12 @@ pub fn scatter_plot(fig: &ScatterFigure, prefix: &Path) -> Result<Vec<PathBuf>> 
         xr = (lo, hi);
         yr = (lo, hi);
     }
-    let p = Prepared { fig, clouds, xr, yr };
+    let p = Prepared {
+        fig,
+        clouds,
+        xr,
+        yr,
+    };
     render(prefix, LINE_SIZE, |r| draw_any(r, &p), |r| draw_any(r, &p))
 }
 

@@ -94,7 +94,11 @@ impl LayerSel {
 /// [`Network::forward_tape_hidden`]).
 pub fn hidden_count(net: &Network<f64>) -> usize {
     let tape = Tape::new();
-    let p: Vec<_> = net.params.iter().map(|m| tape.constant(m.clone())).collect();
+    let p: Vec<_> = net
+        .params
+        .iter()
+        .map(|m| tape.constant(m.clone()))
+        .collect();
     let x = Matrix::zeros(1, net.arch.input_shape.iter().product());
     let (_, _, hidden) = net.forward_tape_hidden(&p, &x, Mode::Eval);
     hidden.len()
@@ -258,7 +262,11 @@ pub fn compute_margins(
             let yb = &labels[r.clone()];
             let b = yb.len();
             let tape = Tape::new();
-            let p: Vec<_> = net.params.iter().map(|m| tape.constant(m.clone())).collect();
+            let p: Vec<_> = net
+                .params
+                .iter()
+                .map(|m| tape.constant(m.clone()))
+                .collect();
             let (fwd, input, hid) = net.forward_tape_hidden(&p, &xb, Mode::Eval);
             let z = fwd.logits.value().clone();
             let mut mask = Matrix::zeros(b, classes);

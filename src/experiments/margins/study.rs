@@ -213,15 +213,8 @@ impl StudyConfig {
         if self.checkpoints.is_empty() {
             return bad("checkpoints is empty".into());
         }
-        if self
-            .checkpoints
-            .iter()
-            .any(|&e| e == 0 || e > self.epochs)
-        {
-            return bad(format!(
-                "checkpoints must be epochs in 1..={}",
-                self.epochs
-            ));
+        if self.checkpoints.iter().any(|&e| e == 0 || e > self.epochs) {
+            return bad(format!("checkpoints must be epochs in 1..={}", self.epochs));
         }
         if self.checkpoints.windows(2).any(|w| w[0] >= w[1]) {
             return bad("checkpoints must be increasing".into());
@@ -364,10 +357,9 @@ pub fn run_model(
     h: &Hyper,
 ) -> Result<ModelRecord> {
     let (x, y) = model_data(bundle, h)?;
-    let test = bundle
-        .test
-        .as_ref()
-        .ok_or_else(|| Error::InvalidArgument(format!("dataset {} has no test set", bundle.name)))?;
+    let test = bundle.test.as_ref().ok_or_else(|| {
+        Error::InvalidArgument(format!("dataset {} has no test set", bundle.name))
+    })?;
     let mcfg = MlpConfig {
         input_dim: bundle.features,
         hidden: vec![h.width; h.depth],
