@@ -4,6 +4,8 @@
 //! samples; least squares, R^2, cross-validation and Kendall tau on
 //! hand-computed examples; an interrupted study resumed to identical records.
 
+#![allow(clippy::needless_range_loop)] // index loops over parallel arrays read clearer
+
 use landscape::experiments::margins::stats::{
     cross_validate, kendall_tau, least_squares, quantile_sorted,
 };
@@ -307,8 +309,10 @@ fn least_squares_r2_tau_by_hand() {
 }
 
 fn tiny_study() -> StudyConfig {
-    let mut c = StudyConfig::default();
-    c.test_size = Some(60);
+    let mut c = StudyConfig {
+        test_size: Some(60),
+        ..Default::default()
+    };
     c.grid.depth = vec![1];
     c.grid.width = vec![6];
     c.grid.lr = vec![0.05];

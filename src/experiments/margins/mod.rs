@@ -39,6 +39,8 @@
 //! combined in block order (the total variation with Chan's pairwise update), so
 //! every number is identical for any thread count.
 
+#![allow(clippy::needless_range_loop)] // index loops over parallel arrays read clearer
+
 pub mod stats;
 pub mod study;
 

@@ -2,6 +2,8 @@
 //! with an intercept (Householder QR), the coefficient of determination, k-fold
 //! cross-validated R^2, and Kendall's rank correlation (tau-b).
 
+#![allow(clippy::needless_range_loop)] // index loops over parallel arrays read clearer
+
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
