@@ -10,6 +10,7 @@ mod geometry_checks;
 mod guard_rails;
 mod hessian_checks;
 mod linalg_checks;
+mod margins_checks;
 mod model_files;
 mod network_checks;
 mod network_cli;

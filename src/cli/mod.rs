@@ -6,6 +6,7 @@ mod bounds;
 mod compare_methods;
 mod geometry;
 mod hessian;
+mod margins;
 mod sample_size;
 mod sphere;
 mod sweep;
@@ -79,6 +80,10 @@ enum Command {
     Sphere(sphere::SphereCommand),
     /// Training methods compared (SGD, SAM, ASAM, SAM on the sphere, penalties): table and figures from train/hessian JSON records.
     CompareMethods(compare_methods::CompareMethodsArgs),
+    /// Signed first-order margins (Jiang et al.) per sample and layer, normalised by the layer's total variation; signatures, CSV, histograms.
+    Margins(margins::MarginsArgs),
+    /// Train a population of models over a grid; predict the generalisation gap from margin signatures and curvature (resumable).
+    MarginsStudy(margins::StudyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -735,6 +740,8 @@ pub fn run() -> Result<(), String> {
         Command::Wide(a) => wide::cmd_wide(a, &command_line),
         Command::Sphere(c) => sphere::cmd_sphere(c, &command_line),
         Command::CompareMethods(a) => compare_methods::cmd_compare_methods(a, &command_line),
+        Command::Margins(a) => margins::cmd_margins(a, &command_line),
+        Command::MarginsStudy(a) => margins::cmd_study(a, &command_line),
     }
 }
 

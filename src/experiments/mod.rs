@@ -8,6 +8,7 @@
 
 pub mod geometry;
 pub mod method_compare;
+pub mod margins;
 pub mod sample_size;
 pub mod sphere;
 pub mod wide;

@@ -398,6 +398,69 @@ impl<T: Scalar> Network<T> {
         }
     }
 
+    /// Forward pass with the input recorded as a differentiable tape variable,
+    /// returning `(forward, input, hidden)`: `input` is the recorded input (the
+    /// `n x d` rows for flat inputs; for images the `(n H W) x C` rearrangement of
+    /// the NCHW rows, the same numbers in another order) and `hidden` the hidden
+    /// representations, in order: the output of every top-level `Activation`
+    /// layer and `Residual` block except the logits themselves (for an MLP: the
+    /// post-activation of each hidden layer). Gradients flow into `input` and
+    /// through every `hidden` variable (see `crate::experiments::margins`).
+    pub fn forward_tape_hidden<'t>(
+        &self,
+        params: &[Var<'t, T>],
+        x: &Matrix<T>,
+        mode: Mode,
+    ) -> (NetForward<'t, T>, Var<'t, T>, Vec<Var<'t, T>>) {
+        assert_eq!(params.len(), self.params.len(), "forward: parameter count");
+        let tape = params
+            .first()
+            .map(|p| p.tape())
+            .expect("a network has parameters");
+        let n = x.rows();
+        let [c, h, w] = self.arch.input_shape;
+        let mut st = Walk {
+            net: self,
+            params,
+            next_param: 0,
+            next_bn: 0,
+            mode,
+            n,
+            stats: Vec::with_capacity(self.bn.len()),
+            slope: T::from_f64(self.arch.leaky_slope),
+        };
+        let (input, mut a) = if h * w > 1 {
+            let v = tape.param(spatial::nchw_to_nhwc(x, c, h, w));
+            (v, Act::Image(v, c, h, w))
+        } else {
+            let v = tape.param(x.clone());
+            (v, Act::Flat(v, c))
+        };
+        let mut hidden = Vec::new();
+        for l in &self.arch.layers {
+            a = st.layer(l, a);
+            if matches!(l, LayerSpec::Activation { .. } | LayerSpec::Residual { .. }) {
+                hidden.push(match a {
+                    Act::Flat(v, _) | Act::Input(v, ..) | Act::Image(v, ..) => v,
+                });
+            }
+        }
+        let logits = match a {
+            Act::Flat(v, _) => v,
+            Act::Input(v, ..) => v,
+            Act::Image(..) => unreachable!("the layout check guarantees flat outputs"),
+        };
+        hidden.retain(|v| v.id() != logits.id());
+        (
+            NetForward {
+                logits,
+                batch_stats: st.stats,
+            },
+            input,
+            hidden,
+        )
+    }
+
     /// Mean loss of the batch on the tape.
     pub fn loss_tape<'t>(
         &self,

@@ -17,6 +17,7 @@
 mod heatmap;
 mod line;
 mod png;
+mod scatter;
 mod surface3d;
 
 use std::ffi::OsString;
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 
 pub use heatmap::{heatmap, heatmap_with_overlay, Overlay};
 pub use line::{histogram_density, line_plot};
+pub use scatter::{scatter_plot, ScatterFigure};
 pub use surface3d::surface3d;
 
 /// Pixel size `(width, height)` of line plots and spectral densities.
