@@ -34,6 +34,10 @@ use std::path::Path;
 /// file, the new one, or no file under the final name, never a partial one (at most a
 /// hidden temporary `.NAME.tmpPID` beside it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Under MPI only rank 0 writes outputs (see `crate::dist`).
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
     write_atomic_with(path, bytes, || checkpoint::test_point("output-write"))?;
     checkpoint::test_log_write(path);
     remove_stale_temps(path);
@@ -119,6 +123,9 @@ pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mid_write: impl FnOnc
 /// Checks before long work that `path` can be written: its folder exists (it is
 /// created if missing) and a file can be created there. A one-line error otherwise.
 pub fn probe_output(path: &Path) -> Result<()> {
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
