@@ -615,6 +615,7 @@ pub fn run() -> Result<(), String> {
         if !landscape::dist::is_root() {
             return Ok(());
         }
+        landscape::dist::run_locally();
         eprintln!(
             "note: this command does not split over MPI ranks; rank 0 runs it alone ({} ranks idle)",
             landscape::dist::size() - 1

@@ -38,6 +38,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 #[cfg(feature = "mpi")]
@@ -238,6 +239,16 @@ fn fault_point() -> Result<(), String> {
     }
 }
 
+/// Set while this process evaluates the items of a distributed [`map_items`] (a nested
+/// map runs locally) and, for good, by [`run_locally`].
+static LOCAL: AtomicBool = AtomicBool::new(false);
+
+/// From now on [`map_items`] runs every item on this rank: for the commands that run
+/// on rank 0 alone while the other ranks have exited.
+pub fn run_locally() {
+    LOCAL.store(true, Ordering::SeqCst);
+}
+
 /// `f(i)` for `i in 0..n`, returned in index order on every rank.
 ///
 /// One rank: a plain loop (items one after another; `f` may use rayon inside), and the
@@ -252,7 +263,9 @@ where
     E: Display,
     F: Fn(usize) -> Result<T, E> + Sync,
 {
-    if size() <= 1 {
+    // One rank, a map inside a work item (e.g. the trace estimate of one curvature
+    // point), or a command that runs on rank 0 alone: a plain loop.
+    if size() <= 1 || LOCAL.load(Ordering::SeqCst) {
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             out.push(f(i)?);
@@ -262,6 +275,7 @@ where
     }
     #[cfg(feature = "mpi")]
     {
+        LOCAL.store(true, Ordering::SeqCst);
         let enc = |i: usize| -> Result<Vec<u8>, String> {
             fault_point()?;
             let v = f(i).map_err(|e| e.to_string())?;
@@ -281,6 +295,7 @@ where
                 }
             }
         }
+        LOCAL.store(false, Ordering::SeqCst);
         Ok(out)
     }
     #[cfg(not(feature = "mpi"))]
