@@ -10,6 +10,7 @@ mod geometry_checks;
 mod hessian_checks;
 mod linalg_checks;
 mod model_files;
+mod mpi_checks;
 mod network_checks;
 mod network_cli;
 mod plot_checks;
