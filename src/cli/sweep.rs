@@ -183,7 +183,7 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
     };
     if landscape::dist::size() > 1 {
         // Several MPI ranks (no checkpoints then): one configuration per work item.
-        rows = landscape::dist::map_items(total, &run_config, || pb.inc(1))?;
+        rows = landscape::dist::map_items(total, run_config, || pb.inc(1))?;
     }
     for i in rows.len()..total {
         rows.push(run_config(i)?);
