@@ -9,6 +9,7 @@
 pub mod autodiff;
 pub mod backend;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod experiments;
 pub mod hessian;

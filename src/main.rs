@@ -42,8 +42,21 @@ fn configure_allocator() {
 
 fn main() -> ExitCode {
     configure_allocator();
+    // MPI ranks (a no-op without the `mpi` feature or a launcher); finalised on drop.
+    let _ranks = match landscape::dist::init() {
+        Ok(g) => g,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
+        // With several ranks: prints the error with the rank and ends every rank.
+        Err(msg) if landscape::dist::size() > 1 => {
+            landscape::dist::fail(&msg);
+            ExitCode::FAILURE
+        }
         Err(msg) => match landscape::io::checkpoint::interrupted_exit_status() {
             // Stopped by SIGINT/SIGTERM after writing a checkpoint: 130/143.
             Some(code) => {

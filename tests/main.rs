@@ -12,6 +12,7 @@ mod hessian_checks;
 mod linalg_checks;
 mod margins_checks;
 mod model_files;
+mod mpi_checks;
 mod network_checks;
 mod network_cli;
 mod plot_checks;

@@ -201,6 +201,12 @@ impl CheckpointArgs {
                 ));
             }
         }
+        if self.dir().is_some() && landscape::dist::size() > 1 {
+            return Err(format!(
+                "--checkpoint-dir/--resume are not supported with several MPI ranks ({}); run with one rank to checkpoint",
+                landscape::dist::size()
+            ));
+        }
         if !(self.checkpoint_interval >= 0.0 && self.checkpoint_interval.is_finite()) {
             return Err("--checkpoint-interval must be a non-negative number of seconds".into());
         }
@@ -723,6 +729,17 @@ pub fn run() -> Result<(), String> {
     }
     let command_line: Vec<String> = std::env::args().collect();
     let command_line = canonical_command_line(&command_line);
+    if landscape::dist::size() > 1 && !splits_over_ranks(&cli.command) {
+        // Rank 0 runs a command that does not split; the other ranks have nothing to do.
+        if !landscape::dist::is_root() {
+            return Ok(());
+        }
+        landscape::dist::run_locally();
+        eprintln!(
+            "note: this command does not split over MPI ranks; rank 0 runs it alone ({} ranks idle)",
+            landscape::dist::size() - 1
+        );
+    }
     match cli.command {
         Command::Train(a) => cmd_train(a, &command_line),
         Command::Eval(a) => cmd_eval(a, &command_line),
@@ -745,9 +762,28 @@ pub fn run() -> Result<(), String> {
     }
 }
 
+/// Whether `command` splits its work over MPI ranks (`landscape::dist`): the grids,
+/// the sweeps and the dataset reductions of `hessian`. The others run on rank 0.
+fn splits_over_ranks(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Line(_)
+            | Command::Surface(_)
+            | Command::BoundsSweep(_)
+            | Command::SampleSize(_)
+            | Command::Hessian(_)
+    )
+}
+
 fn progress(len: u64, what: &str) -> ProgressBar {
     // Hidden automatically when stderr is not a terminal.
-    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    // Only rank 0 of an MPI job shows progress.
+    let target = if landscape::dist::is_root() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let pb = ProgressBar::with_draw_target(Some(len), target);
     pb.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
             .expect("valid template")
@@ -771,6 +807,9 @@ fn write_results(
 
 /// Writes an output file atomically (temporary file + rename), creating its folder.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if !landscape::dist::is_root() {
+        return Ok(());
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

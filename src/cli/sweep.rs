@@ -126,69 +126,76 @@ pub fn cmd_sweep(a: SweepArgs, command_line: &str) -> Result<(), String> {
     };
     let pb = progress(total as u64, "sweep");
     pb.set_position(rows.len() as u64);
-    for (i, &(depth, h, scale)) in configs.iter().enumerate().skip(rows.len()) {
-        {
-            {
-                let cfg = MlpConfig {
-                    input_dim: bundle.features,
-                    hidden: vec![h; depth],
-                    classes: bundle.classes,
-                    activation: Activation::Relu,
-                    leaky_slope: 0.01,
-                    bias: false,
-                    batchnorm: None,
-                    loss: LossKind::CrossEntropy,
-                };
-                let mut model = Mlp::<f64>::init(cfg, Init::Kaiming, scale, a.seed)
-                    .map_err(|e| e.to_string())?;
-                if a.epochs > 0 {
-                    let tc = TrainConfig {
-                        epochs: a.epochs,
-                        batch_size: a.batch_size,
-                        optimizer: Optimizer::Adam {
-                            lr: a.lr,
-                            beta1: 0.9,
-                            beta2: 0.999,
-                            eps: 1e-8,
-                            weight_decay: 0.0,
-                        },
-                        seed: a.seed,
-                    };
-                    train(
-                        &mut model,
-                        &bundle.train.x,
-                        &bundle.train.y,
-                        None,
-                        &tc,
-                        |_, _, _| {},
-                        |_, _| Ok(()),
-                    )
-                    .map_err(|e| format!("h = {h}, depth = {depth}, scale = {scale}: {e}"))?;
-                }
-                let rep = evaluate_bounds(&model, &x, &y, &full, 1e-10, a.seed)
-                    .map_err(|e| e.to_string())?;
-                let checks: Vec<serde_json::Value> = rep
-                    .checks
-                    .iter()
-                    .map(|c| {
-                        let denom = if c.against == "gn" { n } else { full.len().max(1) };
-                        json!({"variant": c.variant, "against": c.against, "bound": c.bound, "worst_ratio": c.worst_ratio,
-                               "violating_fraction": c.violations as f64 / denom as f64, "witness": c.witness, "certificate": c.certificate})
-                    })
-                    .collect();
-                rows.push(json!({"h": h, "depth": depth, "layers": depth + 1, "init_scale": scale, "params": model.num_params(), "m_w": rep.constants.m_w,
-                                 "m_x": rep.constants.m_x, "checks": checks}));
-                pb.inc(1);
-                test_point("point");
-                if let Some(s) = session.as_mut() {
-                    s.safe_point(
-                        i + 1 == total,
-                        || format!("configuration {} of {total}", i + 1),
-                        || encode_rows(&rows),
-                    )
-                    .map_err(|e| e.to_string())?;
-                }
-            }
+    // One configuration: train, then the exact norms against the bounds (a JSON row).
+    let run_config = |i: usize| -> Result<serde_json::Value, String> {
+        let (depth, h, scale) = configs[i];
+        let cfg = MlpConfig {
+            input_dim: bundle.features,
+            hidden: vec![h; depth],
+            classes: bundle.classes,
+            activation: Activation::Relu,
+            leaky_slope: 0.01,
+            bias: false,
+            batchnorm: None,
+            loss: LossKind::CrossEntropy,
+        };
+        let mut model =
+            Mlp::<f64>::init(cfg, Init::Kaiming, scale, a.seed).map_err(|e| e.to_string())?;
+        if a.epochs > 0 {
+            let tc = TrainConfig {
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                optimizer: Optimizer::Adam {
+                    lr: a.lr,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.0,
+                },
+                seed: a.seed,
+            };
+            train(
+                &mut model,
+                &bundle.train.x,
+                &bundle.train.y,
+                None,
+                &tc,
+                |_, _, _| {},
+                |_, _| Ok(()),
+            )
+            .map_err(|e| format!("h = {h}, depth = {depth}, scale = {scale}: {e}"))?;
+        }
+        let rep =
+            evaluate_bounds(&model, &x, &y, &full, 1e-10, a.seed).map_err(|e| e.to_string())?;
+        let checks: Vec<serde_json::Value> = rep
+            .checks
+            .iter()
+            .map(|c| {
+                let denom = if c.against == "gn" { n } else { full.len().max(1) };
+                json!({"variant": c.variant, "against": c.against, "bound": c.bound, "worst_ratio": c.worst_ratio,
+                       "violating_fraction": c.violations as f64 / denom as f64, "witness": c.witness, "certificate": c.certificate})
+            })
+            .collect();
+        Ok(
+            json!({"h": h, "depth": depth, "layers": depth + 1, "init_scale": scale, "params": model.num_params(), "m_w": rep.constants.m_w,
+                         "m_x": rep.constants.m_x, "checks": checks}),
+        )
+    };
+    if landscape::dist::size() > 1 {
+        // Several MPI ranks (no checkpoints then): one configuration per work item.
+        rows = landscape::dist::map_items(total, run_config, || pb.inc(1))?;
+    }
+    for i in rows.len()..total {
+        rows.push(run_config(i)?);
+        pb.inc(1);
+        test_point("point");
+        if let Some(s) = session.as_mut() {
+            s.safe_point(
+                i + 1 == total,
+                || format!("configuration {} of {total}", i + 1),
+                || encode_rows(&rows),
+            )
+            .map_err(|e| e.to_string())?;
         }
     }
     pb.finish_and_clear();

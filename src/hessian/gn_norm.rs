@@ -271,38 +271,46 @@ fn gn_norms_impl(
     };
     let w0t = model.layers[0].weight.transpose();
     type Row = (f64, usize, f64, f64);
-    let parts: Vec<Vec<Row>> = blocks
-        .into_par_iter()
-        .map(|r| {
-            let st = GramInputs::compute(model, x, r.clone(), &labels[r.clone()], &w0t, par);
-            let mut gram = vec![0.0; k * k];
-            let mut scratch = vec![0.0; k * k];
-            (0..r.len())
-                .map(|i| {
-                    gram.fill(0.0);
-                    gram_into(&st.g, |p| st.sq_norms[p][i], nl, i, k, &mut gram);
-                    curvature_congruence(kind, st.logits.row(i), &gram, &mut scratch);
-                    let ev = sym_eigenvalues_in_place(&mut scratch, k);
-                    let top = *ev.last().expect("K >= 1");
-                    let rank = ev
-                        .iter()
-                        .filter(|&&e| e > 1e-12 * top.abs().max(f64::MIN_POSITIVE))
-                        .count();
-                    let a_norm = if with_a {
-                        let c = curvature_factor(kind, st.logits.row(i));
-                        let mut a_scratch = matmul(c.view(), c.t()).into_vec();
-                        sym_eigenvalues_in_place(&mut a_scratch, k)
-                            .last()
-                            .copied()
-                            .unwrap_or(0.0)
-                    } else {
-                        f64::NAN
-                    };
-                    (top.max(0.0), rank, a_norm, st.losses[i])
-                })
-                .collect()
-        })
-        .collect();
+    let block = |r: std::ops::Range<usize>| -> Vec<Row> {
+        let st = GramInputs::compute(model, x, r.clone(), &labels[r.clone()], &w0t, par);
+        let mut gram = vec![0.0; k * k];
+        let mut scratch = vec![0.0; k * k];
+        (0..r.len())
+            .map(|i| {
+                gram.fill(0.0);
+                gram_into(&st.g, |p| st.sq_norms[p][i], nl, i, k, &mut gram);
+                curvature_congruence(kind, st.logits.row(i), &gram, &mut scratch);
+                let ev = sym_eigenvalues_in_place(&mut scratch, k);
+                let top = *ev.last().expect("K >= 1");
+                let rank = ev
+                    .iter()
+                    .filter(|&&e| e > 1e-12 * top.abs().max(f64::MIN_POSITIVE))
+                    .count();
+                let a_norm = if with_a {
+                    let c = curvature_factor(kind, st.logits.row(i));
+                    let mut a_scratch = matmul(c.view(), c.t()).into_vec();
+                    sym_eigenvalues_in_place(&mut a_scratch, k)
+                        .last()
+                        .copied()
+                        .unwrap_or(0.0)
+                } else {
+                    f64::NAN
+                };
+                (top.max(0.0), rank, a_norm, st.losses[i])
+            })
+            .collect()
+    };
+    // Fixed blocks of samples: in parallel here, or one block per work item across MPI
+    // ranks; a block's rows do not depend on where it is computed.
+    let parts: Vec<Vec<Row>> = if crate::dist::size() > 1 {
+        crate::dist::map_items(
+            blocks.len(),
+            |b| Ok::<_, Error>(block(blocks[b].clone())),
+            || {},
+        )?
+    } else {
+        blocks.into_par_iter().map(block).collect()
+    };
     let mut out = GnNorms {
         norms: vec![],
         ranks: vec![],

@@ -34,6 +34,10 @@ use std::path::Path;
 /// file, the new one, or no file under the final name, never a partial one (at most a
 /// hidden temporary `.NAME.tmpPID` beside it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Under MPI only rank 0 writes outputs (see `crate::dist`).
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
     write_atomic_with(path, bytes, || checkpoint::test_point("output-write"))?;
     checkpoint::test_log_write(path);
     remove_stale_temps(path);
@@ -130,6 +134,9 @@ pub fn probe_output(path: &Path) -> Result<()> {
 /// [`probe_output`], and the file system holding `path` has at least `expected_bytes`
 /// free (the size of an output known in advance, e.g. a dense Hessian).
 pub fn probe_output_sized(path: &Path, expected_bytes: u64) -> Result<()> {
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -4,8 +4,8 @@
 //! the tool name and version, the git commit of the source it was built from, the
 //! command line, the seed, a description of the dataset (the caller's JSON, typically
 //! name, path, sample count and SHA-256), the effective configuration, the number of
-//! rayon threads (results are bit-reproducible for a given seed *and* thread count) and
-//! the creation time.
+//! rayon threads (results are bit-reproducible for a given seed *and* thread count), the
+//! number of MPI ranks (which results do not depend on) and the creation time.
 //!
 //! The git commit is, in order of preference: the run-time environment variable
 //! `LANDSCAPE_GIT_COMMIT`, then the value `build.rs` recorded at compile time from
@@ -34,8 +34,12 @@ pub struct Provenance {
     pub dataset: Option<serde_json::Value>,
     /// The effective configuration of the command (caller-defined JSON).
     pub config: serde_json::Value,
-    /// `rayon::current_num_threads()` when the record was made.
+    /// `rayon::current_num_threads()` when the record was made (threads per rank).
     pub threads: usize,
+    /// MPI ranks the work was split over (1 without MPI; see `crate::dist`). Results
+    /// do not depend on it. Records written before this field read as 1.
+    #[serde(default = "one_rank")]
+    pub ranks: usize,
     /// Seconds since the Unix epoch (`SOURCE_DATE_EPOCH` when set).
     pub created_unix: u64,
 }
@@ -58,6 +62,7 @@ impl Provenance {
             dataset,
             config,
             threads: rayon::current_num_threads(),
+            ranks: crate::dist::size(),
             created_unix: unix_time(),
         }
     }
@@ -81,6 +86,10 @@ impl Provenance {
     pub fn model_metadata(&self) -> BTreeMap<String, String> {
         BTreeMap::from([("provenance".to_string(), self.to_json_string())])
     }
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// The git commit this binary was built from: run-time `LANDSCAPE_GIT_COMMIT` if set

@@ -467,16 +467,26 @@ pub fn hutchinson(op: &dyn SymOp, probes: usize, seed: u64) -> Result<TraceEstim
     }
     let n = op.dim();
     let mut rng = Rng::new(seed);
-    let mut az = vec![0.0; n];
-    let samples: Vec<f64> = (0..probes)
-        .map(|_| {
-            let z = rademacher(n, &mut rng);
-            op.apply(&z, &mut az);
-            check_finite(&az)?;
-            Ok(dot(&z, &az))
-        })
-        .collect::<Result<_>>()?;
+    let zs: Vec<Vec<f64>> = (0..probes).map(|_| rademacher(n, &mut rng)).collect();
+    let azs = apply_many(op, &zs)?;
+    let samples: Vec<f64> = zs.iter().zip(&azs).map(|(z, az)| dot(z, az)).collect();
     Ok(mean_ci(&samples, 0.0, 1.0, "hutchinson", probes))
+}
+
+/// `A v` for every `v` of `vs`, in order; each product a work item that may run on any
+/// MPI rank (`crate::dist::map_items`), so the products do not depend on the rank count.
+/// An error at the first product with a non-finite entry.
+pub fn apply_many(op: &dyn SymOp, vs: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+    crate::dist::map_items(
+        vs.len(),
+        |i| {
+            let mut out = vec![0.0; op.dim()];
+            op.apply(&vs[i], &mut out);
+            check_finite(&out)?;
+            Ok::<_, Error>(out)
+        },
+        || {},
+    )
 }
 
 /// Hutchinson estimates of the traces of several diagonal blocks at once: with
@@ -533,11 +543,9 @@ pub fn hutch_pp(op: &dyn SymOp, matvecs: usize, seed: u64) -> Result<TraceEstima
     let g = matvecs.saturating_sub(2 * s).max(2);
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut q: Vec<Vec<f64>> = Vec::with_capacity(s);
-    let mut buf = vec![0.0; n];
-    for _ in 0..s {
-        let z = rademacher(n, &mut rng);
-        op.apply(&z, &mut buf);
-        check_finite(&buf)?;
+    // The products of each stage are independent: one batch each (see `apply_many`).
+    let sketch: Vec<Vec<f64>> = (0..s).map(|_| rademacher(n, &mut rng)).collect();
+    for buf in apply_many(op, &sketch)? {
         let mut v = buf.clone();
         orthogonalize(&mut v, &q);
         let nv = norm(&v);
@@ -547,20 +555,21 @@ pub fn hutch_pp(op: &dyn SymOp, matvecs: usize, seed: u64) -> Result<TraceEstima
         }
     }
     let mut exact = 0.0;
-    for v in &q {
-        op.apply(v, &mut buf);
-        check_finite(&buf)?;
+    for (v, buf) in q.iter().zip(apply_many(op, &q)?) {
         exact += dot(v, &buf);
     }
-    let samples: Vec<f64> = (0..g)
+    let zs: Vec<Vec<f64>> = (0..g)
         .map(|_| {
             let mut z = rademacher(n, &mut rng);
             orthogonalize(&mut z, &q);
-            op.apply(&z, &mut buf);
-            check_finite(&buf)?;
-            Ok(dot(&z, &buf))
+            z
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    let samples: Vec<f64> = zs
+        .iter()
+        .zip(apply_many(op, &zs)?)
+        .map(|(z, buf)| dot(z, &buf))
+        .collect();
     Ok(mean_ci(&samples, exact, 1.0, "hutch++", 2 * q.len() + g))
 }
 

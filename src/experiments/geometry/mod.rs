@@ -466,7 +466,7 @@ pub fn train_bend(
 }
 
 /// Exact curvature of the mean loss at one point.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct CurvaturePoint {
     pub lambda_max: f64,
     pub lambda_min: f64,

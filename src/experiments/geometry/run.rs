@@ -522,7 +522,26 @@ pub fn run_line(
     let sets = splits(&x, &y, data);
     progress.stage("line", (pts.len() * sets.len()) as u64);
     let mut curves = Vec::new();
-    for (_, xs, ys) in &sets {
+    if crate::dist::size() > 1 {
+        // Several MPI ranks: work items of `threads` points per split, on any rank.
+        let evs = sets
+            .iter()
+            .map(|(_, xs, ys)| geo.evaluator(vec![dir.values.clone()], xs, ys, stats))
+            .collect::<Result<Vec<_>>>()?;
+        let chunk = rayon::current_num_threads().max(1);
+        let per_set = pts.len().div_ceil(chunk);
+        let parts = crate::dist::map_items(
+            sets.len() * per_set,
+            |i| {
+                let from = (i % per_set) * chunk;
+                let to = (from + chunk).min(pts.len());
+                evs[i / per_set].eval_many(&pts[from..to], || {})
+            },
+            || progress.tick(),
+        )?;
+        curves = parts.chunks(per_set).map(|c| c.concat()).collect();
+    }
+    for (_, xs, ys) in sets.iter().skip(curves.len()) {
         let ev = geo.evaluator(vec![dir.values.clone()], xs, ys, stats)?;
         curves.push(ev.eval_many(&pts, || progress.tick())?);
     }
@@ -880,10 +899,30 @@ pub fn run_surface_checkpointed(
     let elapsed = |t0: &Instant| earlier + t0.elapsed().as_secs_f64();
     progress.stage("surface", (pts.len() * sets.len()) as u64);
     let dirs = vec![dx.values.clone(), dy.values.clone()];
+    if crate::dist::size() > 1 {
+        // Several MPI ranks (no checkpoints then): one work item per grid row and split,
+        // dealt out dynamically; a point's value does not depend on who computes it.
+        let evs = sets
+            .iter()
+            .map(|(_, xs, ys)| geo.evaluator(dirs.clone(), xs, ys, stats))
+            .collect::<Result<Vec<_>>>()?;
+        let (nx, ny) = (gx.len(), gy.len());
+        let rows = crate::dist::map_items(
+            sets.len() * ny,
+            |i| evs[i / ny].eval_many(&pts[(i % ny) * nx..(i % ny + 1) * nx], || {}),
+            || (0..nx).for_each(|_| progress.tick()),
+        )?;
+        st.values = rows.chunks(ny).map(|c| c.concat()).collect();
+    }
     // Grid rows are evaluated in parallel, a row at a time between safe points; each
     // point's value does not depend on the others, so rows resume exactly.
     let row = gx.len().max(4 * rayon::current_num_threads());
-    for (k, (name, xs, ys)) in sets.iter().enumerate() {
+    let local = if crate::dist::size() > 1 {
+        0
+    } else {
+        sets.len()
+    };
+    for (k, (name, xs, ys)) in sets.iter().enumerate().take(local) {
         if st.values.len() == k {
             st.values.push(Vec::new());
         }
@@ -940,7 +979,25 @@ pub fn run_surface_checkpointed(
                 .iter()
                 .flat_map(|&b| cg.grid_x.iter().map(move |&a| (a, b)))
                 .collect();
-            (0..st.curvature.len()).for_each(|_| progress.tick());
+            if crate::dist::size() > 1 {
+                // One work item per curvature point, on whichever MPI rank.
+                let found = crate::dist::map_items(
+                    coords.len(),
+                    |i| {
+                        let (a, b) = coords[i];
+                        let theta = point(&theta0, &dirs, &[a, b]);
+                        geo.curvature(&theta, &stats, &[a, b], &xc, yc, &opts)
+                    },
+                    || progress.tick(),
+                )?;
+                st.curvature = coords
+                    .iter()
+                    .zip(found)
+                    .map(|(&(x, y), curvature)| CurvatureSample { x, y, curvature })
+                    .collect();
+            } else {
+                (0..st.curvature.len()).for_each(|_| progress.tick());
+            }
             for (i, &(a, b)) in coords.iter().enumerate().skip(st.curvature.len()) {
                 let theta = point(&theta0, &dirs, &[a, b]);
                 let c = geo.curvature(&theta, &stats, &[a, b], &xc, yc, &opts)?;
