@@ -8,6 +8,7 @@ mod data_readers;
 mod fault_injection;
 mod geometry_checks;
 mod hessian_checks;
+mod li_et_al_checks;
 mod linalg_checks;
 mod model_files;
 mod network_checks;

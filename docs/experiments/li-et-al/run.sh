@@ -12,21 +12,22 @@
 #   LINE_N      points of each 1-D plot               (default: 13)
 #   LSAMPLES    training samples of the 1-D plots     (default: 512)
 #   RTRAIN      training subset of the ResNets        (default: 1000)
-#   REPOCHS     ResNet epochs                         (default: 2)
+#   REPOCHS     ResNet epochs                         (default: 8)
 #   RWIDTH      ResNet base width c (stages c,2c,4c)  (default: 4; Li et al.: 16)
-#   GRID        surface grid points per axis          (default: 7)
-#   SSAMPLES    training samples of the surfaces      (default: 64)
+#   GRID        surface grid points per axis          (default: 5)
+#   SSAMPLES    training samples of the surfaces      (default: 32)
 #   CGRID       curvature-map points per axis         (default: 1 = the model only)
 #   CSAMPLES    training samples of the curvature     (default: 16)
 #   DEPTHS      ResNet depths                         (default: "20")
+#   NETS        override: "arch:K ..." (K = --wide)   (default: from DEPTHS, plus resnet20:2)
 set -euo pipefail
 L=${L:-landscape}
 OUT=${OUT:-docs/experiments/li-et-al/results}
 PART=${PART:-all}
 NTRAIN=${NTRAIN:-1024} NTEST=${NTEST:-1000} SMALL=${SMALL:-32} BIG=${BIG:-1024} EPOCHS=${EPOCHS:-5}
 LINE_N=${LINE_N:-13} LSAMPLES=${LSAMPLES:-512}
-RTRAIN=${RTRAIN:-1000} REPOCHS=${REPOCHS:-2} RWIDTH=${RWIDTH:-4}
-GRID=${GRID:-7} SSAMPLES=${SSAMPLES:-64} CGRID=${CGRID:-1} CSAMPLES=${CSAMPLES:-16}
+RTRAIN=${RTRAIN:-1000} REPOCHS=${REPOCHS:-8} RWIDTH=${RWIDTH:-4}
+GRID=${GRID:-5} SSAMPLES=${SSAMPLES:-32} CGRID=${CGRID:-1} CSAMPLES=${CSAMPLES:-16}
 DEPTHS=${DEPTHS:-"20"}
 mkdir -p "$OUT"
 D="--data mnist10k --train-size $NTRAIN --test-size $NTEST"
@@ -60,6 +61,7 @@ if [[ $PART == resnet || $PART == all ]]; then
   nets=()
   for d in $DEPTHS; do nets+=("resnet$d:1" "resnet$d-noshort:1"); done
   nets+=("resnet20:2")
+  if [[ -n ${NETS:-} ]]; then read -ra nets <<< "$NETS"; fi
   for spec in "${nets[@]}"; do
     arch=${spec%%:*} k=${spec##*:}
     name="${arch}_w${k}"
