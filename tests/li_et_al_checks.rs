@@ -69,7 +69,7 @@ fn quantity_keys_have_words() {
 #[test]
 fn li_et_al_script_end_to_end_tiny() {
     let dir = TempDir::new("li_et_al");
-    let out = dir.path().join("r");
+    let out = dir.join("r");
     let o = Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -96,11 +96,7 @@ fn li_et_al_script_end_to_end_tiny() {
         ])
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for f in [
         "train_bs2_wd0.json",
         "train_bs64_wd5e-4.json",
@@ -114,7 +110,10 @@ fn li_et_al_script_end_to_end_tiny() {
         let p = out.join(f);
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        assert!(v.get("provenance").is_some() || v.get("results").is_some(), "{f}");
+        assert!(
+            v.get("provenance").is_some() || v.get("results").is_some(),
+            "{f}"
+        );
     }
     let svg = std::fs::read_to_string(out.join("surface_resnet20_w1_train_loss.svg")).unwrap();
     assert!(svg.contains("training loss"), "title in words");

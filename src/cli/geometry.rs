@@ -17,8 +17,8 @@ use landscape::io::network_file::save_network;
 use landscape::io::provenance::Provenance;
 use landscape::nn::{Activation, LossKind};
 use landscape::plot::{
-    heatmap_labelled, heatmap_with_overlay, line_plot, surface3d, ContourSpacing,
-    FigureLabels, LineFigure, Overlay, Series,
+    heatmap_labelled, heatmap_with_overlay, line_plot, surface3d, ContourSpacing, FigureLabels,
+    LineFigure, Overlay, Series,
 };
 use landscape::Matrix;
 use serde_json::json;
