@@ -9,6 +9,7 @@ mod fault_injection;
 mod geometry_checks;
 mod guard_rails;
 mod hessian_checks;
+mod li_et_al_checks;
 mod linalg_checks;
 mod margins_checks;
 mod model_files;

@@ -365,6 +365,7 @@ fn preset_opts(shape: [usize; 3]) -> PresetOptions {
         classes: 10,
         loss: LossKind::CrossEntropy,
         width: 16,
+        wide: 1,
         mlp: None,
     }
 }

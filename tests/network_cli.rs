@@ -42,6 +42,7 @@ fn convnet(width: usize, shape: [usize; 3]) -> Network<f64> {
         classes: 10,
         loss: LossKind::CrossEntropy,
         width,
+        wide: 1,
         mlp: None,
     };
     let mut net =

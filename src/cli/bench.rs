@@ -365,6 +365,7 @@ pub fn bench_convnet() -> Result<Network<f64>, String> {
         classes: 10,
         loss: LossKind::CrossEntropy,
         width: 16,
+        wide: 1,
         mlp: None,
     };
     let arch = preset("convnet", &o).map_err(|e| e.to_string())?;

@@ -17,7 +17,8 @@ use landscape::io::network_file::save_network;
 use landscape::io::provenance::Provenance;
 use landscape::nn::{Activation, LossKind};
 use landscape::plot::{
-    heatmap, heatmap_with_overlay, line_plot, surface3d, LineFigure, Overlay, Series,
+    heatmap_labelled, heatmap_with_overlay, line_plot, surface3d, ContourSpacing, FigureLabels,
+    LineFigure, Overlay, Series,
 };
 use landscape::Matrix;
 use serde_json::json;
@@ -224,6 +225,9 @@ pub struct ReplotArgs {
     /// Figure prefix.
     #[arg(long)]
     pub fig: PathBuf,
+    /// Contour levels of the loss maps: log (geometric, Li et al.) or linear.
+    #[arg(long, value_enum, default_value = "log")]
+    pub contour_levels: ContourArg,
 }
 
 #[derive(Args)]
@@ -246,6 +250,9 @@ pub struct SurfaceArgs {
     /// Keep (and normalise) the bias and BatchNorm parts of random directions instead of zeroing them.
     #[arg(long)]
     pub keep_bias: bool,
+    /// Contour levels of the loss maps: log (geometric, Li et al.) or linear.
+    #[arg(long, value_enum, default_value = "log")]
+    pub contour_levels: ContourArg,
     #[arg(long)]
     pub trajectory: Option<PathBuf>,
     #[arg(long)]
@@ -298,6 +305,7 @@ fn surface_figures(
     maps: &Maps,
     curv: Option<(&[f64], &[f64], &Maps)>,
     trajectory: Option<&[(f64, f64)]>,
+    words: &SurfaceWords,
 ) -> Result<Vec<String>, String> {
     let mut files = Vec::new();
     // The training trajectory, projected on the plane, over the loss maps (Li et al. fig. 9).
@@ -308,10 +316,26 @@ fn surface_figures(
     for (name, m) in maps {
         let levels = if name.contains("loss") { 10 } else { 6 };
         let path = suffixed(prefix, name);
-        files.extend(files_of(match (&overlay, name.contains("loss")) {
-            (Some(o), true) => heatmap_with_overlay(gx, gy, m, name, &path, levels, o),
-            _ => heatmap(gx, gy, m, name, &path, levels),
-        })?);
+        let spacing = if name.contains("loss") {
+            words.spacing
+        } else {
+            ContourSpacing::Linear
+        };
+        let none = Overlay::default();
+        let o = match (&overlay, name.contains("loss")) {
+            (Some(o), true) => o,
+            _ => &none,
+        };
+        files.extend(files_of(heatmap_labelled(
+            gx,
+            gy,
+            m,
+            &words.labels(name),
+            &path,
+            levels,
+            spacing,
+            o,
+        ))?);
         if name == "train_loss" {
             files.extend(files_of(surface3d(
                 gx,
@@ -325,17 +349,82 @@ fn surface_figures(
     }
     if let Some((cx, cy, cm)) = curv {
         for (name, m) in cm {
-            files.extend(files_of(heatmap(
+            files.extend(files_of(heatmap_labelled(
                 cx,
                 cy,
                 m,
-                name,
+                &words.labels(name),
                 &suffixed(prefix, name),
                 6,
+                ContourSpacing::Linear,
+                &Overlay::default(),
             ))?);
         }
     }
     Ok(files)
+}
+
+/// Contour spacing of the loss maps (`--contour-levels`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ContourArg {
+    /// Geometric levels between the minimum and maximum (Li et al.'s basin contours).
+    Log,
+    /// Evenly spaced levels.
+    Linear,
+}
+
+impl From<ContourArg> for ContourSpacing {
+    fn from(c: ContourArg) -> Self {
+        match c {
+            ContourArg::Log => ContourSpacing::Log,
+            ContourArg::Linear => ContourSpacing::Linear,
+        }
+    }
+}
+
+/// The words of a surface's figures: axis names, caption, contour spacing.
+pub struct SurfaceWords {
+    pub x_label: String,
+    pub y_label: String,
+    pub caption: String,
+    pub spacing: ContourSpacing,
+}
+
+impl SurfaceWords {
+    fn labels(&self, key: &str) -> FigureLabels {
+        FigureLabels {
+            x_label: self.x_label.clone(),
+            y_label: self.y_label.clone(),
+            caption: self.caption.clone(),
+            ..FigureLabels::for_quantity(key)
+        }
+    }
+}
+
+/// An axis name for a direction spec (`random`, `eigen:K`, ...) in words.
+pub fn direction_words(spec: &str, norm: Normalization, k: usize) -> String {
+    let spec = spec.trim();
+    if spec == "random" {
+        let n = match norm {
+            Normalization::Filter => "filter-normalised ",
+            Normalization::Layer => "layer-normalised ",
+            Normalization::None => "unnormalised ",
+        };
+        return format!("{n}random direction {k}");
+    }
+    if let Some(i) = spec.strip_prefix("eigen:") {
+        return format!("Hessian eigenvector {i}");
+    }
+    if spec == "gradient" {
+        return "gradient direction".into();
+    }
+    if spec == "pca" {
+        return format!("PCA direction {k}");
+    }
+    if let Some(p) = spec.strip_prefix("model:") {
+        return format!("direction to {p}");
+    }
+    format!("direction {k}")
 }
 
 /// Re-draws a saved surface's figures from its file alone.
@@ -351,6 +440,12 @@ pub fn cmd_replot(a: ReplotArgs) -> Result<(), String> {
             .as_ref()
             .map(|(x, y, m)| (x.as_slice(), y.as_slice(), m.as_slice())),
         s.trajectory_xy.as_deref(),
+        &SurfaceWords {
+            x_label: "direction 1".into(),
+            y_label: "direction 2".into(),
+            caption: String::new(),
+            spacing: a.contour_levels.into(),
+        },
     )?;
     eprintln!(
         "re-plotted {} figures from {}",
@@ -438,6 +533,22 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
                 .as_ref()
                 .map(|c| (c.grid_x.as_slice(), c.grid_y.as_slice(), c.maps.as_slice())),
             r.trajectory.as_ref().map(|p| p.coords.as_slice()),
+            &SurfaceWords {
+                x_label: direction_words(&a.x, a.norm, 1),
+                y_label: direction_words(&a.y, a.norm, 2),
+                caption: format!(
+                    "{} ({} parameters) on {}, {} training samples{}",
+                    net.arch.name,
+                    net.num_params(),
+                    bundle.name,
+                    r.samples,
+                    r.curvature
+                        .as_ref()
+                        .map(|c| format!("; curvature on {} samples", c.samples))
+                        .unwrap_or_default()
+                ),
+                spacing: a.contour_levels.into(),
+            },
         )?;
     }
     let mut results = r.to_json();
@@ -521,6 +632,7 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
             loss: a.loss,
             arch: a.arch.clone(),
             width: a.width,
+            wide: 1,
         }
         .load_network(&bundle)
     };

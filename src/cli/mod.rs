@@ -328,9 +328,12 @@ struct TrainArgs {
     /// resnet56, resnet110, their -noshort forms, vgg9) or an architecture JSON file.
     #[arg(long, default_value = "mlp")]
     arch: String,
-    /// Width c of the convnet preset.
+    /// Width c of the convnet preset; first-stage channels of the ResNets (stages c, 2c, 4c).
     #[arg(long, default_value_t = 16)]
     width: usize,
+    /// Width multiplier K of the convnet and ResNet channels (Li et al.'s wide ResNets).
+    #[arg(long, default_value_t = 1)]
+    wide: usize,
     /// Hidden widths, comma-separated (e.g. 64 or 256,256); empty for logistic regression.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     hidden: Vec<usize>,
@@ -511,9 +514,12 @@ struct ModelArgs {
     /// (convnet, resnet20, resnet56, resnet110, their -noshort forms, vgg9) or a JSON file.
     #[arg(long)]
     arch: Option<String>,
-    /// Width c of the convnet preset (with --arch convnet).
+    /// Width c of the convnet preset (with --arch convnet); first-stage channels of the ResNets.
     #[arg(long, default_value_t = 16)]
     width: usize,
+    /// Width multiplier K of the convnet and ResNet channels.
+    #[arg(long, default_value_t = 1)]
+    wide: usize,
 }
 
 impl ModelArgs {
@@ -572,6 +578,7 @@ impl ModelArgs {
             Some(spec) => Some(resolve_arch(
                 spec,
                 self.width,
+                self.wide,
                 bundle,
                 self.loss.unwrap_or(LossKind::CrossEntropy),
             )?),
@@ -608,6 +615,7 @@ fn input_shape(bundle: &DataBundle) -> [usize; 3] {
 fn resolve_arch(
     spec: &str,
     width: usize,
+    wide: usize,
     bundle: &DataBundle,
     loss: LossKind,
 ) -> Result<Architecture, String> {
@@ -623,6 +631,7 @@ fn resolve_arch(
             classes: bundle.classes,
             loss,
             width,
+            wide,
             mlp: None,
         };
         return preset(spec, &o).map_err(|e| e.to_string());
@@ -886,7 +895,7 @@ fn cmd_train(a: TrainArgs, command_line: &str) -> Result<(), String> {
     let arch = if is_mlp {
         None
     } else {
-        Some(resolve_arch(&a.arch, a.width, &bundle, a.loss)?)
+        Some(resolve_arch(&a.arch, a.width, a.wide, &bundle, a.loss)?)
     };
     let tc = TrainConfig {
         epochs: a.epochs,

@@ -252,7 +252,7 @@ fn start_run(a: &CommonArgs, bundle: &DataBundle) -> Result<SphereRun, String> {
         super::check_network_fits(&run.net, bundle)?;
         return Ok(run);
     }
-    let arch = resolve_arch(&a.arch, a.width, bundle, a.loss)?;
+    let arch = resolve_arch(&a.arch, a.width, 1, bundle, a.loss)?;
     let arch = si_architecture(&arch).map_err(e)?;
     if arch.input_shape != input_shape(bundle) {
         return Err(format!(

@@ -541,8 +541,12 @@ pub struct PresetOptions {
     pub input_shape: [usize; 3],
     pub classes: usize,
     pub loss: LossKind,
-    /// `convnet`'s width `c`.
+    /// `convnet`'s width `c`; the ResNets' first-stage channels (stages `c, 2c, 4c`;
+    /// Li et al.'s ResNets have `c = 16`). VGG-9 ignores it.
     pub width: usize,
+    /// Width multiplier `K` of the ConvNet and ResNet channels (Li et al.'s wide
+    /// ResNets: `K` = 2, 4, 8); 1 is the plain preset.
+    pub wide: usize,
     /// `mlp`: the full MLP configuration (its input size must match the input shape).
     pub mlp: Option<MlpConfig>,
 }
@@ -556,7 +560,7 @@ pub fn preset(name: &str, o: &PresetOptions) -> Result<Architecture> {
             })?;
             return Ok(from_mlp_config(&cfg, o.input_shape));
         }
-        "convnet" => convnet(o.width),
+        "convnet" => convnet(o.width * o.wide),
         "vgg9" => vgg9(),
         _ => {
             let (depth, short) = match name {
@@ -573,7 +577,7 @@ pub fn preset(name: &str, o: &PresetOptions) -> Result<Architecture> {
                     )))
                 }
             };
-            resnet_cifar(depth, short)
+            resnet_cifar(depth, short, o.width * o.wide)
         }
     };
     let mut layers = layers;
@@ -581,9 +585,9 @@ pub fn preset(name: &str, o: &PresetOptions) -> Result<Architecture> {
     if let Some(LayerSpec::Linear { out, .. }) = layers.last_mut() {
         *out = o.classes;
     }
-    if o.width == 0 && name == "convnet" {
+    if (o.width == 0 || o.wide == 0) && (name == "convnet" || name.starts_with("resnet")) {
         return Err(Error::InvalidArgument(
-            "convnet width must be positive".into(),
+            "the width and the width multiplier must be positive".into(),
         ));
     }
     let arch = Architecture {
@@ -719,16 +723,17 @@ fn convnet(c: usize) -> Vec<LayerSpec> {
 /// Li et al.'s CIFAR ResNet (`ResNet_cifar` with `BasicBlock`): 3 stages of
 /// (depth - 2) / 6 blocks with 16, 32, 64 channels, option-B projection
 /// shortcuts where the shape changes; `-noshort` drops the shortcuts. The head
-/// is a global average pool (Li et al. pool a fixed 8 x 8 window).
-fn resnet_cifar(depth: usize, short: bool) -> Vec<LayerSpec> {
+/// is a global average pool (Li et al. pool a fixed 8 x 8 window). `c` is the
+/// first stage's channel count (16 in Li et al.; their wide ResNets multiply it).
+fn resnet_cifar(depth: usize, short: bool, c: usize) -> Vec<LayerSpec> {
     let n = (depth - 2) / 6;
     let mut layers = vec![
-        conv("conv1".into(), 16, 3, 1, 1, false),
+        conv("conv1".into(), c, 3, 1, 1, false),
         bn("bn1".into(), true),
         RELU,
     ];
-    let mut inp = 16;
-    for (stage, planes) in [16usize, 32, 64].into_iter().enumerate() {
+    let mut inp = c;
+    for (stage, planes) in [c, 2 * c, 4 * c].into_iter().enumerate() {
         for j in 0..n {
             let stride = if stage > 0 && j == 0 { 2 } else { 1 };
             let pre = format!("layer{}.{j}", stage + 1);

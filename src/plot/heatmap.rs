@@ -7,6 +7,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::labels::{contour_levels as levels_between, ContourSpacing, FigureLabels};
 use super::{de, fmt_num, fmt_tick, render, DrawResult, FONT, HEATMAP_SIZE};
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
@@ -51,7 +52,9 @@ pub struct Overlay {
     pub paths: Vec<Vec<(f64, f64)>>,
 }
 
-/// [`heatmap`] with `overlay` drawn on top of the contours.
+/// [`heatmap`] with `overlay` drawn on top of the contours. A quantity key as
+/// `title` (`train_loss`, `abs_ratio_min_max`, ...) is shown in words
+/// ([`FigureLabels::for_quantity`]).
 #[allow(clippy::too_many_arguments)]
 pub fn heatmap_with_overlay(
     grid_x: &[f64],
@@ -62,6 +65,33 @@ pub fn heatmap_with_overlay(
     contour_levels: usize,
     overlay: &Overlay,
 ) -> Result<Vec<PathBuf>> {
+    heatmap_labelled(
+        grid_x,
+        grid_y,
+        values,
+        &FigureLabels::for_quantity(title),
+        prefix,
+        contour_levels,
+        ContourSpacing::Linear,
+        overlay,
+    )
+}
+
+/// [`heatmap_with_overlay`] with the figure's words given in full (title, axis
+/// names, colour-bar quantity, caption under the plot) and the contour spacing
+/// (linear or geometric, see [`ContourSpacing`]).
+#[allow(clippy::too_many_arguments)]
+pub fn heatmap_labelled(
+    grid_x: &[f64],
+    grid_y: &[f64],
+    values: &Matrix<f64>,
+    labels: &FigureLabels,
+    prefix: &Path,
+    contour_levels: usize,
+    spacing: ContourSpacing,
+    overlay: &Overlay,
+) -> Result<Vec<PathBuf>> {
+    let title = labels.title.as_str();
     for (name, g) in [("x", grid_x), ("y", grid_y)] {
         if g.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -95,13 +125,7 @@ pub fn heatmap_with_overlay(
             "heat map '{title}': no finite value"
         )));
     }
-    let levels: Vec<f64> = if hi > lo {
-        (1..=contour_levels)
-            .map(|k| lo + (hi - lo) * k as f64 / (contour_levels + 1) as f64)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let levels = levels_between(lo, hi, contour_levels, spacing);
     let contours = levels
         .iter()
         .map(|&l| (l, contour_lines(grid_x, grid_y, values, l)))
@@ -115,7 +139,7 @@ pub fn heatmap_with_overlay(
         (lo - w, hi + w)
     };
     let p = Prepared {
-        title: title.to_string(),
+        labels: labels.clone(),
         x_edges: edges(grid_x),
         y_edges: edges(grid_y),
         values,
@@ -133,7 +157,7 @@ pub fn heatmap_with_overlay(
 }
 
 struct Prepared<'a> {
-    title: String,
+    labels: FigureLabels,
     x_edges: Vec<f64>,
     y_edges: Vec<f64>,
     values: &'a Matrix<f64>,
@@ -321,7 +345,21 @@ fn draw<DB: DrawingBackend>(
     p: &Prepared<'_>,
     raster: bool,
 ) -> DrawResult {
-    let area = root.titled(&p.title, (FONT, 26)).map_err(de)?;
+    let area = root.titled(&p.labels.title, (FONT, 24)).map_err(de)?;
+    let area = if p.labels.caption.is_empty() {
+        area
+    } else {
+        let (_, h) = area.dim_in_pixel();
+        let (top, bottom) = area.split_vertically(h.saturating_sub(26));
+        bottom
+            .draw(&Text::new(
+                p.labels.caption.clone(),
+                (10, 4),
+                TextStyle::from((FONT, 14)).color(&BLACK.mix(0.8)),
+            ))
+            .map_err(de)?;
+        top
+    };
     let (w, _) = area.dim_in_pixel();
     let (main, bar) = area.split_horizontally(w.saturating_sub(130));
     let (x0, x1) = (p.x_edges[0], *p.x_edges.last().unwrap());
@@ -331,8 +369,8 @@ fn draw<DB: DrawingBackend>(
     let mut chart = ChartBuilder::on(&main)
         .margin(18)
         .margin_right(8)
-        .x_label_area_size(44)
-        .y_label_area_size(80)
+        .x_label_area_size(60)
+        .y_label_area_size(90)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(de)?;
     let xfmt = |v: &f64| fmt_tick(*v, x1 - x0);
@@ -342,6 +380,9 @@ fn draw<DB: DrawingBackend>(
         .disable_mesh()
         .x_label_formatter(&xfmt)
         .y_label_formatter(&yfmt)
+        .x_desc(p.labels.x_label.as_str())
+        .y_desc(p.labels.y_label.as_str())
+        .axis_desc_style((FONT, 16))
         .label_style((FONT, 15))
         .draw()
         .map_err(de)?;
@@ -467,7 +508,7 @@ fn draw<DB: DrawingBackend>(
         .margin(18)
         .margin_left(10)
         .margin_right(4)
-        .x_label_area_size(44)
+        .x_label_area_size(60)
         .right_y_label_area_size(80)
         .build_cartesian_2d(0.0..1.0, vmin..vmax)
         .map_err(de)?;
@@ -475,6 +516,8 @@ fn draw<DB: DrawingBackend>(
     cb.configure_mesh()
         .disable_mesh()
         .disable_x_axis()
+        .y_desc(p.labels.colorbar.as_str())
+        .axis_desc_style((FONT, 14))
         .y_label_formatter(&cfmt)
         .label_style((FONT, 15))
         .draw()

@@ -276,7 +276,7 @@ fn prepare(fig: &LineFigure, extras: &Extras) -> Result<Prepared> {
         grow(&mut xr, x);
     }
     Ok(Prepared {
-        title: fig.title.clone(),
+        title: super::labels::humanize(&fig.title),
         x_label: fig.x_label.clone(),
         y_label: fig.y_label.clone(),
         log_x: fig.log_x,

@@ -15,6 +15,7 @@
 //! an [`Error::InvalidArgument`].
 
 mod heatmap;
+pub mod labels;
 mod line;
 mod png;
 mod scatter;
@@ -29,7 +30,8 @@ use plotters::prelude::*;
 
 use crate::error::{Error, Result};
 
-pub use heatmap::{heatmap, heatmap_with_overlay, Overlay};
+pub use heatmap::{heatmap, heatmap_labelled, heatmap_with_overlay, Overlay};
+pub use labels::{humanize, quantity_name, ContourSpacing, FigureLabels};
 pub use line::{histogram_density, line_plot};
 pub use scatter::{scatter_plot, ScatterFigure};
 pub use surface3d::surface3d;
