@@ -7,8 +7,8 @@
 //! * [`sphere`]: scale-invariant networks trained on the sphere (seed 001), its three regimes.
 
 pub mod geometry;
-pub mod method_compare;
 pub mod margins;
+pub mod method_compare;
 pub mod sample_size;
 pub mod sphere;
 pub mod wide;
