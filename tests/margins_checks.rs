@@ -399,3 +399,30 @@ fn study_resumes_without_retraining() {
         .contains("unknown training method"));
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// The study's method axis: every training method of `optim::methods`, with its value.
+#[test]
+fn study_methods_parse_to_training_methods() {
+    use landscape::experiments::margins::study::parse_method;
+    use landscape::optim::methods::TrainMethod;
+    assert_eq!(parse_method("sgd").unwrap(), TrainMethod::Plain);
+    assert_eq!(
+        parse_method("sam:0.05").unwrap(),
+        TrainMethod::Sam {
+            rho: 0.05,
+            chunk: None
+        }
+    );
+    assert!(matches!(
+        parse_method("trace:1e-3").unwrap(),
+        TrainMethod::TracePenalty { lambda, probes: 1, .. } if lambda == 1e-3
+    ));
+    assert!(matches!(
+        parse_method("asam:0.5").unwrap(),
+        TrainMethod::Asam { rho, .. } if rho == 0.5
+    ));
+    for bad in ["adam", "sam", "sam:x", "sam:-1", "grad-norm:nan"] {
+        let e = parse_method(bad).unwrap_err().to_string();
+        assert!(e.contains("grid.method") && !e.contains('\n'), "{bad}: {e}");
+    }
+}

@@ -40,14 +40,64 @@ use crate::linalg::{hutchinson, lanczos, LanczosOptions, Which};
 use crate::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Network};
 use crate::rng::Rng;
 use crate::tensor::Matrix;
-use crate::train::{train, EpochMetrics, Optimizer, TrainConfig};
+use crate::train::{train_with_method, EpochMetrics, Optimizer, TrainConfig};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Training methods the study knows.
-pub const METHODS: &[&str] = &["sgd"];
+/// Training methods the study knows: `sgd`, or SGD steps on the gradient of
+/// `sam:RHO`, `asam:RHO` (eta 0.01), `grad-norm:LAMBDA` (exact) or `trace:LAMBDA` (exact,
+/// one Hutchinson probe); see [`crate::optim::methods::TrainMethod`].
+pub const METHODS: &[&str] = &[
+    "sgd",
+    "sam:RHO",
+    "asam:RHO",
+    "grad-norm:LAMBDA",
+    "trace:LAMBDA",
+];
+
+/// The [`crate::optim::methods::TrainMethod`] of a `grid.method` entry (see [`METHODS`]).
+pub fn parse_method(s: &str) -> Result<crate::optim::methods::TrainMethod> {
+    use crate::optim::methods::{GradNormForm, TraceForm, TrainMethod};
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "grid.method: unknown training method '{s}' (this build knows: {})",
+            METHODS.join(", ")
+        ))
+    };
+    if s == "sgd" {
+        return Ok(TrainMethod::Plain);
+    }
+    let (name, value) = s.split_once(':').ok_or_else(bad)?;
+    let v: f64 = value.trim().parse().map_err(|_| bad())?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "grid.method: '{s}' needs a finite value >= 0"
+        )));
+    }
+    Ok(match name {
+        "sam" => TrainMethod::Sam {
+            rho: v,
+            chunk: None,
+        },
+        "asam" => TrainMethod::Asam {
+            rho: v,
+            eta: 0.01,
+            chunk: None,
+        },
+        "grad-norm" => TrainMethod::GradNormPenalty {
+            lambda: v,
+            form: GradNormForm::Exact,
+        },
+        "trace" => TrainMethod::TracePenalty {
+            lambda: v,
+            probes: 1,
+            form: TraceForm::Exact,
+        },
+        _ => return Err(bad()),
+    })
+}
 
 /// The hyperparameter grid: every combination is one model (per seed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,12 +247,7 @@ impl StudyConfig {
             return bad("grid.label_noise must be in [0, 1)".into());
         }
         for m in &g.method {
-            if !METHODS.contains(&m.as_str()) {
-                return bad(format!(
-                    "grid.method: unknown training method '{m}' (this build knows: {})",
-                    METHODS.join(", ")
-                ));
-            }
+            parse_method(m)?;
         }
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
@@ -374,29 +419,25 @@ pub fn run_model(
     let tc = TrainConfig {
         epochs: cfg.epochs,
         batch_size: h.batch_size,
-        optimizer: match h.method.as_str() {
-            "sgd" => Optimizer::Sgd {
-                lr: h.lr,
-                momentum: cfg.momentum,
-                weight_decay: h.weight_decay,
-            },
-            m => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown training method '{m}'"
-                )))
-            }
+        optimizer: Optimizer::Sgd {
+            lr: h.lr,
+            momentum: cfg.momentum,
+            weight_decay: h.weight_decay,
         },
         seed: h.seed,
     };
     let layers = cfg.layer_sels(h.depth)?;
     let mut checkpoints = Vec::new();
     let mut failure: Option<String> = None;
-    let history = train(
+    let method = parse_method(&h.method)?;
+    let history = train_with_method(
         &mut mlp,
         &x,
         &y,
         Some((&test.x, &test.y)),
         &tc,
+        &method,
+        None,
         |_, _, _| {},
         |m, metrics| {
             if failure.is_some() || !cfg.checkpoints.contains(&metrics.epoch) {
@@ -419,7 +460,8 @@ pub fn run_model(
             }
             Ok(())
         },
-    )?;
+    )?
+    .history;
     let net = Network::from_mlp(&mlp);
     let train_accuracy = accuracy(&net, &x, &y)?;
     let test_accuracy = accuracy(&net, &test.x, &test.y)?;
