@@ -319,7 +319,14 @@ pub fn cmd_study(a: StudyArgs, command_line: &str) -> Result<(), String> {
         ],
         ..Default::default()
     };
-    line_plot(&fig, &out.join("r2-vs-epoch")).map_err(|e| e.to_string())?;
+    if all.is_empty() {
+        // Fewer models than signature features: no fit, so no figure (summary.json says so).
+        eprintln!(
+            "no margin-signature fit (too few models for its features): r2-vs-epoch not drawn"
+        );
+    } else {
+        line_plot(&fig, &out.join("r2-vs-epoch")).map_err(|e| e.to_string())?;
+    }
     let prov = Provenance::new(
         command_line,
         None,
