@@ -66,12 +66,9 @@ fn train_convnet(dir: &Path, data: &str, width: &str, out: &str) {
     );
 }
 
-#[test]
-fn memory_budget_names_the_buffers_of_every_architecture() {
-    let d = TempDir::new("guard-budget");
-    train_convnet(&d, "digits", "4", "cn.safetensors");
+fn train_mlp(dir: &Path) {
     ok(
-        &d,
+        dir,
         &[
             "train",
             "--data",
@@ -84,6 +81,13 @@ fn memory_budget_names_the_buffers_of_every_architecture() {
             "mlp.safetensors",
         ],
     );
+}
+
+#[test]
+fn memory_budget_names_the_buffers_of_every_architecture() {
+    let d = TempDir::new("guard-budget");
+    train_convnet(&d, "digits", "4", "cn.safetensors");
+    train_mlp(&d);
     let cases: [(&str, &[&str], &str); 5] = [
         // A BatchNorm ConvNet: its double-backward tapes.
         (
@@ -204,20 +208,7 @@ fn tape_estimate_bounds_the_measured_peak_memory() {
 fn a_non_finite_loss_stops_a_line_naming_the_point() {
     let d = TempDir::new("guard-nan");
     train_convnet(&d, "digits", "2", "cn.safetensors");
-    ok(
-        &d,
-        &[
-            "train",
-            "--data",
-            "digits",
-            "--hidden",
-            "8",
-            "--epochs",
-            "1",
-            "--out",
-            "mlp.safetensors",
-        ],
-    );
+    train_mlp(&d);
     for model in ["mlp.safetensors", "cn.safetensors"] {
         let err = one_line_error(
             &d,

@@ -275,7 +275,7 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         let t = Instant::now();
         let budget = budget.bytes().min(usize::MAX as u64) as usize;
         let h = match (&analytic, &gpu, a.dtype) {
-            (None, _, _) => dense_by_columns(&objective, budget),
+            (None, _, _) => Ok(dense_by_columns(&objective)),
             (Some(model), None, _) => dense_hessian(model, &x, &y, a.part, budget),
             (Some(model), Some(d), Dtype::F64) => {
                 gpu_dense_hessian::<f64>(d, model, &x, &y, a.part).map(|r| r.0)
@@ -534,17 +534,10 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
 }
 
 /// The dense Hessian of a network from `P` exact HVPs (columns `H e_j`),
-/// symmetrised as `(H + H^T) / 2` (the columns agree to rounding).
-fn dense_by_columns(obj: &NetObjective, budget: usize) -> landscape::Result<Matrix<f64>> {
+/// symmetrised as `(H + H^T) / 2` (the columns agree to rounding). Its `8 P^2` bytes
+/// are checked against `--memory-budget` by [`memory_plan`] before any work.
+fn dense_by_columns(obj: &NetObjective) -> Matrix<f64> {
     let p = obj.dim();
-    let bytes = p.saturating_mul(p).saturating_mul(8);
-    if bytes > budget {
-        return Err(landscape::Error::InvalidArgument(format!(
-            "the dense Hessian needs {:.2} GiB (P = {p}), over --memory-budget {:.2} GiB",
-            bytes as f64 / (1u64 << 30) as f64,
-            budget as f64 / (1u64 << 30) as f64
-        )));
-    }
     let pb = progress(p as u64, "dense (HVP columns)");
     let mut h = Matrix::zeros(p, p);
     let mut e = vec![0.0; p];
@@ -565,7 +558,7 @@ fn dense_by_columns(obj: &NetObjective, budget: usize) -> landscape::Result<Matr
             h.set(j, i, s);
         }
     }
-    Ok(h)
+    h
 }
 
 /// Per parameter tensor: top eigenvalue of its diagonal block (Lanczos, with

@@ -125,16 +125,18 @@ impl WideState {
         serde_json::from_str(&text).map_err(|e| d.error(format!("wide state: {e}")).to_string())
     }
 
-    /// Marks `name` finished after `seconds` and checkpoints (every experiment is a safe
-    /// point).
+    /// Marks `name` (started at `started`) finished and checkpoints (every experiment is
+    /// a safe point); `run_start` is when this invocation started.
     fn finish(
         &mut self,
         name: &str,
-        seconds: f64,
-        elapsed: f64,
+        started: Instant,
+        run_start: Instant,
         session: &mut Option<Session>,
     ) -> Result<(), String> {
-        self.timings.push((name.to_string(), seconds));
+        let elapsed = run_start.elapsed().as_secs_f64();
+        self.timings
+            .push((name.to_string(), started.elapsed().as_secs_f64()));
         self.done.push(name.to_string());
         test_point("point");
         if let Some(s) = session.as_mut() {
@@ -425,8 +427,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             serde_json::to_value(&cfg).unwrap_or_default(),
             json!({"m": m, "cells": cells}),
         )?;
-        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
-        state.finish("rank", secs, total, &mut session)?;
+        state.finish("rank", t, t_all, &mut session)?;
     }
 
     if only.contains(&Experiment::Sweep) && !state.is_done("sweep") {
@@ -541,8 +542,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             serde_json::to_value(&cfg).unwrap_or_default(),
             serde_json::to_value(&res).unwrap_or_default(),
         )?;
-        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
-        state.finish("sweep", secs, total, &mut session)?;
+        state.finish("sweep", t, t_all, &mut session)?;
     }
 
     if only.contains(&Experiment::Deep) && !state.is_done("deep") {
@@ -618,8 +618,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             serde_json::to_value(&cfg).unwrap_or_default(),
             json!({"m": m, "records": recs}),
         )?;
-        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
-        state.finish("deep", secs, total, &mut session)?;
+        state.finish("deep", t, t_all, &mut session)?;
     }
 
     if only.contains(&Experiment::Relu) && !state.is_done("relu") {
@@ -659,8 +658,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             serde_json::to_value(&cfg).unwrap_or_default(),
             serde_json::to_value(&res).unwrap_or_default(),
         )?;
-        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
-        state.finish("relu", secs, total, &mut session)?;
+        state.finish("relu", t, t_all, &mut session)?;
     }
 
     if only.contains(&Experiment::Path) && !state.is_done("path") {
@@ -734,8 +732,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             serde_json::to_value(&cfg).unwrap_or_default(),
             json!({"m": m, "paths": res, "end_points": ends}),
         )?;
-        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
-        state.finish("path", secs, total, &mut session)?;
+        state.finish("path", t, t_all, &mut session)?;
     }
 
     if only.contains(&Experiment::Linear) && !state.is_done("linear") {
@@ -766,8 +763,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             serde_json::to_value(&cfg).unwrap_or_default(),
             json!({"m": m, "records": recs}),
         )?;
-        let (secs, total) = (t.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
-        state.finish("linear", secs, total, &mut session)?;
+        state.finish("linear", t, t_all, &mut session)?;
     }
     state.report.push_str("## Wall time\n\n");
     for (n, s) in &state.timings {
