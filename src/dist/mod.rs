@@ -203,9 +203,11 @@ pub fn fail(msg: &str) {
     let _ = msg;
 }
 
-/// Test-only fault injection: `LANDSCAPE_TEST_RANK_FAULT=R:fail` makes the first work
-/// item computed on rank `R` fail with an error; `R:kill` makes rank `R` kill itself
-/// (SIGKILL) there. Costs one lookup of a cached value when unset.
+/// Test-only fault injection: `LANDSCAPE_TEST_RANK_FAULT=R:fail` makes rank `R` fail
+/// with an error, `R:kill` makes it kill itself (SIGKILL): a worker (`R > 0`) before
+/// its first request for work, so the fault fires however fast rank 0 is (rank 0
+/// cannot finish a map before every worker has asked once); rank 0 at its first item.
+/// Costs one lookup of a cached value when unset.
 #[cfg(feature = "mpi")]
 fn injected_fault() -> Option<&'static str> {
     static FAULT: OnceLock<Option<(usize, String)>> = OnceLock::new();
@@ -220,9 +222,9 @@ fn injected_fault() -> Option<&'static str> {
     }
 }
 
-/// Applies an injected fault ([`injected_fault`]) before an item on this rank.
+/// Applies an injected fault ([`injected_fault`]) on this rank.
 #[cfg(feature = "mpi")]
-fn fault_point() -> Result<(), String> {
+pub(crate) fn fault_point() -> Result<(), String> {
     match injected_fault() {
         Some("kill") => {
             // SAFETY: a signal to this very process.

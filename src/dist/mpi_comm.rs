@@ -158,6 +158,9 @@ pub fn map_bytes(
         }
         results
     } else {
+        if let Err(e) = super::fault_point() {
+            abort(&e);
+        }
         let mut msg = header(NONE);
         loop {
             send(0, TAG_WORK, &msg);
