@@ -2,11 +2,32 @@
 //!
 //! `Matrix<T>` owns a contiguous row-major buffer. `MatRef<'a, T>` is a strided
 //! read-only view: a transpose is a view with swapped strides, so GEMM never
-//! copies to transpose. GEMM goes through `matrixmultiply` (single-threaded
-//! kernels); large products are split over rayon by *row blocks of C*. Each
-//! output element is then computed by exactly one thread with the same
-//! accumulation order over the inner dimension, so results are bit-identical
-//! for any thread count.
+//! copies to transpose.
+//!
+//! # GEMM kernels
+//! Every dense product of the engine goes through [`gemm_par`] / [`matmul_new`], which
+//! hand it to one of two kernels, chosen once per dtype ([`GemmKernel::for_dtype`]):
+//! - `matrixmultiply` (single-threaded kernels): large products are split over rayon
+//!   by *row blocks of C*; each output element is computed by one thread with the same
+//!   accumulation order over the inner dimension (matrixmultiply's `kc` does not
+//!   depend on the row count), so results are bit-identical for any thread count;
+//! - the `gemm` crate (faer's GEMM), called once per product with its own rayon
+//!   parallelism over tiles of C: its inner-dimension blocking depends on the product's
+//!   shape only, never on the thread count, so results are again bit-identical for any
+//!   thread count (tested below), but they differ in the last bits from
+//!   matrixmultiply's.
+//!
+//! The default ("auto") choice is measured (docs/benchmarks.md, "GEMM kernels", and
+//! `cargo bench --bench gemm`): matrixmultiply on Intel processors with AVX-512 (its
+//! AVX-512 dgemm ran at 80 GFLOP/s on the Intel dev kind, where the `gemm` crate was
+//! not measured), the `gemm` crate (with its AVX-512 kernels where the processor has
+//! them) everywhere else: 1.45-1.6x matrixmultiply's dgemm on the AVX2 EPYC, and on
+//! the AVX-512 EPYC (Zen 4) 1.1-1.7x on the engine's products (the dense assembly's,
+//! GN-norm and HVP shapes) in both dtypes, equal at square 1536. Both kernels pick
+//! their SIMD code from the processor at run time, so results are reproducible for a
+//! seed and thread count on one machine kind, not across kinds; the provenance of
+//! every result records the kernels (`gemm_kernels_description`).
+//! `LANDSCAPE_GEMM=matrixmultiply|gemm|auto` overrides the choice for both dtypes.
 
 use rayon::prelude::*;
 use std::fmt::Debug;
@@ -56,6 +77,8 @@ pub trait Scalar:
             other
         }
     }
+    /// The kernel that computes this dtype's products (cached after the first call).
+    fn gemm_kernel() -> GemmKernel;
     /// `C <- alpha * A B + beta * C` on raw strided buffers (matrixmultiply).
     ///
     /// # Safety
@@ -122,6 +145,10 @@ macro_rules! impl_scalar {
             fn mul_add(self, a: Self, b: Self) -> Self {
                 <$t>::mul_add(self, a, b)
             }
+            fn gemm_kernel() -> GemmKernel {
+                static KERNEL: std::sync::OnceLock<GemmKernel> = std::sync::OnceLock::new();
+                *KERNEL.get_or_init(|| GemmKernel::for_dtype($name))
+            }
             unsafe fn gemm_raw(
                 m: usize,
                 k: usize,
@@ -145,6 +172,151 @@ macro_rules! impl_scalar {
 }
 impl_scalar!(f32, "f32", matrixmultiply::sgemm);
 impl_scalar!(f64, "f64", matrixmultiply::dgemm);
+
+/// The kernel behind [`gemm_par`] and [`matmul_new`] (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// `matrixmultiply` 0.3, split over rayon by row blocks of C.
+    Matrixmultiply,
+    /// The `gemm` crate 0.19 (faer's GEMM), with its own rayon parallelism.
+    Gemm,
+}
+
+/// The environment variable that overrides the kernel choice.
+pub const GEMM_ENV: &str = "LANDSCAPE_GEMM";
+
+impl GemmKernel {
+    /// The name used in `LANDSCAPE_GEMM` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKernel::Matrixmultiply => "matrixmultiply",
+            GemmKernel::Gemm => "gemm",
+        }
+    }
+
+    /// Parses `LANDSCAPE_GEMM`'s value: `None` for `auto`.
+    pub fn parse(v: &str) -> Result<Option<Self>, String> {
+        match v.trim() {
+            "auto" | "" => Ok(None),
+            "matrixmultiply" => Ok(Some(GemmKernel::Matrixmultiply)),
+            "gemm" => Ok(Some(GemmKernel::Gemm)),
+            other => Err(format!(
+                "{GEMM_ENV}={other:?}: expected matrixmultiply, gemm or auto"
+            )),
+        }
+    }
+
+    /// Checks `LANDSCAPE_GEMM` (for the CLI, which reports a bad value as an error;
+    /// the library treats a bad value as `auto`).
+    pub fn check_env() -> Result<(), String> {
+        match std::env::var(GEMM_ENV) {
+            Ok(v) => Self::parse(&v).map(|_| ()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The measured default for `dtype` ("f32" or "f64") on this processor, unless
+    /// `LANDSCAPE_GEMM` names a kernel.
+    pub fn for_dtype(dtype: &str) -> Self {
+        if let Ok(Ok(Some(k))) = std::env::var(GEMM_ENV).map(|v| Self::parse(&v)) {
+            return k;
+        }
+        Self::auto(dtype)
+    }
+
+    /// The measured default (module docs): matrixmultiply on Intel processors with
+    /// AVX-512, `gemm` everywhere else.
+    pub fn auto(_dtype: &str) -> Self {
+        if intel_with_avx512() {
+            GemmKernel::Matrixmultiply
+        } else {
+            GemmKernel::Gemm
+        }
+    }
+}
+
+/// Whether this is an Intel processor with AVX-512 (the kind where matrixmultiply's
+/// AVX-512 kernels were measured and the `gemm` crate was not).
+fn intel_with_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 0 exists on every x86-64 processor.
+        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        let mut vendor = [0u8; 12];
+        vendor[..4].copy_from_slice(&r.ebx.to_le_bytes());
+        vendor[4..8].copy_from_slice(&r.edx.to_le_bytes());
+        vendor[8..].copy_from_slice(&r.ecx.to_le_bytes());
+        &vendor == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The kernels in use, e.g. `"f64: gemm, f32: matrixmultiply"`.
+pub fn gemm_kernels_description() -> String {
+    format!(
+        "f64: {}, f32: {}",
+        f64::gemm_kernel().name(),
+        f32::gemm_kernel().name()
+    )
+}
+
+/// `C <- alpha * A B + beta * C` through the `gemm` crate (`C` row-major with row
+/// stride `rsc`), `threads > 1` letting it split the tiles of C over the rayon pool.
+///
+/// # Safety
+/// As for [`Scalar::gemm_raw`]; with `beta == 0`, `c` may be uninitialised.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_crate_raw<T: Scalar>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: *mut T,
+    rsc: isize,
+    threads: usize,
+) {
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // The gemm crate computes dst <- alpha_g dst + beta_g lhs rhs (its alpha scales the
+    // destination); read_dst = false never reads dst.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            rsc,
+            beta != T::ZERO,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
 
 /// Owned dense row-major matrix: element `(i, j)` is `data[i * cols + j]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -544,8 +716,23 @@ pub fn gemm<T: Scalar>(alpha: T, a: MatRef<'_, T>, b: MatRef<'_, T>, beta: T, c:
     gemm_par(Par::Rayon, alpha, a, b, beta, c)
 }
 
-/// [`gemm`] with explicit parallelism. Results are bit-identical for `Seq` and `Rayon`.
+/// [`gemm`] with explicit parallelism. Results are bit-identical for `Seq` and `Rayon`
+/// and for any thread count.
 pub fn gemm_par<T: Scalar>(
+    par: Par,
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut Matrix<T>,
+) {
+    gemm_with(T::gemm_kernel(), par, alpha, a, b, beta, c)
+}
+
+/// [`gemm_par`] through the named kernel instead of the dtype's chosen one (for
+/// benchmarks and tests of both kernels).
+pub fn gemm_with<T: Scalar>(
+    kernel: GemmKernel,
     par: Par,
     alpha: T,
     a: MatRef<'_, T>,
@@ -572,7 +759,26 @@ pub fn gemm_par<T: Scalar>(
     }
     let threads = rayon::current_num_threads();
     let work = m * n * k;
-    if par == Par::Seq || threads <= 1 || work < PARALLEL_GEMM_MIN_WORK || m < 2 {
+    let serial = par == Par::Seq || threads <= 1 || work < PARALLEL_GEMM_MIN_WORK;
+    if kernel == GemmKernel::Gemm {
+        // SAFETY: views were bounds-checked at construction; c is a distinct buffer.
+        unsafe {
+            gemm_crate_raw(
+                m,
+                k,
+                n,
+                alpha,
+                a,
+                b,
+                beta,
+                c.as_mut_slice().as_mut_ptr(),
+                n as isize,
+                if serial { 1 } else { threads },
+            )
+        };
+        return;
+    }
+    if serial || m < 2 {
         gemm_serial(alpha, a, b, beta, c.as_mut_slice(), n);
         return;
     }
@@ -634,6 +840,28 @@ pub fn matmul_new<T: Scalar>(par: Par, a: MatRef<'_, T>, b: MatRef<'_, T>) -> Ma
     }
     flop_count::add(m, k, n);
     let mut data: Vec<T> = Vec::with_capacity(m * n);
+    let threads = rayon::current_num_threads();
+    let serial = par == Par::Seq || threads <= 1 || m * n * k < PARALLEL_GEMM_MIN_WORK;
+    if T::gemm_kernel() == GemmKernel::Gemm {
+        // SAFETY: the buffer has capacity m n and beta = 0 never reads it; views were
+        // bounds-checked at construction.
+        unsafe {
+            gemm_crate_raw(
+                m,
+                k,
+                n,
+                T::ONE,
+                a,
+                b,
+                T::ZERO,
+                data.as_mut_ptr(),
+                n as isize,
+                if serial { 1 } else { threads },
+            );
+            data.set_len(m * n);
+        }
+        return Matrix::from_vec(m, n, data);
+    }
     // Raw address so the row blocks can be written from several threads.
     let base = data.as_mut_ptr() as usize;
     let run = |r0: usize, r1: usize| {
@@ -659,8 +887,7 @@ pub fn matmul_new<T: Scalar>(par: Par, a: MatRef<'_, T>, b: MatRef<'_, T>) -> Ma
             );
         }
     };
-    let threads = rayon::current_num_threads();
-    if par == Par::Seq || threads <= 1 || m * n * k < PARALLEL_GEMM_MIN_WORK || m < 2 {
+    if serial || m < 2 {
         run(0, m);
     } else {
         let block = m.div_ceil(threads * 2).max(8);
@@ -752,16 +979,159 @@ mod tests {
         assert_eq!(matmul(at.t(), bt.t()), c);
     }
 
+    /// `sum_k a_ik b_kj` with compensated (Neumaier) summation of exactly formed
+    /// products (two-product by FMA), and `sum_k |a_ik b_kj|` for the error bound.
+    fn compensated(a: &Matrix<f64>, b: &Matrix<f64>, i: usize, j: usize) -> (f64, f64) {
+        let (mut s, mut comp, mut abs) = (0.0f64, 0.0f64, 0.0f64);
+        let mut add = |x: f64| {
+            let t = s + x;
+            comp += if s.abs() >= x.abs() {
+                (s - t) + x
+            } else {
+                (x - t) + s
+            };
+            s = t;
+        };
+        for k in 0..a.cols() {
+            let p = a.get(i, k) * b.get(k, j);
+            let e = a.get(i, k).mul_add(b.get(k, j), -p);
+            add(p);
+            add(e);
+            abs += p.abs();
+        }
+        (s + comp, abs)
+    }
+
+    fn pseudo(rows: usize, cols: usize, seed: usize) -> Matrix<f64> {
+        Matrix::from_fn(rows, cols, |i, j| {
+            let h = (i * 7919 + j * 104729 + seed * 1299709) % 1000003;
+            (h as f64 / 1000003.0 - 0.5) * (1.0 + (j % 5) as f64)
+        })
+    }
+
+    /// Every shape class the kernels special-case (tiny outputs, vectors, k <= 2,
+    /// tall-skinny, square, transposed views): both kernels agree with a compensated
+    /// reference within `k u sum|a b|` per element (f64) and `k u32` (f32), where
+    /// `u` is the unit roundoff, with `alpha`/`beta` applied.
     #[test]
-    fn gemm_parallel_is_bit_identical_to_serial() {
+    fn gemm_kernels_match_a_compensated_reference() {
+        let shapes = [
+            (1, 1, 1),
+            (3, 2, 4),
+            (1, 300, 17),
+            (17, 300, 1),
+            (9, 1000, 7),
+            (70, 2, 90),
+            (128, 513, 65),
+            (301, 64, 3),
+            (150, 257, 160),
+        ];
+        for kernel in [GemmKernel::Matrixmultiply, GemmKernel::Gemm] {
+            for (si, &(m, k, n)) in shapes.iter().enumerate() {
+                for transposed in [false, true] {
+                    let a = pseudo(m, k, si);
+                    let b = pseudo(k, n, si + 50);
+                    let (at, bt) = (a.transpose(), b.transpose());
+                    let (av, bv) = if transposed {
+                        (at.t(), bt.t())
+                    } else {
+                        (a.view(), b.view())
+                    };
+                    let c0 = pseudo(m, n, si + 99);
+                    let mut c = c0.clone();
+                    gemm_with(kernel, Par::Rayon, 0.75, av, bv, -0.5, &mut c);
+                    let mut c32 = Matrix::from_fn(m, n, |i, j| c0.get(i, j) as f32);
+                    let (a32, b32) = (
+                        Matrix::from_fn(m, k, |i, j| a.get(i, j) as f32),
+                        Matrix::from_fn(k, n, |i, j| b.get(i, j) as f32),
+                    );
+                    gemm_with(
+                        kernel,
+                        Par::Rayon,
+                        0.75,
+                        a32.view(),
+                        b32.view(),
+                        -0.5,
+                        &mut c32,
+                    );
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (exact, abs) = compensated(&a, &b, i, j);
+                            let want = 0.75 * exact - 0.5 * c0.get(i, j);
+                            let scale = 0.75 * abs + 0.5 * c0.get(i, j).abs();
+                            let err = (c.get(i, j) - want).abs();
+                            assert!(
+                                err <= (k + 2) as f64 * f64::EPSILON * scale,
+                                "{kernel:?} f64 {m}x{k}x{n} t={transposed} ({i},{j}): {err:e} vs scale {scale:e}"
+                            );
+                            // f32 inputs are rounded, so compare with the f32 bound
+                            // (input rounding included).
+                            let err32 = (c32.get(i, j) as f64 - want).abs();
+                            assert!(
+                                err32 <= (k + 4) as f64 * f32::EPSILON as f64 * scale,
+                                "{kernel:?} f32 {m}x{k}x{n} ({i},{j}): {err32:e} vs scale {scale:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Both kernels give the same bits for 1, 2, 3 and 4 threads, `Seq` or `Rayon`,
+    /// for products large enough to be split; `matmul_new` equals `gemm_par`.
+    #[test]
+    fn gemm_results_do_not_depend_on_the_thread_count() {
         let a = Matrix::from_fn(300, 200, |i, j| ((i * 31 + j * 17) % 97) as f64 / 7.0 - 3.0);
         let b = Matrix::from_fn(200, 150, |i, j| {
             ((i * 13 + j * 29) % 89) as f64 / 11.0 - 2.0
         });
-        let par = matmul(a.view(), b.view());
-        let mut ser = Matrix::zeros(300, 150);
-        gemm_serial(1.0, a.view(), b.view(), 0.0, ser.as_mut_slice(), 150);
-        assert_eq!(par.as_slice(), ser.as_slice());
+        for kernel in [GemmKernel::Matrixmultiply, GemmKernel::Gemm] {
+            let run = |threads: usize, par: Par| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut c = Matrix::from_fn(300, 150, |i, j| (i + j) as f64);
+                    gemm_with(kernel, par, 1.5, a.view(), b.view(), 0.25, &mut c);
+                    c
+                })
+            };
+            let reference = run(1, Par::Seq);
+            for threads in 1..=4 {
+                for par in [Par::Seq, Par::Rayon] {
+                    assert_eq!(
+                        run(threads, par).as_slice(),
+                        reference.as_slice(),
+                        "{kernel:?} {threads} threads {par:?}"
+                    );
+                }
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let (fresh, par) = pool.install(|| {
+            let mut c = Matrix::zeros(300, 150);
+            gemm_par(Par::Rayon, 1.0, a.view(), b.view(), 0.0, &mut c);
+            (matmul_new(Par::Rayon, a.view(), b.view()), c)
+        });
+        assert_eq!(fresh.as_slice(), par.as_slice());
+    }
+
+    #[test]
+    fn gemm_kernel_names_parse() {
+        assert_eq!(GemmKernel::parse("gemm"), Ok(Some(GemmKernel::Gemm)));
+        assert_eq!(
+            GemmKernel::parse("matrixmultiply"),
+            Ok(Some(GemmKernel::Matrixmultiply))
+        );
+        assert_eq!(GemmKernel::parse("auto"), Ok(None));
+        assert!(GemmKernel::parse("blas")
+            .unwrap_err()
+            .contains("LANDSCAPE_GEMM"));
     }
 }
 

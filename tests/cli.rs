@@ -375,3 +375,62 @@ fn bench_reports_the_machine_and_counted_gemm_flops() {
     assert!(row["fraction_of_gemm_rate"].as_f64().unwrap() > 0.0);
     assert!(r["table_markdown"].as_str().unwrap().contains("Machine: "));
 }
+
+/// `LANDSCAPE_GEMM` picks the GEMM kernel: a bad value is a one-line error; the two
+/// kernels give the same training run to rounding (compared with a tolerance: their
+/// sums differ in the last bits), each bit-identical when repeated, and the
+/// provenance names the kernels used.
+#[test]
+fn gemm_kernel_override_is_checked_and_recorded() {
+    let d = temp_dir("gemm-kernel");
+    let o = bin()
+        .env("LANDSCAPE_GEMM", "blas")
+        .args(["info", "--data", "digits"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "LANDSCAPE_GEMM");
+    let train = |kernel: &str, out: &str| {
+        let path = d.join(out);
+        let o = bin()
+            .env("LANDSCAPE_GEMM", kernel)
+            .args([
+                "--threads",
+                "2",
+                "train",
+                "--data",
+                "digits",
+                "--hidden",
+                "40,40",
+                "--epochs",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+                path.to_str().unwrap(),
+                "--json",
+                path.with_extension("json").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let m =
+            landscape::io::model_file::load_mlp_f64(&path, &Default::default()).unwrap();
+        (m.param_vector(), path)
+    };
+    let (mm, _) = train("matrixmultiply", "mm.safetensors");
+    let (mm2, _) = train("matrixmultiply", "mm2.safetensors");
+    let (gm, gm_path) = train("gemm", "gemm.safetensors");
+    let (gm2, _) = train("gemm", "gemm2.safetensors");
+    assert_eq!(mm, mm2, "matrixmultiply runs differ");
+    assert_eq!(gm, gm2, "gemm runs differ");
+    let scale = mm.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    let diff = mm
+        .iter()
+        .zip(&gm)
+        .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+    assert!(diff <= 1e-9 * scale, "kernels disagree by {diff:e}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gm_path.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(v["provenance"]["gemm"], "f64: gemm, f32: gemm", "{v}");
+}

@@ -431,7 +431,7 @@ fn rank_report_matches_an_independent_eigendecomposition() {
         .as_slice()
         .iter()
         .zip(y.as_slice())
-        .map(|(a, b)| (a - b).powi(2))
+        .map(|(a, b): (&f64, &f64)| (a - b).powi(2))
         .sum::<f64>()
         / 13.0;
     assert!((resid - projection_residual(&s.u_kept, &y)).abs() < 1e-12);
@@ -484,7 +484,7 @@ fn deep_linear_networks_reach_the_closed_form_optimum() {
         .as_slice()
         .iter()
         .zip(y.as_slice())
-        .map(|(a, b)| (a - b).powi(2))
+        .map(|(a, b): (&f64, &f64)| (a - b).powi(2))
         .sum();
     let gram = Matrix::from_fn(k, k, |i, j| {
         (0..m).map(|r| yh.get(r, i) * yh.get(r, j)).sum()

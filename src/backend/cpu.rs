@@ -121,8 +121,9 @@ pub struct MachineInfo {
     pub isa: Vec<&'static str>,
     /// The convolution kernels' family (`autodiff::conv::conv_isa`).
     pub conv_kernels: String,
-    /// The GEMM of the dense products (it dispatches on avx/fma itself).
-    pub gemm: &'static str,
+    /// The GEMM kernels of the dense products (`tensor::gemm_kernels_description`;
+    /// each dispatches on avx/fma/avx512 itself).
+    pub gemm: String,
     pub threads: usize,
 }
 
@@ -157,7 +158,7 @@ pub fn machine_info() -> MachineInfo {
         processor,
         isa,
         conv_kernels: format!("{:?}", crate::autodiff::conv::conv_isa()).to_lowercase(),
-        gemm: "matrixmultiply 0.3 (dgemm, sgemm)",
+        gemm: crate::tensor::gemm_kernels_description(),
         threads: rayon::current_num_threads(),
     }
 }

@@ -727,6 +727,7 @@ struct ExportArgs {
 
 pub fn run() -> Result<(), String> {
     let cli = Cli::parse();
+    landscape::tensor::GemmKernel::check_env()?;
     if let Some(t) = cli.threads {
         if t == 0 {
             return Err("--threads must be at least 1".into());

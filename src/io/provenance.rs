@@ -40,6 +40,11 @@ pub struct Provenance {
     /// do not depend on it. Records written before this field read as 1.
     #[serde(default = "one_rank")]
     pub ranks: usize,
+    /// The GEMM kernels of the dense products (`tensor::gemm_kernels_description`):
+    /// results agree bit for bit only between runs with the same kernels. Records
+    /// written before this field read as `None`.
+    #[serde(default)]
+    pub gemm: Option<String>,
     /// Seconds since the Unix epoch (`SOURCE_DATE_EPOCH` when set).
     pub created_unix: u64,
 }
@@ -63,6 +68,7 @@ impl Provenance {
             config,
             threads: rayon::current_num_threads(),
             ranks: crate::dist::size(),
+            gemm: Some(crate::tensor::gemm_kernels_description()),
             created_unix: unix_time(),
         }
     }
