@@ -8,7 +8,10 @@ use landscape::hessian::network::{BlockOp, BnMode, NetObjective};
 use landscape::hessian::{
     dense_hessian, per_sample_gn_norms_with_curvature, HessianOperator, Part,
 };
+#[cfg(not(target_endian = "little"))]
 use landscape::io::model_file::{write_safetensors, RawTensor};
+#[cfg(target_endian = "little")]
+use landscape::io::model_file::{write_safetensors_refs, TensorRef};
 use landscape::io::provenance::Provenance;
 use landscape::linalg::{self, LanczosOptions, SymOp, Which};
 use landscape::memory::{self, Allocation, MemoryBudget};
@@ -300,12 +303,20 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         meta.insert("bn_mode".to_string(), json!(bn_mode).to_string());
         meta.insert("samples".to_string(), selection.to_string());
         meta.insert("dataset".to_string(), bundle.summary_json().to_string());
-        write_safetensors(
+        // Streamed from the matrix: no second copy of its P^2 values in memory.
+        #[cfg(target_endian = "little")]
+        let written = write_safetensors_refs(
+            path,
+            &[TensorRef::f64("hessian", vec![p, p], h.as_slice())],
+            &meta,
+        );
+        #[cfg(not(target_endian = "little"))]
+        let written = write_safetensors(
             path,
             &[RawTensor::f64("hessian", vec![p, p], h.as_slice())],
             &meta,
-        )
-        .map_err(|e| e.to_string())?;
+        );
+        written.map_err(|e| e.to_string())?;
         eprintln!(
             "dense {:?} Hessian ({p} x {p}) written to {}",
             a.part,

@@ -89,15 +89,47 @@ pub fn temp_path(path: &Path) -> Result<std::path::PathBuf> {
 /// [`write_atomic`] with `mid_write` called when half of the bytes are in the temporary
 /// file (the fault-injection tests pause there; see [`checkpoint::test_point`]).
 pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mid_write: impl FnOnce()) -> Result<()> {
+    write_atomic_parts_with(path, &[bytes], mid_write)
+}
+
+/// [`write_atomic`] of the concatenation of `parts`, written one after another without
+/// first joining them (a dense Hessian's hundreds of MiB go from the matrix to the file).
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
+    write_atomic_parts_with(path, parts, || checkpoint::test_point("output-write"))?;
+    checkpoint::test_log_write(path);
+    remove_stale_temps(path);
+    Ok(())
+}
+
+/// [`write_atomic_with`] of the concatenation of `parts`; `mid_write` runs after the
+/// first half of the bytes.
+fn write_atomic_parts_with(path: &Path, parts: &[&[u8]], mid_write: impl FnOnce()) -> Result<()> {
     use std::io::Write;
     let tmp = temp_path(path)?;
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        let half = bytes.len() / 2;
-        f.write_all(&bytes[..half])?;
-        f.flush()?;
-        mid_write();
-        f.write_all(&bytes[half..])?;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut before_hook = total / 2;
+        let mut mid_write = Some(mid_write);
+        for part in parts {
+            let head = before_hook.min(part.len());
+            f.write_all(&part[..head])?;
+            before_hook -= head;
+            if before_hook == 0 {
+                if let Some(hook) = mid_write.take() {
+                    f.flush()?;
+                    hook();
+                }
+            }
+            f.write_all(&part[head..])?;
+        }
+        if let Some(hook) = mid_write.take() {
+            f.flush()?;
+            hook();
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // Make the rename itself durable (best effort: not every file system allows it).

@@ -74,6 +74,29 @@ pub struct ImportOptions {
     pub leaky_slope: Option<f64>,
 }
 
+/// A borrowed tensor for [`write_safetensors_refs`]: raw little-endian bytes in C order.
+#[derive(Clone, Debug)]
+pub struct TensorRef<'a> {
+    pub name: &'a str,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+impl<'a> TensorRef<'a> {
+    /// An `F64` tensor viewing `values` in place (little-endian targets; elsewhere the
+    /// caller converts with [`RawTensor::f64`]).
+    #[cfg(target_endian = "little")]
+    pub fn f64(name: &'a str, shape: Vec<usize>, values: &'a [f64]) -> Self {
+        Self {
+            name,
+            dtype: Dtype::F64,
+            shape,
+            data: bytemuck::cast_slice(values),
+        }
+    }
+}
+
 /// One tensor for [`write_safetensors`]: raw little-endian bytes in C order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawTensor {
@@ -90,7 +113,7 @@ impl RawTensor {
             name: name.into(),
             dtype: Dtype::F64,
             shape,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            data: le_bytes_f64(values),
         }
     }
     /// An `F32` tensor.
@@ -123,9 +146,50 @@ pub fn safetensors_bytes(
     tensors: &[RawTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let mut order: Vec<&RawTensor> = tensors.iter().collect();
-    order.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(&b.name)));
-    let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let refs = raw_refs(tensors);
+    let (header, order) = safetensors_layout(&refs, metadata)?;
+    let mut out =
+        Vec::with_capacity(header.len() + order.iter().map(|t| t.data.len()).sum::<usize>());
+    out.extend_from_slice(&header);
+    for t in &order {
+        out.extend_from_slice(t.data);
+    }
+    Ok(out)
+}
+
+/// `values` as little-endian bytes.
+fn le_bytes_f64(values: &[f64]) -> Vec<u8> {
+    #[cfg(target_endian = "little")]
+    {
+        bytemuck::cast_slice(values).to_vec()
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+}
+
+fn raw_refs(tensors: &[RawTensor]) -> Vec<TensorRef<'_>> {
+    tensors
+        .iter()
+        .map(|t| TensorRef {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: &t.data,
+        })
+        .collect()
+}
+
+/// The 8-byte length and the padded JSON header of [`safetensors_bytes`], and the
+/// tensors in file order.
+fn safetensors_layout<'t, 'a>(
+    tensors: &'t [TensorRef<'a>],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(Vec<u8>, Vec<&'t TensorRef<'a>>)> {
+    let mut order: Vec<&TensorRef> = tensors.iter().collect();
+    order.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(b.name)));
+    let mut names: Vec<&str> = tensors.iter().map(|t| t.name).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         return Err(Error::InvalidArgument(format!(
@@ -177,7 +241,7 @@ pub fn safetensors_bytes(
         let shape = serde_json::to_string(&t.shape).expect("shapes serialise");
         header.push_str(&format!(
             "{}:{{\"dtype\":{dtype},\"shape\":{shape},\"data_offsets\":[{},{}]}}",
-            json(&t.name),
+            json(t.name),
             offset,
             offset + t.data.len()
         ));
@@ -187,13 +251,10 @@ pub fn safetensors_bytes(
     while header.len() % 8 != 0 {
         header.push(' ');
     }
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    let mut out = Vec::with_capacity(8 + header.len());
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for t in &order {
-        out.extend_from_slice(&t.data);
-    }
-    Ok(out)
+    Ok((out, order))
 }
 
 /// Writes [`safetensors_bytes`] to `path` (atomically, through a temporary file).
@@ -202,8 +263,21 @@ pub fn write_safetensors(
     tensors: &[RawTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let bytes = safetensors_bytes(tensors, metadata)?;
-    super::write_atomic(path, &bytes)
+    write_safetensors_refs(path, &raw_refs(tensors), metadata)
+}
+
+/// [`write_safetensors`] of borrowed tensors: the same bytes, streamed from the
+/// tensors' own buffers to the file (no copy of the data in memory).
+pub fn write_safetensors_refs(
+    path: &Path,
+    tensors: &[TensorRef<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let (header, order) = safetensors_layout(tensors, metadata)?;
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(order.len() + 1);
+    parts.push(&header);
+    parts.extend(order.iter().map(|t| t.data));
+    super::write_atomic_parts(path, &parts)
 }
 
 /// `(name, shape)` of every tensor a model with this config stores, in parameter-vector
@@ -874,6 +948,48 @@ mod tests {
         assert!(parse_module_name("weight").is_none());
         assert!(parse_module_name("0.weight_g").is_none());
         assert!(parse_module_name(".weight").is_none());
+    }
+
+    /// The streamed writer writes exactly the bytes of `safetensors_bytes`, with the
+    /// little-endian encoding written out by hand for the reference.
+    #[test]
+    fn streamed_file_equals_the_serialised_bytes() {
+        let values = [1.5f64, -2.25, 3.0e-300, f64::MAX];
+        let t = vec![
+            RawTensor::f64("w", vec![2, 2], &values),
+            RawTensor::f32("a", vec![3], &[3.0, -1.0, 0.5]),
+        ];
+        let by_hand: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(t[0].data, by_hand);
+        let mut meta = BTreeMap::new();
+        meta.insert("k".to_string(), "v".to_string());
+        let dir = std::env::temp_dir().join(format!("landscape-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.safetensors");
+        write_safetensors(&path, &t, &meta).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            safetensors_bytes(&t, &meta).unwrap()
+        );
+        #[cfg(target_endian = "little")]
+        {
+            let refs = [
+                TensorRef::f64("w", vec![2, 2], &values),
+                TensorRef {
+                    name: "a",
+                    dtype: Dtype::F32,
+                    shape: vec![3],
+                    data: &t[1].data,
+                },
+            ];
+            let path2 = dir.join("r.safetensors");
+            write_safetensors_refs(&path2, &refs, &meta).unwrap();
+            assert_eq!(
+                std::fs::read(&path2).unwrap(),
+                std::fs::read(&path).unwrap()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
