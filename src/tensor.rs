@@ -6,8 +6,7 @@
 //!
 //! # GEMM kernels
 //! Every dense product of the engine goes through [`gemm_par`] / [`matmul_new`], which
-//! hand it to one of two kernels, by a policy fixed per dtype ([`GemmPolicy`]) that
-//! depends on the product's shape only:
+//! hand it to one of two kernels, chosen once per dtype ([`GemmKernel::for_dtype`]):
 //! - `matrixmultiply` (single-threaded kernels): large products are split over rayon
 //!   by *row blocks of C*; each output element is computed by one thread with the same
 //!   accumulation order over the inner dimension (matrixmultiply's `kc` does not
@@ -18,18 +17,17 @@
 //!   thread count (tested below), but they differ in the last bits from
 //!   matrixmultiply's.
 //!
-//! The default ("auto") policy is measured (docs/benchmarks.md, "GEMM kernels", and
-//! `cargo bench --bench gemm`): on processors without AVX-512, f64 products of at
-//! least 256^3 multiply-adds go to the `gemm` crate (1.45-1.6x matrixmultiply's dgemm
-//! at 256^3 and 1536^3 on the AVX2 EPYC); everything else goes to matrixmultiply: its
-//! AVX-512 dgemm (80 GFLOP/s on the Intel kind) and, on the AVX-512 EPYC (Zen 4),
-//! end-to-end HVPs that were faster with it in every interleaved round, although the
-//! `gemm` crate's AVX-512 kernels were faster on several isolated shapes there. sgemm
-//! ran at the same speed in both on the AVX2 EPYC. Both kernels pick their SIMD code
-//! from the processor at run time, so results are reproducible for a seed and thread
-//! count on one machine kind, not across kinds; the provenance of every result
-//! records the policy (`gemm_kernels_description`).
-//! `LANDSCAPE_GEMM=matrixmultiply|gemm|auto` fixes one kernel for every product.
+//! The default ("auto") choice is measured (docs/benchmarks.md, "GEMM kernels", and
+//! `cargo bench --bench gemm`): matrixmultiply on Intel processors with AVX-512 (its
+//! AVX-512 dgemm ran at 80 GFLOP/s on the Intel dev kind, where the `gemm` crate was
+//! not measured), the `gemm` crate (with its AVX-512 kernels where the processor has
+//! them) everywhere else: 1.45-1.6x matrixmultiply's dgemm on the AVX2 EPYC, and on
+//! the AVX-512 EPYC (Zen 4) 1.1-1.7x on the engine's products (the dense assembly's,
+//! GN-norm and HVP shapes) in both dtypes, equal at square 1536. Both kernels pick
+//! their SIMD code from the processor at run time, so results are reproducible for a
+//! seed and thread count on one machine kind, not across kinds; the provenance of
+//! every result records the kernels (`gemm_kernels_description`).
+//! `LANDSCAPE_GEMM=matrixmultiply|gemm|auto` overrides the choice for both dtypes.
 
 use rayon::prelude::*;
 use std::fmt::Debug;
@@ -79,8 +77,8 @@ pub trait Scalar:
             other
         }
     }
-    /// How this dtype's products choose their kernel (cached after the first call).
-    fn gemm_policy() -> GemmPolicy;
+    /// The kernel that computes this dtype's products (cached after the first call).
+    fn gemm_kernel() -> GemmKernel;
     /// `C <- alpha * A B + beta * C` on raw strided buffers (matrixmultiply).
     ///
     /// # Safety
@@ -147,9 +145,9 @@ macro_rules! impl_scalar {
             fn mul_add(self, a: Self, b: Self) -> Self {
                 <$t>::mul_add(self, a, b)
             }
-            fn gemm_policy() -> GemmPolicy {
-                static POLICY: std::sync::OnceLock<GemmPolicy> = std::sync::OnceLock::new();
-                *POLICY.get_or_init(|| GemmPolicy::for_dtype($name))
+            fn gemm_kernel() -> GemmKernel {
+                static KERNEL: std::sync::OnceLock<GemmKernel> = std::sync::OnceLock::new();
+                *KERNEL.get_or_init(|| GemmKernel::for_dtype($name))
             }
             unsafe fn gemm_raw(
                 m: usize,
@@ -216,78 +214,57 @@ impl GemmKernel {
             Err(_) => Ok(()),
         }
     }
-}
 
-/// Products of at least this many multiply-adds (`m k n`; 256^3) go to the `gemm` crate
-/// under [`GemmPolicy::LargeToGemm`].
-pub const GEMM_CRATE_MIN_WORK: usize = 1 << 24;
-
-/// How a dtype's products pick their kernel (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GemmPolicy {
-    /// Every product through one kernel (`LANDSCAPE_GEMM`, or the measured default).
-    Fixed(GemmKernel),
-    /// Products of at least [`GEMM_CRATE_MIN_WORK`] multiply-adds through `gemm`, the
-    /// rest through matrixmultiply. The choice depends on the shape only, never on the
-    /// thread count.
-    LargeToGemm,
-}
-
-impl GemmPolicy {
-    /// `LANDSCAPE_GEMM` when it names a kernel, otherwise [`GemmPolicy::auto`].
+    /// The measured default for `dtype` ("f32" or "f64") on this processor, unless
+    /// `LANDSCAPE_GEMM` names a kernel.
     pub fn for_dtype(dtype: &str) -> Self {
-        if let Ok(Ok(Some(k))) = std::env::var(GEMM_ENV).map(|v| GemmKernel::parse(&v)) {
-            return GemmPolicy::Fixed(k);
+        if let Ok(Ok(Some(k))) = std::env::var(GEMM_ENV).map(|v| Self::parse(&v)) {
+            return k;
         }
         Self::auto(dtype)
     }
 
-    /// The measured default: large f64 products through `gemm` on processors without
-    /// AVX-512, everything else through matrixmultiply.
-    pub fn auto(dtype: &str) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        let avx512 = std::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx512 = false;
-        if dtype == "f64" && !avx512 {
-            GemmPolicy::LargeToGemm
+    /// The measured default (module docs): matrixmultiply on Intel processors with
+    /// AVX-512, `gemm` everywhere else.
+    pub fn auto(_dtype: &str) -> Self {
+        if intel_with_avx512() {
+            GemmKernel::Matrixmultiply
         } else {
-            GemmPolicy::Fixed(GemmKernel::Matrixmultiply)
-        }
-    }
-
-    /// The kernel of an `m x k` by `k x n` product.
-    pub fn kernel(self, m: usize, k: usize, n: usize) -> GemmKernel {
-        match self {
-            GemmPolicy::Fixed(kernel) => kernel,
-            GemmPolicy::LargeToGemm => {
-                let work = m.saturating_mul(k).saturating_mul(n);
-                if work >= GEMM_CRATE_MIN_WORK {
-                    GemmKernel::Gemm
-                } else {
-                    GemmKernel::Matrixmultiply
-                }
-            }
-        }
-    }
-
-    /// A description for reports and provenance.
-    pub fn describe(self) -> String {
-        match self {
-            GemmPolicy::Fixed(kernel) => kernel.name().to_string(),
-            GemmPolicy::LargeToGemm => {
-                "gemm from 2^24 multiply-adds, matrixmultiply below".to_string()
-            }
+            GemmKernel::Gemm
         }
     }
 }
 
-/// The kernel policies in use, e.g. `"f64: matrixmultiply, f32: matrixmultiply"`.
+/// Whether this is an Intel processor with AVX-512 (the kind where matrixmultiply's
+/// AVX-512 kernels were measured and the `gemm` crate was not).
+fn intel_with_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 0 exists on every x86-64 processor.
+        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        let mut vendor = [0u8; 12];
+        vendor[..4].copy_from_slice(&r.ebx.to_le_bytes());
+        vendor[4..8].copy_from_slice(&r.edx.to_le_bytes());
+        vendor[8..].copy_from_slice(&r.ecx.to_le_bytes());
+        &vendor == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The kernels in use, e.g. `"f64: gemm, f32: matrixmultiply"`.
 pub fn gemm_kernels_description() -> String {
     format!(
         "f64: {}, f32: {}",
-        f64::gemm_policy().describe(),
-        f32::gemm_policy().describe()
+        f64::gemm_kernel().name(),
+        f32::gemm_kernel().name()
     )
 }
 
@@ -749,8 +726,7 @@ pub fn gemm_par<T: Scalar>(
     beta: T,
     c: &mut Matrix<T>,
 ) {
-    let kernel = T::gemm_policy().kernel(a.rows, a.cols, b.cols);
-    gemm_with(kernel, par, alpha, a, b, beta, c)
+    gemm_with(T::gemm_kernel(), par, alpha, a, b, beta, c)
 }
 
 /// [`gemm_par`] through the named kernel instead of the dtype's chosen one (for
@@ -866,7 +842,7 @@ pub fn matmul_new<T: Scalar>(par: Par, a: MatRef<'_, T>, b: MatRef<'_, T>) -> Ma
     let mut data: Vec<T> = Vec::with_capacity(m * n);
     let threads = rayon::current_num_threads();
     let serial = par == Par::Seq || threads <= 1 || m * n * k < PARALLEL_GEMM_MIN_WORK;
-    if T::gemm_policy().kernel(m, k, n) == GemmKernel::Gemm {
+    if T::gemm_kernel() == GemmKernel::Gemm {
         // SAFETY: the buffer has capacity m n and beta = 0 never reads it; views were
         // bounds-checked at construction.
         unsafe {
@@ -1143,21 +1119,6 @@ mod tests {
             (matmul_new(Par::Rayon, a.view(), b.view()), c)
         });
         assert_eq!(fresh.as_slice(), par.as_slice());
-    }
-
-    #[test]
-    fn large_f64_products_go_to_the_gemm_crate_under_the_split_policy() {
-        let p = GemmPolicy::LargeToGemm;
-        assert_eq!(p.kernel(255, 256, 256), GemmKernel::Matrixmultiply);
-        assert_eq!(p.kernel(256, 256, 256), GemmKernel::Gemm);
-        assert_eq!(p.kernel(1024, 1024, 4225), GemmKernel::Gemm);
-        assert_eq!(p.kernel(1280, 64, 64), GemmKernel::Matrixmultiply);
-        let f = GemmPolicy::Fixed(GemmKernel::Gemm);
-        assert_eq!(f.kernel(1, 1, 1), GemmKernel::Gemm);
-        assert_eq!(
-            GemmPolicy::auto("f32"),
-            GemmPolicy::Fixed(GemmKernel::Matrixmultiply)
-        );
     }
 
     #[test]
