@@ -21,12 +21,13 @@
 //! `cargo bench --bench gemm`): matrixmultiply on Intel processors with AVX-512 (its
 //! AVX-512 dgemm ran at 80 GFLOP/s on the Intel dev kind, where the `gemm` crate was
 //! not measured), the `gemm` crate (with its AVX-512 kernels where the processor has
-//! them) everywhere else: 1.45-1.6x matrixmultiply's dgemm on the AVX2 EPYC, and on
-//! the AVX-512 EPYC (Zen 4) 1.1-1.7x on the engine's products (the dense assembly's,
-//! GN-norm and HVP shapes) in both dtypes, equal at square 1536. Both kernels pick
-//! their SIMD code from the processor at run time, so results are reproducible for a
-//! seed and thread count on one machine kind, not across kinds; the provenance of
-//! every result records the kernels (`gemm_kernels_description`).
+//! them) everywhere else: 1.45-1.6x matrixmultiply's dgemm on the AVX2 EPYC; on the
+//! AVX-512 EPYC (Zen 4) 1.1-1.7x on the engine's narrow products (GN-norm and HVP
+//! shapes) in both dtypes, equal at square 1536, and the three MLP targets of
+//! `benches/cpu_rounds.sh` met in more rounds through it. Both kernels pick their
+//! SIMD code from the processor at run time, so results are reproducible for a seed
+//! and thread count on one machine kind, not across kinds; the provenance of every
+//! result records the kernels (`gemm_kernels_description`).
 //! `LANDSCAPE_GEMM=matrixmultiply|gemm|auto` overrides the choice for both dtypes.
 
 use rayon::prelude::*;

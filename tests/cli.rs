@@ -413,8 +413,7 @@ fn gemm_kernel_override_is_checked_and_recorded() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
-        let m =
-            landscape::io::model_file::load_mlp_f64(&path, &Default::default()).unwrap();
+        let m = landscape::io::model_file::load_mlp_f64(&path, &Default::default()).unwrap();
         (m.param_vector(), path)
     };
     let (mm, _) = train("matrixmultiply", "mm.safetensors");
