@@ -150,16 +150,27 @@ fn curvature_core(
     m
 }
 
-/// Fills `out` (rows = samples, `row_len` columns) in parallel, one row per sample.
-fn fill_rows(out: &mut Matrix<f64>, f: impl Fn(usize, &mut [f64]) + Sync) {
+/// Fills the first `rows` rows of `out` (one row per sample) in parallel.
+fn fill_rows(out: &mut Matrix<f64>, rows: usize, f: impl Fn(usize, &mut [f64]) + Sync) {
     let cols = out.cols();
     if cols == 0 {
         return;
     }
-    out.as_mut_slice()
+    out.as_mut_slice()[..rows * cols]
         .par_chunks_mut(cols)
         .enumerate()
         .for_each(|(i, row)| f(i, row));
+}
+
+/// The largest chunk's sample count: the row count of the per-chunk stacks, which
+/// are allocated once per block and reused by every chunk (fresh buffers cost kernel
+/// page zeroing on first touch).
+fn max_chunk(ctx: &Context) -> usize {
+    ctx.chunks
+        .iter()
+        .map(|(st, _)| st.num_samples())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Curvature block `(q, p)`, `q <= p`, in parameter order (`P_q x P_p`), not yet divided by `m`.
@@ -168,14 +179,14 @@ fn curvature_block(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64>
     let (dq, dp) = (lay.widths[q + 1], lay.widths[p + 1]);
     let (nq, np) = (lay.augmented_in(q), lay.augmented_in(p));
     let mut pair = Matrix::zeros(dq * dp, nq * np);
+    let mut mstack = Matrix::zeros(max_chunk(ctx), dq * dp);
+    let mut xstack = Matrix::zeros(max_chunk(ctx), nq * np);
     for (st, labels) in &ctx.chunks {
         let mc = st.num_samples();
-        let mut mstack = Matrix::zeros(mc, dq * dp);
-        fill_rows(&mut mstack, |i, row| {
+        fill_rows(&mut mstack, mc, |i, row| {
             row.copy_from_slice(curvature_core(ctx, st, labels, part, q, p, i).as_slice());
         });
-        let mut xstack = Matrix::zeros(mc, nq * np);
-        fill_rows(&mut xstack, |i, row| {
+        fill_rows(&mut xstack, mc, |i, row| {
             let (xq, xp) = (st.inputs[q].row(i), st.inputs[p].row(i));
             for b in 0..nq {
                 let vb = if b < xq.len() { xq[b] } else { 1.0 };
@@ -185,7 +196,13 @@ fn curvature_block(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64>
                 }
             }
         });
-        gemm(1.0, mstack.t(), xstack.view(), 1.0, &mut pair);
+        gemm(
+            1.0,
+            mstack.rows_view(0, mc).t(),
+            xstack.rows_view(0, mc),
+            1.0,
+            &mut pair,
+        );
     }
     // Pair layout [(a, c), (b, e)] -> parameter layout [(a, b), (c, e)].
     let (pq, pp) = (lay.layer_size(q), lay.layer_size(p));
@@ -213,10 +230,11 @@ fn cross_block(ctx: &Context, q: usize, p: usize) -> Matrix<f64> {
     let nq = lay.widths[q];
     let np = lay.augmented_in(p);
     let mut pair = Matrix::zeros(dq * np, nq * dp);
+    let mut u = Matrix::zeros(max_chunk(ctx), dq * np);
+    let mut v = Matrix::zeros(max_chunk(ctx), nq * dp);
     for (st, _) in &ctx.chunks {
         let mc = st.num_samples();
-        let mut u = Matrix::zeros(mc, dq * np);
-        fill_rows(&mut u, |i, row| {
+        fill_rows(&mut u, mc, |i, row| {
             let (d, xp) = (st.delta[q].row(i), st.inputs[p].row(i));
             for a in 0..dq {
                 for e in 0..np {
@@ -224,11 +242,16 @@ fn cross_block(ctx: &Context, q: usize, p: usize) -> Matrix<f64> {
                 }
             }
         });
-        let mut v = Matrix::zeros(mc, nq * dp);
-        fill_rows(&mut v, |i, row| {
+        fill_rows(&mut v, mc, |i, row| {
             row.copy_from_slice(st.b_of(ctx.model, q, p, i).as_slice());
         });
-        gemm(1.0, u.t(), v.view(), 1.0, &mut pair);
+        gemm(
+            1.0,
+            u.rows_view(0, mc).t(),
+            v.rows_view(0, mc),
+            1.0,
+            &mut pair,
+        );
     }
     let (pq, pp) = (lay.layer_size(q), lay.layer_size(p));
     let mut block = Matrix::zeros(pq, pp);
