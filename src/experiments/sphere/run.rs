@@ -149,6 +149,8 @@ pub struct EpochRecord {
     /// Mean realised angle per step this epoch, and the mean step length before retraction.
     pub mean_step_angle: Option<f64>,
     pub mean_step_length: Option<f64>,
+    /// Wall time of the epoch (its steps and its measurement); for the record before
+    /// training, of the measurement alone.
     pub seconds: f64,
 }
 
@@ -335,7 +337,9 @@ fn train_typed<T: Scalar>(
                 elr,
                 curv,
             )?;
-            rec.seconds += t0.elapsed().as_secs_f64();
+            // The epoch's wall time: its steps and this measurement (measure() set the
+            // measurement alone; t0 is the epoch's start, so the sum would count it twice).
+            rec.seconds = t0.elapsed().as_secs_f64();
             hooks.epoch(run, &rec)?;
             run.history.push(rec);
         }
