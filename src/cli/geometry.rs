@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use landscape::experiments::geometry::{
     curve_name, parse_grid, parse_range, read_surface_file, run_connect_checkpointed, run_line,
-    run_surface_checkpointed, same_architecture, write_surface_file, BendTraining, BnStats,
+    run_surface_checkpointed, same_architecture, write_surface_file, BendTraining, BiasBn, BnStats,
     ConnectConfig, CurvatureGrid, CurveKind, DirectionSpec, LineConfig, Normalization, Progress,
     SurfaceConfig,
 };
@@ -116,8 +116,16 @@ pub struct LineArgs {
     #[arg(long, value_enum, default_value = "filter")]
     pub norm: Normalization,
     /// Keep (and normalise) the bias and BatchNorm parts of random directions instead of zeroing them.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["xignore", "biasbn"])]
     pub keep_bias: bool,
+    /// Random directions on the bias and BatchNorm parameters (loss-landscape's --xignore;
+    /// a surface applies it to both directions): `biasbn` zeroes them (Li et al.'s default),
+    /// `none` includes them as the model's own values (d_b = w_b, as loss-landscape does).
+    #[arg(long, value_enum, default_value = "biasbn")]
+    pub xignore: XIgnore,
+    /// Include the bias and BatchNorm parameters in random directions (= --xignore none).
+    #[arg(long, conflicts_with = "xignore")]
+    pub biasbn: bool,
     #[arg(long)]
     pub trajectory: Option<PathBuf>,
     /// Use the first N training samples (default all).
@@ -157,7 +165,7 @@ pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
         direction,
         alphas: parse_range(&a.range).map_err(e)?,
         normalization: a.norm,
-        keep_bias: a.keep_bias,
+        bias_bn: bias_bn_of(a.keep_bias, a.xignore, a.biasbn),
         seed: a.seed,
         trajectory: a.trajectory.clone(),
         samples: a.samples,
@@ -248,8 +256,16 @@ pub struct SurfaceArgs {
     #[arg(long, value_enum, default_value = "filter")]
     pub norm: Normalization,
     /// Keep (and normalise) the bias and BatchNorm parts of random directions instead of zeroing them.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["xignore", "biasbn"])]
     pub keep_bias: bool,
+    /// Random directions on the bias and BatchNorm parameters (loss-landscape's --xignore;
+    /// a surface applies it to both directions): `biasbn` zeroes them (Li et al.'s default),
+    /// `none` includes them as the model's own values (d_b = w_b, as loss-landscape does).
+    #[arg(long, value_enum, default_value = "biasbn")]
+    pub xignore: XIgnore,
+    /// Include the bias and BatchNorm parameters in random directions (= --xignore none).
+    #[arg(long, conflicts_with = "xignore")]
+    pub biasbn: bool,
     /// Contour levels of the loss maps: log (geometric, Li et al.) or linear.
     #[arg(long, value_enum, default_value = "log")]
     pub contour_levels: ContourArg,
@@ -362,6 +378,26 @@ fn surface_figures(
         }
     }
     Ok(files)
+}
+
+/// loss-landscape's `--xignore` (`--xignore none` = `--biasbn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XIgnore {
+    /// Zero the bias and BatchNorm entries.
+    Biasbn,
+    /// Include them (the model's own values).
+    None,
+}
+
+/// The bias/BN treatment of `--keep-bias`, `--xignore` and `--biasbn`.
+fn bias_bn_of(keep_bias: bool, xignore: XIgnore, biasbn: bool) -> BiasBn {
+    if keep_bias {
+        BiasBn::Normalise
+    } else if biasbn || xignore == XIgnore::None {
+        BiasBn::Copy
+    } else {
+        BiasBn::Zero
+    }
 }
 
 /// Contour spacing of the loss maps (`--contour-levels`).
@@ -477,7 +513,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         grid_x,
         grid_y,
         normalization: a.norm,
-        keep_bias: a.keep_bias,
+        bias_bn: bias_bn_of(a.keep_bias, a.xignore, a.biasbn),
         seed: a.seed,
         trajectory: a.trajectory.clone(),
         samples: a.samples,
