@@ -18,7 +18,7 @@
 #   RTRAIN      training images of the ResNets              (default: 8000)
 #   REPOCHS     ResNet epochs                               (default: 10)
 #   RWIDTH      ResNet base width c (stages c,2c,4c)        (default: 4; Li et al.: 16)
-#   GRID        surface grid points per axis over [-1,1]^2  (default: 9)
+#   GRID        surface grid points per axis over [-1,1]^2  (default: 15)
 #   SSAMPLES    training samples of the surfaces            (default: 256)
 #   CGRID       curvature-map points per axis (1 = model)   (default: 3)
 #   CSAMPLES    training samples of the curvature maps      (default: 64)
@@ -36,7 +36,7 @@ PART=${PART:-all} STAGE=${STAGE:-all} T=${T:-1} DS=${DS:-2}
 NTRAIN=${NTRAIN:-8000} NTEST=${NTEST:-2000} SMALL=${SMALL:-128} BIG=${BIG:-4096} EPOCHS=${EPOCHS:-30}
 LINE_N=${LINE_N:-21} LSAMPLES=${LSAMPLES:-2000} LTEST=${LTEST:-1000}
 RTRAIN=${RTRAIN:-8000} REPOCHS=${REPOCHS:-10} RWIDTH=${RWIDTH:-4}
-GRID=${GRID:-9} SSAMPLES=${SSAMPLES:-256} CGRID=${CGRID:-3} CSAMPLES=${CSAMPLES:-64}
+GRID=${GRID:-15} SSAMPLES=${SSAMPLES:-256} CGRID=${CGRID:-3} CSAMPLES=${CSAMPLES:-64}
 DEPTHS=${DEPTHS:-"20 56"} WIDE=${WIDE:-2} XIGNORE=${XIGNORE:-biasbn}
 mkdir -p "$OUT"
 TR="--data mnist10k --downsample $DS --train-size $NTRAIN --test-size $NTEST"
