@@ -126,7 +126,10 @@ fn li_et_al_script_end_to_end_tiny() {
     assert!(!svg.contains("abs_ratio_min_max"), "raw key in a figure");
     // The 1-D plots and the 3-D render carry words and a caption too.
     let svg = std::fs::read_to_string(out.join("filter_bs64_wd0_loss.svg")).unwrap();
-    assert!(svg.contains("along filter-normalised random direction 1"), "line title");
+    assert!(
+        svg.contains("along filter-normalised random direction 1"),
+        "line title"
+    );
     assert!(svg.contains("loss (mean cross-entropy)"), "line y axis");
     assert!(svg.contains("16 training samples"), "line caption");
     let svg = std::fs::read_to_string(out.join("raw_bs2_wd0_loss.svg")).unwrap();
@@ -134,7 +137,10 @@ fn li_et_al_script_end_to_end_tiny() {
     let svg = std::fs::read_to_string(out.join("interp_wd0_error.svg")).unwrap();
     assert!(svg.contains("alpha (0 = conv_bs2_wd0.safetensors, 1 = conv_bs64_wd0.safetensors)"));
     let svg = std::fs::read_to_string(out.join("surface_resnet20_w1_train_loss_3d.svg")).unwrap();
-    assert!(svg.contains("filter-normalised random direction 2"), "3-D axis names");
+    assert!(
+        svg.contains("filter-normalised random direction 2"),
+        "3-D axis names"
+    );
     assert!(svg.contains("training samples"), "3-D caption");
     // The surface JSON holds its maps (what summarize.py reads).
     let v: serde_json::Value = serde_json::from_str(
@@ -154,7 +160,10 @@ fn li_et_al_script_end_to_end_tiny() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let svg = std::fs::read_to_string(out.join("replot_train_loss.svg")).unwrap();
-    assert!(svg.contains("filter-normalised random direction 1"), "replot axis names");
+    assert!(
+        svg.contains("filter-normalised random direction 1"),
+        "replot axis names"
+    );
 }
 
 /// loss-landscape's `--xignore biasbn` (bias and BatchNorm entries zero) and
