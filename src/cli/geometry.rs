@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use landscape::experiments::geometry::{
     curve_name, parse_grid, parse_range, read_surface_file, run_connect_checkpointed, run_line,
-    run_surface_checkpointed, same_architecture, write_surface_file, BendTraining, BnStats,
+    run_surface_checkpointed, same_architecture, write_surface_file, BendTraining, BiasBn, BnStats,
     ConnectConfig, CurvatureGrid, CurveKind, DirectionSpec, LineConfig, Normalization, Progress,
     SurfaceConfig,
 };
@@ -17,7 +17,7 @@ use landscape::io::network_file::save_network;
 use landscape::io::provenance::Provenance;
 use landscape::nn::{Activation, LossKind};
 use landscape::plot::{
-    heatmap_labelled, heatmap_with_overlay, line_plot, surface3d, ContourSpacing, FigureLabels,
+    heatmap_labelled, line_plot_captioned, surface3d_labelled, ContourSpacing, FigureLabels,
     LineFigure, Overlay, Series,
 };
 use landscape::Matrix;
@@ -116,8 +116,16 @@ pub struct LineArgs {
     #[arg(long, value_enum, default_value = "filter")]
     pub norm: Normalization,
     /// Keep (and normalise) the bias and BatchNorm parts of random directions instead of zeroing them.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["xignore", "biasbn"])]
     pub keep_bias: bool,
+    /// Random directions on the bias and BatchNorm parameters (loss-landscape's --xignore;
+    /// a surface applies it to both directions): `biasbn` zeroes them (Li et al.'s default),
+    /// `none` includes them as the model's own values (d_b = w_b, as loss-landscape does).
+    #[arg(long, value_enum, default_value = "biasbn")]
+    pub xignore: XIgnore,
+    /// Include the bias and BatchNorm parameters in random directions (= --xignore none).
+    #[arg(long, conflicts_with = "xignore")]
+    pub biasbn: bool,
     #[arg(long)]
     pub trajectory: Option<PathBuf>,
     /// Use the first N training samples (default all).
@@ -157,7 +165,7 @@ pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
         direction,
         alphas: parse_range(&a.range).map_err(e)?,
         normalization: a.norm,
-        keep_bias: a.keep_bias,
+        bias_bn: bias_bn_of(a.keep_bias, a.xignore, a.biasbn),
         seed: a.seed,
         trajectory: a.trajectory.clone(),
         samples: a.samples,
@@ -189,19 +197,48 @@ pub fn cmd_line(a: LineArgs, command_line: &str) -> Result<(), String> {
             if let Some(t) = test {
                 series.push(Series::new("test", r.alpha.clone(), t.clone()));
             }
+            let along = match &a.to {
+                Some(p) => format!("the line to {}", file_name(p)),
+                None => direction_words(&a.direction, a.norm, 1),
+            };
+            let quantity = if what == "loss" {
+                "loss (mean cross-entropy)"
+            } else {
+                "error (fraction misclassified)"
+            };
             let fig = LineFigure {
-                title: format!(
-                    "{what} along {}",
-                    r.direction["kind"].as_str().unwrap_or("the direction")
-                ),
-                x_label: "alpha".into(),
-                y_label: what.into(),
+                title: format!("training and test {what} along {along}"),
+                x_label: match &a.to {
+                    Some(p) => format!(
+                        "alpha (0 = {}, 1 = {})",
+                        file_name(&a.model.model),
+                        file_name(p)
+                    ),
+                    None => format!("alpha: step along the {along}"),
+                },
+                y_label: quantity.into(),
                 log_x: false,
                 log_y: false,
                 series,
                 markers: vec![],
             };
-            files.extend(files_of(line_plot(&fig, &suffixed(prefix, what)))?);
+            let caption = format!(
+                "{} ({} parameters) on {}, {} training samples{}",
+                net.arch.name,
+                net.num_params(),
+                data_words(&bundle),
+                r.samples,
+                bundle
+                    .test
+                    .as_ref()
+                    .map(|t| format!(", {} test samples", t.len()))
+                    .unwrap_or_default()
+            );
+            files.extend(files_of(line_plot_captioned(
+                &fig,
+                &caption,
+                &suffixed(prefix, what),
+            ))?);
         }
     }
     let mut results = serde_json::to_value(&r).map_err(|e| e.to_string())?;
@@ -248,8 +285,16 @@ pub struct SurfaceArgs {
     #[arg(long, value_enum, default_value = "filter")]
     pub norm: Normalization,
     /// Keep (and normalise) the bias and BatchNorm parts of random directions instead of zeroing them.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["xignore", "biasbn"])]
     pub keep_bias: bool,
+    /// Random directions on the bias and BatchNorm parameters (loss-landscape's --xignore;
+    /// a surface applies it to both directions): `biasbn` zeroes them (Li et al.'s default),
+    /// `none` includes them as the model's own values (d_b = w_b, as loss-landscape does).
+    #[arg(long, value_enum, default_value = "biasbn")]
+    pub xignore: XIgnore,
+    /// Include the bias and BatchNorm parameters in random directions (= --xignore none).
+    #[arg(long, conflicts_with = "xignore")]
+    pub biasbn: bool,
     /// Contour levels of the loss maps: log (geometric, Li et al.) or linear.
     #[arg(long, value_enum, default_value = "log")]
     pub contour_levels: ContourArg,
@@ -337,12 +382,14 @@ fn surface_figures(
             o,
         ))?);
         if name == "train_loss" {
-            files.extend(files_of(surface3d(
+            files.extend(files_of(surface3d_labelled(
                 gx,
                 gy,
                 m,
-                "train loss surface",
-                "loss",
+                &FigureLabels {
+                    title: "training loss surface (3-D view)".into(),
+                    ..words.labels(name)
+                },
                 &suffixed(prefix, "train_loss_3d"),
             ))?);
         }
@@ -362,6 +409,26 @@ fn surface_figures(
         }
     }
     Ok(files)
+}
+
+/// loss-landscape's `--xignore` (`--xignore none` = `--biasbn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XIgnore {
+    /// Zero the bias and BatchNorm entries.
+    Biasbn,
+    /// Include them (the model's own values).
+    None,
+}
+
+/// The bias/BN treatment of `--keep-bias`, `--xignore` and `--biasbn`.
+fn bias_bn_of(keep_bias: bool, xignore: XIgnore, biasbn: bool) -> BiasBn {
+    if keep_bias {
+        BiasBn::Normalise
+    } else if biasbn || xignore == XIgnore::None {
+        BiasBn::Copy
+    } else {
+        BiasBn::Zero
+    }
 }
 
 /// Contour spacing of the loss maps (`--contour-levels`).
@@ -401,6 +468,26 @@ impl SurfaceWords {
     }
 }
 
+/// The data set in words for captions: its name and, for images, `C x H x W` (after
+/// any `--downsample`).
+pub fn data_words(b: &landscape::data::DataBundle) -> String {
+    match (b.image_shape, b.downsample) {
+        (Some([c, h, w]), Some(f)) if f > 1 => {
+            format!("{} ({c}x{h}x{w}, {f}x{f}-pooled)", b.name)
+        }
+        (Some([c, h, w]), _) => format!("{} ({c}x{h}x{w})", b.name),
+        _ => b.name.clone(),
+    }
+}
+
+/// The file name of a path (the whole path when it has none), for figure words.
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 /// An axis name for a direction spec (`random`, `eigen:K`, ...) in words.
 pub fn direction_words(spec: &str, norm: Normalization, k: usize) -> String {
     let spec = spec.trim();
@@ -431,6 +518,13 @@ pub fn direction_words(spec: &str, norm: Normalization, k: usize) -> String {
 pub fn cmd_replot(a: ReplotArgs) -> Result<(), String> {
     let s = read_surface_file(&a.surface).map_err(e)?;
     super::probe_prefix(Some(&a.fig))?;
+    // Figure words stored by `surface --out` (older files: generic axis names).
+    let meta = std::fs::read(&a.surface)
+        .ok()
+        .and_then(|b| safetensors::SafeTensors::read_metadata(&b).ok())
+        .and_then(|(_, m)| m.metadata().clone())
+        .unwrap_or_default();
+    let word = |k: &str, default: &str| meta.get(k).cloned().unwrap_or_else(|| default.into());
     let files = surface_figures(
         &a.fig,
         &s.grid_x,
@@ -441,9 +535,9 @@ pub fn cmd_replot(a: ReplotArgs) -> Result<(), String> {
             .map(|(x, y, m)| (x.as_slice(), y.as_slice(), m.as_slice())),
         s.trajectory_xy.as_deref(),
         &SurfaceWords {
-            x_label: "direction 1".into(),
-            y_label: "direction 2".into(),
-            caption: String::new(),
+            x_label: word("figure_x_label", "direction 1"),
+            y_label: word("figure_y_label", "direction 2"),
+            caption: word("figure_caption", ""),
             spacing: a.contour_levels.into(),
         },
     )?;
@@ -477,7 +571,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
         grid_x,
         grid_y,
         normalization: a.norm,
-        keep_bias: a.keep_bias,
+        bias_bn: bias_bn_of(a.keep_bias, a.xignore, a.biasbn),
         seed: a.seed,
         trajectory: a.trajectory.clone(),
         samples: a.samples,
@@ -513,6 +607,22 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
                    "curvature_samples": r.curvature.as_ref().map(|c| c.samples)}),
         ),
     );
+    let words = SurfaceWords {
+        x_label: direction_words(&a.x, a.norm, 1),
+        y_label: direction_words(&a.y, a.norm, 2),
+        caption: format!(
+            "{} ({} parameters) on {}, {} training samples{}",
+            net.arch.name,
+            net.num_params(),
+            data_words(&bundle),
+            r.samples,
+            r.curvature
+                .as_ref()
+                .map(|c| format!("; curvature on {} samples", c.samples))
+                .unwrap_or_default()
+        ),
+        spacing: a.contour_levels.into(),
+    };
     if let Some(out) = &a.out {
         let mut meta = BTreeMap::new();
         meta.insert("model".into(), super::model_json(&net).to_string());
@@ -520,6 +630,10 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
             "provenance".into(),
             serde_json::to_string(&prov).unwrap_or_default(),
         );
+        // The figure words, so that `surface-replot` draws the same labels.
+        meta.insert("figure_x_label".into(), words.x_label.clone());
+        meta.insert("figure_y_label".into(), words.y_label.clone());
+        meta.insert("figure_caption".into(), words.caption.clone());
         write_surface_file(out, &r, &meta).map_err(e)?;
     }
     let mut files = Vec::new();
@@ -533,22 +647,7 @@ pub fn cmd_surface(a: SurfaceArgs, command_line: &str) -> Result<(), String> {
                 .as_ref()
                 .map(|c| (c.grid_x.as_slice(), c.grid_y.as_slice(), c.maps.as_slice())),
             r.trajectory.as_ref().map(|p| p.coords.as_slice()),
-            &SurfaceWords {
-                x_label: direction_words(&a.x, a.norm, 1),
-                y_label: direction_words(&a.y, a.norm, 2),
-                caption: format!(
-                    "{} ({} parameters) on {}, {} training samples{}",
-                    net.arch.name,
-                    net.num_params(),
-                    bundle.name,
-                    r.samples,
-                    r.curvature
-                        .as_ref()
-                        .map(|c| format!("; curvature on {} samples", c.samples))
-                        .unwrap_or_default()
-                ),
-                spacing: a.contour_levels.into(),
-            },
+            &words,
         )?;
     }
     let mut results = r.to_json();
@@ -686,25 +785,52 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
     }
     let mut files = Vec::new();
     if let Some(prefix) = &a.fig {
+        let t_words = format!(
+            "t along the path (0 = {}, 1 = {})",
+            file_name(&a.a),
+            file_name(&a.b)
+        );
+        let caption = format!(
+            "{} ({} parameters) on {}; {} training samples{}",
+            na.arch.name,
+            na.num_params(),
+            data_words(&bundle),
+            bundle.train.len(),
+            bundle
+                .test
+                .as_ref()
+                .map(|t| format!(", {} test samples", t.len()))
+                .unwrap_or_default()
+        );
         for (what, s) in [("loss", loss_series), ("error", err_series)] {
             let fig = LineFigure {
-                title: format!("{what} along the linear path and the trained curve"),
-                x_label: "t".into(),
-                y_label: what.into(),
+                title: format!(
+                    "training and test {what} along the linear path and the trained curve"
+                ),
+                x_label: t_words.clone(),
+                y_label: if what == "loss" {
+                    "loss (mean cross-entropy, log scale)".into()
+                } else {
+                    "error (fraction misclassified)".into()
+                },
                 log_x: false,
                 log_y: what == "loss",
                 series: s,
                 markers: vec![],
             };
-            files.extend(files_of(line_plot(&fig, &suffixed(prefix, what)))?);
+            files.extend(files_of(line_plot_captioned(
+                &fig,
+                &caption,
+                &suffixed(prefix, what),
+            ))?);
         }
         let fig = LineFigure {
             title: format!(
-                "top Hessian eigenvalue along the paths ({} samples)",
+                "largest Hessian eigenvalue along the paths ({} samples)",
                 r.eigen_samples
             ),
-            x_label: "t".into(),
-            y_label: "lambda_max".into(),
+            x_label: t_words.clone(),
+            y_label: "largest Hessian eigenvalue \u{3bb}_max".into(),
             log_x: false,
             log_y: false,
             series: r
@@ -714,7 +840,11 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
                 .collect(),
             markers: vec![],
         };
-        files.extend(files_of(line_plot(&fig, &suffixed(prefix, "eigen")))?);
+        files.extend(files_of(line_plot_captioned(
+            &fig,
+            &caption,
+            &suffixed(prefix, "eigen"),
+        ))?);
         if let Some(pm) = &r.plane {
             let p3 = r.plane_coordinates;
             let overlay = Overlay {
@@ -725,13 +855,20 @@ pub fn cmd_connect(a: ConnectArgs, command_line: &str) -> Result<(), String> {
                 ],
                 paths: vec![pm.curve.clone()],
             };
-            files.extend(files_of(heatmap_with_overlay(
+            files.extend(files_of(heatmap_labelled(
                 &pm.grid_x,
                 &pm.grid_y,
                 &pm.ln_loss,
-                "ln(train loss) on the plane through A, B and the bend",
+                &FigureLabels {
+                    title: "ln(training loss) on the plane through A, B and the bend".into(),
+                    x_label: "plane coordinate 1 (along B - A)".into(),
+                    y_label: "plane coordinate 2 (towards the bend, orthogonalised)".into(),
+                    colorbar: "ln(training loss)".into(),
+                    caption: caption.clone(),
+                },
                 &suffixed(prefix, "plane"),
                 10,
+                ContourSpacing::Linear,
                 &overlay,
             ))?);
         }

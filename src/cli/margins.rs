@@ -282,7 +282,7 @@ pub fn cmd_study(a: StudyArgs, command_line: &str) -> Result<(), String> {
                 "{} vs generalisation gap (Kendall tau {:.2})",
                 m.measure, m.tau
             ),
-            x_label: m.measure.clone(),
+            x_label: landscape::plot::humanize(&m.measure),
             y_label: "train acc - test acc".into(),
             log_x: true,
             log_y: true,

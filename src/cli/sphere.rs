@@ -13,7 +13,7 @@ use landscape::experiments::sphere::{
 };
 use landscape::io::provenance::Provenance;
 use landscape::nn::{Init, LossKind, Network};
-use landscape::plot::{line_plot, LineFigure, Series};
+use landscape::plot::{line_plot_captioned, LineFigure, Series};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -596,16 +596,36 @@ fn cmd_connect(a: SphereConnectArgs, cl: &str) -> Result<(), String> {
                     .collect(),
             ));
         }
-        figs = line_plot(
+        let name = |p: &std::path::Path| {
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        };
+        figs = line_plot_captioned(
             &LineFigure {
-                title: "linear path on the sphere (BN statistics recomputed)".into(),
-                x_label: "t".into(),
-                y_label: "loss / error".into(),
+                title:
+                    "loss and error along the linear path on the sphere (BN statistics recomputed)"
+                        .into(),
+                x_label: format!("t along the path (0 = {}, 1 = {})", name(&a.a), name(&a.b)),
+                y_label: "loss (mean cross-entropy) / error (fraction misclassified)".into(),
                 log_x: false,
                 log_y: false,
                 series: s,
                 markers: vec![],
             },
+            &format!(
+                "{} ({} parameters) on {}, {} training samples{}",
+                ra.net.arch.name,
+                ra.net.num_params(),
+                super::geometry::data_words(&bundle),
+                bundle.train.len(),
+                bundle
+                    .test
+                    .as_ref()
+                    .map(|t| format!(", {} test samples", t.len()))
+                    .unwrap_or_default()
+            ),
             f,
         )
         .map_err(e)?

@@ -12,7 +12,7 @@ use landscape::io::checkpoint::{test_point, Decoder, Encoder, Session};
 use landscape::io::provenance::{write_json, Provenance};
 use landscape::nn::Activation;
 use landscape::optim::LbfgsConfig;
-use landscape::plot::{line_plot, LineFigure, Series};
+use landscape::plot::{line_plot_captioned, LineFigure, Series};
 use landscape::Matrix;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -288,6 +288,13 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
         y.cols()
     ));
     report.push_str(&format!("Command: `{command_line}`\n\n"));
+    // Under every figure: the data and the sample count.
+    let caption = format!(
+        "{}, m = {m} samples, d = {} inputs, K = {} outputs",
+        super::geometry::data_words(&bundle),
+        x.cols(),
+        y.cols()
+    );
     if fresh {
         state.report = report;
     }
@@ -361,7 +368,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 c.sigma_first.iter().map(|v| (v / s0).max(1e-300)).collect(),
             ));
         }
-        line_plot(
+        line_plot_captioned(
             &LineFigure {
                 title: format!("singular values of [X1, 1] at init, width n1 = m = {m}"),
                 x_label: "index".into(),
@@ -370,6 +377,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 series,
                 ..Default::default()
             },
+            &caption,
             &a.out.join("rank_spectra"),
         )
         .map_err(err)?;
@@ -387,7 +395,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 pts.iter().map(|c| c.median_ls_loss.max(1e-32)).collect(),
             ));
         }
-        line_plot(
+        line_plot_captioned(
             &LineFigure {
                 title: "best output layer on fixed random features (closed form)".into(),
                 x_label: "n1 / m".into(),
@@ -397,6 +405,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 markers: width_markers(m),
                 ..Default::default()
             },
+            &caption,
             &a.out.join("rank_fixed_features"),
         )
         .map_err(err)?;
@@ -500,7 +509,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 )
             })
             .collect();
-        line_plot(
+        line_plot_captioned(
             &LineFigure {
                 title: format!("fraction of runs reaching loss <= {:e} (m = {m})", a.eps),
                 x_label: "n1 / m".into(),
@@ -509,6 +518,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 markers: width_markers(m),
                 ..Default::default()
             },
+            &caption,
             &a.out.join("sweep_fraction"),
         )
         .map_err(err)?;
@@ -700,7 +710,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
             ));
         }
         csv_write(&a.out.join("paths.csv"), &csv)?;
-        line_plot(
+        line_plot_captioned(
             &LineFigure {
                 title: format!("loss along paths between two minima (tanh, m = {m})"),
                 x_label: "t".into(),
@@ -709,6 +719,7 @@ pub fn cmd_wide(a: WideArgs, command_line: &str) -> Result<(), String> {
                 series,
                 ..Default::default()
             },
+            &caption,
             &a.out.join("paths"),
         )
         .map_err(err)?;

@@ -22,7 +22,15 @@ use crate::error::{Error, Result};
 /// lengths ([`Error::Shape`]), or nothing drawable at all
 /// ([`Error::InvalidArgument`]); write failures ([`Error::Io`]).
 pub fn line_plot(fig: &LineFigure, prefix: &Path) -> Result<Vec<PathBuf>> {
-    let p = prepare(fig, &Extras::default())?;
+    line_plot_captioned(fig, "", prefix)
+}
+
+/// [`line_plot`] with `caption` (model, data, sample count: see
+/// [`super::FigureLabels::caption`]) drawn under the plot; an empty caption is left out.
+/// The title goes through [`super::humanize`], so quantity keys read as words.
+pub fn line_plot_captioned(fig: &LineFigure, caption: &str, prefix: &Path) -> Result<Vec<PathBuf>> {
+    let mut p = prepare(fig, &Extras::default())?;
+    p.caption = caption.to_string();
     render(prefix, LINE_SIZE, |r| draw_any(r, &p), |r| draw_any(r, &p))
 }
 
@@ -148,6 +156,8 @@ struct Extras {
 /// A figure reduced to what can be drawn.
 struct Prepared {
     title: String,
+    /// Drawn under the plot when not empty.
+    caption: String,
     x_label: String,
     y_label: String,
     log_x: bool,
@@ -277,6 +287,7 @@ fn prepare(fig: &LineFigure, extras: &Extras) -> Result<Prepared> {
     }
     Ok(Prepared {
         title: super::labels::humanize(&fig.title),
+        caption: String::new(),
         x_label: fig.x_label.clone(),
         y_label: fig.y_label.clone(),
         log_x: fig.log_x,
@@ -386,6 +397,20 @@ fn legend_corner(p: &Prepared) -> SeriesLabelPosition {
 }
 
 fn draw_any<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, p: &Prepared) -> DrawResult {
+    let root = &if p.caption.is_empty() {
+        root.clone()
+    } else {
+        let (_, h) = root.dim_in_pixel();
+        let (top, bottom) = root.split_vertically(h.saturating_sub(26));
+        bottom
+            .draw(&Text::new(
+                p.caption.clone(),
+                (12, 4),
+                TextStyle::from((FONT, 14)).color(&BLACK.mix(0.8)),
+            ))
+            .map_err(de)?;
+        top
+    };
     let ((x0, x1), (y0, y1)) = (p.x_range, p.y_range);
     let log = |lo: f64, hi: f64| {
         let t = log_ticks(lo, hi);

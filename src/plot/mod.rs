@@ -32,9 +32,9 @@ use crate::error::{Error, Result};
 
 pub use heatmap::{heatmap, heatmap_labelled, heatmap_with_overlay, Overlay};
 pub use labels::{humanize, quantity_name, ContourSpacing, FigureLabels};
-pub use line::{histogram_density, line_plot};
+pub use line::{histogram_density, line_plot, line_plot_captioned};
 pub use scatter::{scatter_plot, ScatterFigure};
-pub use surface3d::surface3d;
+pub use surface3d::{surface3d, surface3d_labelled};
 
 /// Pixel size `(width, height)` of line plots and spectral densities.
 pub const LINE_SIZE: (u32, u32) = (1000, 640);

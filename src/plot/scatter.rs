@@ -107,7 +107,7 @@ where
     YS::CoordDescType: ValueFormatter<f64>,
 {
     let mut chart = ChartBuilder::on(root)
-        .caption(&p.fig.title, (FONT, 24))
+        .caption(super::labels::humanize(&p.fig.title), (FONT, 24))
         .margin(18)
         .x_label_area_size(58)
         .y_label_area_size(86)

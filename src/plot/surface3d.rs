@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::heatmap::viridis;
+use super::labels::{humanize, FigureLabels};
 use super::{de, fmt_num, render, DrawResult, FONT, HEATMAP_SIZE};
 use crate::error::{Error, Result};
 use crate::tensor::Matrix;
@@ -26,6 +28,28 @@ pub fn surface3d(
     z_label: &str,
     prefix: &Path,
 ) -> Result<Vec<PathBuf>> {
+    let labels = FigureLabels {
+        title: title.to_string(),
+        x_label: "x direction".into(),
+        y_label: "y direction".into(),
+        colorbar: z_label.to_string(),
+        caption: String::new(),
+    };
+    surface3d_labelled(grid_x, grid_y, values, &labels, prefix)
+}
+
+/// [`surface3d`] with the words of `labels`: the title (through
+/// [`super::humanize`]), the names of the two directions at the ends of the floor's
+/// axes, the height's quantity (`colorbar`) with its range, and the caption under the
+/// plot.
+pub fn surface3d_labelled(
+    grid_x: &[f64],
+    grid_y: &[f64],
+    values: &Matrix<f64>,
+    labels: &FigureLabels,
+    prefix: &Path,
+) -> Result<Vec<PathBuf>> {
+    let title = labels.title.as_str();
     if grid_x.len() < 2 || grid_y.len() < 2 {
         return Err(Error::InvalidArgument(format!(
             "surface '{title}': needs at least a 2 x 2 grid"
@@ -96,8 +120,11 @@ pub fn surface3d(
     // Far (large depth) first.
     quads.sort_by(|a, b| b.0.total_cmp(&a.0));
     let p = Prep {
-        title: title.to_string(),
-        z_label: z_label.to_string(),
+        title: humanize(title),
+        z_label: humanize(&labels.colorbar),
+        x_name: labels.x_label.clone(),
+        y_name: labels.y_label.clone(),
+        caption: labels.caption.clone(),
         range: (fmt_num(lo), fmt_num(hi)),
         quads,
         x_tip: project(x1, y0, lo),
@@ -109,6 +136,9 @@ pub fn surface3d(
 struct Prep {
     title: String,
     z_label: String,
+    x_name: String,
+    y_name: String,
+    caption: String,
     range: (String, String),
     quads: Vec<Quad>,
     x_tip: (f64, f64, f64),
@@ -117,6 +147,20 @@ struct Prep {
 
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, p: &Prep) -> DrawResult {
     let (title, z_label, range, quads) = (&p.title, &p.z_label, &p.range, &p.quads);
+    let root = &if p.caption.is_empty() {
+        root.clone()
+    } else {
+        let (_, h) = root.dim_in_pixel();
+        let (top, bottom) = root.split_vertically(h.saturating_sub(26));
+        bottom
+            .draw(&Text::new(
+                p.caption.clone(),
+                (10, 4),
+                TextStyle::from((FONT, 14)).color(&BLACK.mix(0.8)),
+            ))
+            .map_err(de)?;
+        top
+    };
     {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 20))
@@ -143,16 +187,13 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, p: &Prep) -> DrawResu
         let (lx, ly, _) = p.y_tip;
         chart
             .draw_series([
+                // Right-aligned at the x axis's far end, so that a long name stays inside.
                 Text::new(
-                    "x direction".to_string(),
-                    (bx - 0.35, by - 0.12),
-                    style.clone(),
+                    p.x_name.clone(),
+                    (bx, by - 0.12),
+                    style.clone().pos(Pos::new(HPos::Right, VPos::Top)),
                 ),
-                Text::new(
-                    "y direction".to_string(),
-                    (lx + 0.05, ly - 0.12),
-                    style.clone(),
-                ),
+                Text::new(p.y_name.clone(), (lx + 0.05, ly - 0.12), style.clone()),
                 Text::new(
                     format!("{z_label}: {} .. {}", range.0, range.1),
                     (-1.45, 1.7),

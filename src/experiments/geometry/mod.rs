@@ -53,17 +53,74 @@ pub enum Normalization {
     None,
 }
 
+/// What a random direction does on the bias and BatchNorm (`gamma`, `beta`)
+/// parameters, the one-dimensional tensors (loss-landscape's `--xignore`).
+///
+/// * `Zero` (`--xignore biasbn`, the default as in Li et al.): `d_b = 0`, so the
+///   plane moves the weights only;
+/// * `Copy` (`--xignore none` / `--biasbn`: loss-landscape's behaviour when the
+///   bias/BN parameters are not ignored): `d_b = w_b`, the model's own entries
+///   (each scalar parameter is its own "filter", so this is filter normalisation of a
+///   one-entry filter up to sign), whatever the normalisation;
+/// * `Normalise` (`--keep-bias`): the Gaussian entries kept and each vector rescaled
+///   to the norm of the model's (`d_b |w_b| / |d_b|`) for `Filter` and `Layer`,
+///   left as drawn for `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BiasBn {
+    #[default]
+    Zero,
+    Copy,
+    Normalise,
+}
+
+impl BiasBn {
+    /// `keep_bias = true` is `Normalise`, `false` is `Zero`.
+    pub fn from_keep_bias(keep_bias: bool) -> Self {
+        if keep_bias {
+            Self::Normalise
+        } else {
+            Self::Zero
+        }
+    }
+
+    /// Sets the direction block `d` of one bias or BatchNorm vector `w`.
+    pub(crate) fn apply(self, d: &mut [f64], w: &[f64], norm_kind: Normalization) {
+        match self {
+            Self::Zero => d.iter_mut().for_each(|v| *v = 0.0),
+            Self::Copy => d.copy_from_slice(w),
+            Self::Normalise if norm_kind != Normalization::None => {
+                let cur = norm(d);
+                let s = if cur > 0.0 { norm(w) / cur } else { 0.0 };
+                d.iter_mut().for_each(|v| *v *= s);
+            }
+            Self::Normalise => {}
+        }
+    }
+}
+
 pub(crate) fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
 /// Rescales `d` in place by `norm_kind` relative to `model` (see the module docs);
-/// `keep_bias = false` zeroes the bias entries.
+/// `keep_bias = false` zeroes the bias entries, `true` rescales them
+/// ([`BiasBn::Normalise`]).
 pub fn normalize_direction(
     model: &Mlp<f64>,
     d: &mut [f64],
     norm_kind: Normalization,
     keep_bias: bool,
+) -> Result<()> {
+    normalize_direction_with(model, d, norm_kind, BiasBn::from_keep_bias(keep_bias))
+}
+
+/// [`normalize_direction`] with the bias entries set by `bias_bn`.
+pub fn normalize_direction_with(
+    model: &Mlp<f64>,
+    d: &mut [f64],
+    norm_kind: Normalization,
+    bias_bn: BiasBn,
 ) -> Result<()> {
     let lay = ParamLayout::of(model);
     if d.len() != lay.total {
@@ -100,17 +157,7 @@ pub fn normalize_direction(
         }
         if let Some(b) = &layer.bias {
             let bd = &mut d[o + dout * n..o + dout * n + dout];
-            if !keep_bias {
-                bd.iter_mut().for_each(|v| *v = 0.0);
-            } else if norm_kind != Normalization::None {
-                let cur = norm(bd);
-                let s = if cur > 0.0 {
-                    norm(b.as_slice()) / cur
-                } else {
-                    0.0
-                };
-                bd.iter_mut().for_each(|v| *v *= s);
-            }
+            bias_bn.apply(bd, b.as_slice(), norm_kind);
         }
     }
     Ok(())
@@ -123,9 +170,19 @@ pub fn random_direction(
     keep_bias: bool,
     seed: u64,
 ) -> Result<Vec<f64>> {
+    random_direction_with(model, norm_kind, BiasBn::from_keep_bias(keep_bias), seed)
+}
+
+/// [`random_direction`] with the bias entries set by `bias_bn`.
+pub fn random_direction_with(
+    model: &Mlp<f64>,
+    norm_kind: Normalization,
+    bias_bn: BiasBn,
+    seed: u64,
+) -> Result<Vec<f64>> {
     let mut rng = Rng::new(seed);
     let mut d: Vec<f64> = (0..model.num_params()).map(|_| rng.normal()).collect();
-    normalize_direction(model, &mut d, norm_kind, keep_bias)?;
+    normalize_direction_with(model, &mut d, norm_kind, bias_bn)?;
     Ok(d)
 }
 

@@ -19,8 +19,8 @@
 //!   train-mode predictions. No running statistics are used.
 
 use super::{
-    curvature_at, curve_point, curve_weights, norm, point, BendTraining, CurvaturePoint, CurveKind,
-    Normalization, PlaneEvaluator,
+    curvature_at, curve_point, curve_weights, norm, point, BendTraining, BiasBn, CurvaturePoint,
+    CurveKind, Normalization, PlaneEvaluator,
 };
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
@@ -51,6 +51,17 @@ pub fn normalize_network_direction(
     norm_kind: Normalization,
     keep_bias: bool,
 ) -> Result<()> {
+    normalize_network_direction_with(net, d, norm_kind, BiasBn::from_keep_bias(keep_bias))
+}
+
+/// [`normalize_network_direction`] with the bias and BatchNorm entries set by
+/// `bias_bn` ([`BiasBn`]: zero, the model's own values, or rescaled).
+pub fn normalize_network_direction_with(
+    net: &Network<f64>,
+    d: &mut [f64],
+    norm_kind: Normalization,
+    bias_bn: BiasBn,
+) -> Result<()> {
     if d.len() != net.num_params() {
         return Err(Error::Shape(format!(
             "direction of length {} for a model with {} parameters",
@@ -79,11 +90,7 @@ pub fn normalize_network_direction(
                 Normalization::None => {}
             },
             ParamRole::Bias | ParamRole::BnWeight | ParamRole::BnBias => {
-                if !keep_bias {
-                    block.iter_mut().for_each(|v| *v = 0.0);
-                } else if norm_kind != Normalization::None {
-                    rescale(block, norm(w.as_slice()));
-                }
+                bias_bn.apply(block, w.as_slice(), norm_kind)
             }
         }
     }
@@ -99,9 +106,19 @@ pub fn random_network_direction(
     keep_bias: bool,
     seed: u64,
 ) -> Result<Vec<f64>> {
+    random_network_direction_with(net, norm_kind, BiasBn::from_keep_bias(keep_bias), seed)
+}
+
+/// [`random_network_direction`] with the bias and BatchNorm entries set by `bias_bn`.
+pub fn random_network_direction_with(
+    net: &Network<f64>,
+    norm_kind: Normalization,
+    bias_bn: BiasBn,
+    seed: u64,
+) -> Result<Vec<f64>> {
     let mut rng = Rng::new(seed);
     let mut d: Vec<f64> = (0..net.num_params()).map(|_| rng.normal()).collect();
-    normalize_network_direction(net, &mut d, norm_kind, keep_bias)?;
+    normalize_network_direction_with(net, &mut d, norm_kind, bias_bn)?;
     Ok(d)
 }
 
@@ -382,10 +399,10 @@ impl GeoModel {
     pub fn random_direction(
         &self,
         norm_kind: Normalization,
-        keep_bias: bool,
+        bias_bn: BiasBn,
         seed: u64,
     ) -> Result<Vec<f64>> {
-        random_network_direction(&self.net, norm_kind, keep_bias, seed)
+        random_network_direction_with(&self.net, norm_kind, bias_bn, seed)
     }
 
     /// The network at `theta` (plane coordinates `c`) with its BatchNorm buffers set

@@ -14,8 +14,8 @@ use super::network::{
     recompute_bn_stats, BnReport, BnStats, CurvatureOptions, GeoModel, PointStats,
 };
 use super::{
-    curve_point, curve_weights, pca_directions, plane_basis, point, BendTraining, CurvaturePoint,
-    CurveKind, Normalization,
+    curve_point, curve_weights, pca_directions, plane_basis, point, BendTraining, BiasBn,
+    CurvaturePoint, CurveKind, Normalization,
 };
 use crate::data::DataBundle;
 use crate::error::{Error, Result};
@@ -218,7 +218,8 @@ pub struct DirectionInputs<'a> {
     pub labels: &'a [usize],
     /// Of random directions.
     pub normalization: Normalization,
-    pub keep_bias: bool,
+    /// Bias and BatchNorm entries of random directions.
+    pub bias_bn: BiasBn,
     /// Checkpoint parameter vectors, for `pca`.
     pub trajectory: Option<&'a [Vec<f64>]>,
 }
@@ -247,10 +248,10 @@ impl DirectionSpec {
         };
         match self {
             Self::Random => {
-                let d = geo.random_direction(inp.normalization, inp.keep_bias, seed)?;
+                let d = geo.random_direction(inp.normalization, inp.bias_bn, seed)?;
                 Ok(plain(
                     d,
-                    serde_json::json!({"kind": "random", "normalization": inp.normalization, "keep_bias": inp.keep_bias, "seed": seed}),
+                    serde_json::json!({"kind": "random", "normalization": inp.normalization, "keep_bias": inp.bias_bn != BiasBn::Zero, "bias_bn": inp.bias_bn, "seed": seed}),
                 ))
             }
             Self::Gradient => {
@@ -431,7 +432,8 @@ pub struct LineConfig {
     /// The coordinates `alpha` of the points `theta0 + alpha d`.
     pub alphas: Vec<f64>,
     pub normalization: Normalization,
-    pub keep_bias: bool,
+    /// Bias and BatchNorm entries of random directions (default zero, as Li et al.).
+    pub bias_bn: BiasBn,
     pub seed: u64,
     pub trajectory: Option<PathBuf>,
     /// The first N training samples (default all); the test split is used whole.
@@ -448,7 +450,7 @@ impl LineConfig {
             direction,
             alphas,
             normalization: Normalization::Filter,
-            keep_bias: false,
+            bias_bn: BiasBn::Zero,
             seed: 0,
             trajectory: None,
             samples: None,
@@ -506,7 +508,7 @@ pub fn run_line(
         x: &x,
         labels: &y,
         normalization: cfg.normalization,
-        keep_bias: cfg.keep_bias,
+        bias_bn: cfg.bias_bn,
         trajectory: traj.as_deref(),
     };
     let dir = cfg.direction.resolve(&inputs, cfg.seed, 0)?;
@@ -585,7 +587,8 @@ pub struct SurfaceConfig {
     pub grid_x: Vec<f64>,
     pub grid_y: Vec<f64>,
     pub normalization: Normalization,
-    pub keep_bias: bool,
+    /// Bias and BatchNorm entries of random directions (default zero, as Li et al.).
+    pub bias_bn: BiasBn,
     pub seed: u64,
     pub trajectory: Option<PathBuf>,
     pub samples: Option<usize>,
@@ -603,7 +606,7 @@ impl SurfaceConfig {
             grid_x,
             grid_y,
             normalization: Normalization::Filter,
-            keep_bias: false,
+            bias_bn: BiasBn::Zero,
             seed: 0,
             trajectory: None,
             samples: None,
@@ -669,10 +672,25 @@ impl SurfaceResult {
         (v, [self.grid_x[i % nx], self.grid_y[i / nx]])
     }
 
-    /// The `results` of `surface --json` (without file names).
+    /// The `results` of `surface --json` (without file names). `maps` holds every
+    /// map as rows (`maps[key][i][j]` at `(grid_x[j], grid_y[i])`) and
+    /// `curvature_maps` the curvature maps on their grid, so that a summary can be
+    /// printed from the JSON alone.
     pub fn to_json(&self) -> serde_json::Value {
         let (vmin, arg) = self.train_loss_min();
+        let rows = |maps: &[(String, Matrix<f64>)]| {
+            maps.iter()
+                .map(|(k, m)| {
+                    let r: Vec<Vec<f64>> = (0..m.rows()).map(|i| m.row(i).to_vec()).collect();
+                    (k.clone(), serde_json::json!(r))
+                })
+                .collect::<serde_json::Map<_, _>>()
+        };
         serde_json::json!({
+            "maps": rows(&self.maps),
+            "curvature_maps": self.curvature.as_ref().map(|c| serde_json::json!({
+                "grid_x": c.grid_x, "grid_y": c.grid_y, "maps": rows(&c.maps),
+            })),
             "direction_x": self.direction_x.info, "direction_y": self.direction_y.info,
             "grid_x": self.grid_x, "grid_y": self.grid_y,
             "train_loss_min": vmin, "train_loss_argmin": arg,
@@ -860,7 +878,7 @@ pub fn run_surface_checkpointed(
         x: &x,
         labels: &y,
         normalization: cfg.normalization,
-        keep_bias: cfg.keep_bias,
+        bias_bn: cfg.bias_bn,
         trajectory: traj.as_deref(),
     };
     let dx = cfg.x.resolve(&inputs, cfg.seed, 0)?;
