@@ -8,7 +8,9 @@ use landscape::experiments::margins::study::{
 };
 use landscape::experiments::margins::{compute_margins, hidden_count, parse_layers, SignatureKind};
 use landscape::io::provenance::Provenance;
-use landscape::plot::{line_plot, scatter_plot, LineFigure, ScatterFigure, Series};
+use landscape::plot::{
+    line_plot, line_plot_captioned, scatter_plot, LineFigure, ScatterFigure, Series,
+};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -62,6 +64,17 @@ pub fn cmd_margins(a: MarginsArgs, command_line: &str) -> Result<(), String> {
             .ok_or_else(|| format!("dataset {} has no test set", bundle.name))?,
     };
     probe_outputs(&[a.csv.as_deref(), a.json.as_deref()])?;
+    let caption = format!(
+        "model: {} ({} parameters); data: {}, {} split ({} samples)",
+        a.model.model.display(),
+        net.num_params(),
+        bundle.name,
+        match a.split {
+            MarginSplit::Train => "train",
+            MarginSplit::Test => "test",
+        },
+        ds.y.len()
+    );
     let m = compute_margins(&net, &ds.x, &ds.y, &layers).map_err(|e| e.to_string())?;
     let sigs = m.signatures(a.signature).map_err(|e| e.to_string())?;
     if let Some(p) = &a.csv {
@@ -101,6 +114,7 @@ pub fn cmd_margins(a: MarginsArgs, command_line: &str) -> Result<(), String> {
                 &s.layer,
                 &s.values,
                 a.signature,
+                &caption,
                 prefix,
             )?;
         }
@@ -126,12 +140,14 @@ pub fn cmd_margins(a: MarginsArgs, command_line: &str) -> Result<(), String> {
 }
 
 /// Histogram of the finite values as a step curve, quartiles/fences as markers.
+#[allow(clippy::too_many_arguments)]
 fn histogram(
     v: &[f64],
     bins: usize,
     layer: &str,
     sig: &[f64],
     kind: SignatureKind,
+    caption: &str,
     prefix: &Path,
 ) -> Result<(), String> {
     let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -170,7 +186,7 @@ fn histogram(
         ..Default::default()
     };
     let p = PathBuf::from(format!("{}-{layer}", prefix.display()));
-    line_plot(&fig, &p).map_err(|e| e.to_string())?;
+    line_plot_captioned(&fig, caption, &p).map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 
 use super::run::{Boundary, EpochRecord, RunRecord};
 use crate::error::Result;
-use crate::plot::{line_plot, LineFigure, Series};
+use crate::plot::{line_plot_captioned, LineFigure, Series};
 use std::path::{Path, PathBuf};
 
 type Getter = fn(&EpochRecord) -> Option<f64>;
@@ -58,6 +58,27 @@ fn drawable(s: &[Series], log_y: bool) -> bool {
 
 /// Writes every figure under `dir` with names prefixed by `prefix`; returns the
 /// files written. Figures without drawable data (e.g. no curvature measured) are skipped.
+/// The caption of a sweep's figures: the model, its scale-invariant parameters, the
+/// batch size, the samples the metrics use and the runs drawn.
+fn sweep_caption(runs: &[RunRecord]) -> String {
+    let Some(r) = runs.first() else {
+        return String::new();
+    };
+    let samples = match r.config.metrics.metric_samples {
+        Some(n) => format!("metrics on {n} samples"),
+        None => "metrics on all samples".to_string(),
+    };
+    format!(
+        "model: {} ({} scale-invariant parameters, {} classes); batch {}; {samples}; {} run{}",
+        r.architecture,
+        r.si_parameters,
+        r.classes,
+        r.config.batch_size,
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" }
+    )
+}
+
 pub fn sweep_figures(
     runs: &[RunRecord],
     bounds: &[Boundary],
@@ -66,6 +87,8 @@ pub fn sweep_figures(
 ) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let p = |name: &str| dir.join(format!("{prefix}{name}"));
+    let caption = sweep_caption(runs);
+    let line_plot = |fig: &LineFigure, path: &Path| line_plot_captioned(fig, &caption, path);
     for (key, label, log_y, f) in metrics() {
         let s = series_of(runs, f);
         if !drawable(&s, log_y) {
