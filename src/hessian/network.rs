@@ -22,6 +22,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::ops::Range;
 
+/// Every chunk's `(value, vector)` of a [`NetObjective`] reduction, in chunk order.
+type ChunkResults = Vec<(f64, Vec<f64>)>;
+
 /// Samples per chunk in evaluation mode.
 const EVAL_CHUNK: usize = 64;
 
@@ -151,7 +154,7 @@ impl<'a> NetObjective<'a> {
                         self.chunks[i * group..end].par_iter().map(run).collect();
                     Ok::<_, Error>((key, part))
                 },
-                |groups: Vec<(u64, Vec<(f64, Vec<f64>)>)>| {
+                |groups: Vec<(u64, ChunkResults)>| {
                     if groups.iter().any(|g| g.0 != key) {
                         return Err(Error::InvalidArgument(
                             "a work item was computed from other parameters or another direction than rank 0's: the ranks' computations diverged (run every rank on the same kind of CPU with the same build and --threads)".into(),

@@ -59,9 +59,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Files kept by [`capture_writes`]: path and content, in the order first written.
+pub type CapturedFiles = Vec<(std::path::PathBuf, Vec<u8>)>;
+
 thread_local! {
     /// The files written on this thread inside [`capture_writes`].
-    static CAPTURE: std::cell::RefCell<Option<Vec<(std::path::PathBuf, Vec<u8>)>>> =
+    static CAPTURE: std::cell::RefCell<Option<CapturedFiles>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -69,7 +72,7 @@ thread_local! {
 /// files (path and last content of each, in the order first written) come back with
 /// `f`'s value. An MPI work item that writes files (a sphere run's folder) runs inside
 /// it on whichever rank, and rank 0 writes the files with [`write_captured`].
-pub fn capture_writes<T>(f: impl FnOnce() -> T) -> (T, Vec<(std::path::PathBuf, Vec<u8>)>) {
+pub fn capture_writes<T>(f: impl FnOnce() -> T) -> (T, CapturedFiles) {
     let outer = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
     let v = f();
     let files = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
