@@ -10,7 +10,7 @@
 #
 # Environment: RANKS (default "1 2 4"), MPIRUN (default "mpirun --allow-run-as-root
 # --oversubscribe"), SURFACE_SAMPLES (default 6000), SWEEP_SAMPLES (default 2000),
-# SWEEP_FULL (default 80: the samples of the exact per-sample bounds, the sweep's cost).
+# SWEEP_FULL (default 120: the samples of the exact per-sample bounds, the sweep's cost).
 # The job sizes are chosen so that one rank takes about 60-120 s per job on one core of
 # the 2-core dev machine (calibrated from CPU times: about 35 ms per surface point, so
 # about 1.8 s per grid row; 2-12 s per sweep configuration), so that MPI start-up
@@ -29,7 +29,7 @@ RANKS="${RANKS:-1 2 4}"
 read -r -a MPIRUN <<< "${MPIRUN:-mpirun --allow-run-as-root --oversubscribe}"
 SURFACE_SAMPLES="${SURFACE_SAMPLES:-6000}"
 SWEEP_SAMPLES="${SWEEP_SAMPLES:-2000}"
-SWEEP_FULL="${SWEEP_FULL:-80}"
+SWEEP_FULL="${SWEEP_FULL:-120}"
 export RAYON_NUM_THREADS=1
 
 # The surface's model: a 784-256-256-10 MLP on mnist10k, one epoch (not timed).
@@ -59,7 +59,9 @@ for job in surface sweep; do
     t1=$(date +%s.%N)
     WALL[$job,$np]=$(echo "$t1 - $t0" | bc -l)
     # "landscape-mpi: rank R of N: sent S bytes, received B bytes", one line per rank.
-    BYTES[$job,$np]=$(grep -h '^landscape-mpi: rank' "$dir/stderr.log" | sort -t' ' -k3,3n |
+    # (ranks write to one file: match the records, not lines)
+    BYTES[$job,$np]=$(grep -oh 'landscape-mpi: rank [0-9]* of [0-9]*: sent [0-9]* bytes, received [0-9]* bytes' "$dir/stderr.log" |
+      sort -t' ' -k3,3n |
       awk '{r=$3; s=$7; v=$10; printf "%sr%s %.1f/%.1f", (NR>1?", ":""), r, s/1024, v/1024}')
     printf '# %s, %s ranks: %.1f s\n' "$job" "$np" "${WALL[$job,$np]}" >&2
   done

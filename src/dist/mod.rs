@@ -185,7 +185,8 @@ pub fn report(line: &str) {
         // SAFETY: `fd` is the descriptor saved by `silence_output`, never closed; the
         // `ManuallyDrop` keeps it open.
         let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-        let _ = writeln!(f, "{line}");
+        // One write, so that the lines of ranks sharing a file do not interleave.
+        let _ = f.write_all(format!("{line}\n").as_bytes());
         return;
     }
     eprintln!("{line}");
