@@ -278,7 +278,7 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
         let t = Instant::now();
         let budget = budget.bytes().min(usize::MAX as u64) as usize;
         let h = match (&analytic, &gpu, a.dtype) {
-            (None, _, _) => Ok(dense_by_columns(&objective)),
+            (None, _, _) => dense_by_columns(&objective).map_err(landscape::Error::InvalidArgument),
             (Some(model), None, _) => dense_hessian(model, &x, &y, a.part, budget),
             (Some(model), Some(d), Dtype::F64) => {
                 gpu_dense_hessian::<f64>(d, model, &x, &y, a.part).map(|r| r.0)
@@ -544,22 +544,50 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     )
 }
 
+/// Columns of the network's dense Hessian per MPI work item.
+const DENSE_COLUMNS: usize = 8;
+
 /// The dense Hessian of a network from `P` exact HVPs (columns `H e_j`),
 /// symmetrised as `(H + H^T) / 2` (the columns agree to rounding). Its `8 P^2` bytes
-/// are checked against `--memory-budget` by [`memory_plan`] before any work.
-fn dense_by_columns(obj: &NetObjective) -> Matrix<f64> {
+/// are checked against `--memory-budget` by [`memory_plan`] before any work. With
+/// several MPI ranks the columns are dealt out in blocks of [`DENSE_COLUMNS`].
+fn dense_by_columns(obj: &NetObjective) -> Result<Matrix<f64>, String> {
     let p = obj.dim();
     let pb = progress(p as u64, "dense (HVP columns)");
     let mut h = Matrix::zeros(p, p);
-    let mut e = vec![0.0; p];
-    for j in 0..p {
+    let column = |j: usize| {
+        let mut e = vec![0.0; p];
         e[j] = 1.0;
-        let col = obj.hvp(&e);
-        e[j] = 0.0;
-        for (i, &c) in col.iter().enumerate() {
-            h.set(i, j, c);
+        obj.hvp(&e)
+    };
+    if landscape::dist::distributed() {
+        // Several MPI ranks: blocks of DENSE_COLUMNS columns are the work items (each
+        // column's product computed as one process computes it); every rank gets every
+        // column.
+        let blocks = p.div_ceil(DENSE_COLUMNS);
+        let cols = landscape::dist::map_items(
+            blocks,
+            |b| {
+                Ok::<_, String>(
+                    (b * DENSE_COLUMNS..((b + 1) * DENSE_COLUMNS).min(p))
+                        .map(column)
+                        .collect::<Vec<_>>(),
+                )
+            },
+            || pb.inc(DENSE_COLUMNS as u64),
+        )?;
+        for (j, col) in cols.into_iter().flatten().enumerate() {
+            for (i, &c) in col.iter().enumerate() {
+                h.set(i, j, c);
+            }
         }
-        pb.inc(1);
+    } else {
+        for j in 0..p {
+            for (i, &c) in column(j).iter().enumerate() {
+                h.set(i, j, c);
+            }
+            pb.inc(1);
+        }
     }
     pb.finish_and_clear();
     for i in 0..p {
@@ -569,7 +597,7 @@ fn dense_by_columns(obj: &NetObjective) -> Matrix<f64> {
             h.set(j, i, s);
         }
     }
-    h
+    Ok(h)
 }
 
 /// Per parameter tensor: top eigenvalue of its diagonal block (Lanczos, with

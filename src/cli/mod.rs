@@ -773,7 +773,8 @@ pub fn run() -> Result<(), String> {
 }
 
 /// Whether `command` splits its work over MPI ranks (`landscape::dist`): the grids,
-/// the sweeps and the dataset reductions of `hessian`. The others run on rank 0.
+/// the sweeps (bounds, sample size, the margins study, the sphere's elr sweep) and the dataset reductions of
+/// `hessian`. The others run on rank 0.
 fn splits_over_ranks(command: &Command) -> bool {
     matches!(
         command,
@@ -782,6 +783,8 @@ fn splits_over_ranks(command: &Command) -> bool {
             | Command::BoundsSweep(_)
             | Command::SampleSize(_)
             | Command::Hessian(_)
+            | Command::MarginsStudy(_)
+            | Command::Sphere(sphere::SphereCommand::Sweep(_))
     )
 }
 

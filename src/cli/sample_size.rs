@@ -13,7 +13,7 @@ use landscape::io::checkpoint::{test_point, CheckpointError, Decoder, Encoder, S
 use landscape::io::model_file::{load_mlp_f64, save_mlp, ImportOptions};
 use landscape::io::provenance::Provenance;
 use landscape::linalg::{lanczos, LanczosOptions, Which};
-use landscape::nn::{Init, Mlp};
+use landscape::nn::{Init, Mlp, MlpConfig};
 use landscape::plot::{line_plot, LineFigure, Series};
 use landscape::rng::Rng;
 use landscape::theory::lemma2::{hessian_increments, log_grid};
@@ -199,18 +199,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Trains the model of `(h, extra)` as the seed did, or loads it from the cache.
-#[allow(clippy::too_many_arguments)]
-fn train_or_load(
+/// The model of `(h, extra)`: its configuration, training configuration, cache key
+/// source and key, and cache file.
+fn cache_entry(
     c: &SampleSizeConfig,
     arch: (usize, usize),
     x: &Matrix<f64>,
-    y: &[usize],
     classes: usize,
     data_hash: &str,
     cache: &Path,
-    mut session: Option<(&mut Session, &mut RunState)>,
-) -> Result<(Mlp<f64>, bool, f64, String), String> {
+) -> (MlpConfig, TrainConfig, String, String, PathBuf) {
     let cfg = architecture(x.cols(), classes, arch.0, arch.1);
     let tc = TrainConfig {
         epochs: c.epochs,
@@ -230,6 +228,45 @@ fn train_or_load(
     .to_string();
     let key = hex(&Sha256::digest(key_src.as_bytes()))[..16].to_string();
     let path = cache.join(format!("h{}_x{}_{key}.safetensors", arch.0, arch.1));
+    (cfg, tc, key_src, key, path)
+}
+
+/// Writes a model trained on another MPI rank to the cache (rank 0 only; ranks other
+/// than 0 write nothing), as [`train_or_load`] would have.
+fn cache_model(
+    c: &SampleSizeConfig,
+    cfg: MlpConfig,
+    params: &[f64],
+    key_src: &str,
+    path: &Path,
+) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut model = Mlp::init(cfg, Init::Torch, 1.0, c.seed).map_err(|e| e.to_string())?;
+    model.set_param_vector(params).map_err(|e| e.to_string())?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("sample_size_cache_key".to_string(), key_src.to_string());
+    save_mlp(&model, path, &meta).map_err(|e| e.to_string())
+}
+
+/// Trains the model of `(h, extra)` as the seed did, or loads it from the cache.
+#[allow(clippy::too_many_arguments)]
+fn train_or_load(
+    c: &SampleSizeConfig,
+    arch: (usize, usize),
+    x: &Matrix<f64>,
+    y: &[usize],
+    classes: usize,
+    data_hash: &str,
+    cache: &Path,
+    mut session: Option<(&mut Session, &mut RunState)>,
+) -> Result<(Mlp<f64>, bool, f64, String), String> {
+    let (cfg, tc, key_src, key, path) = cache_entry(c, arch, x, classes, data_hash, cache);
     // A resumed run: a model whose training the interrupted run started but did not
     // record as finished is trained again (its cached file may be from that run); one it
     // finished is loaded and reported as trained, with its training time.
@@ -267,8 +304,10 @@ fn train_or_load(
     )
     .map_err(|e| format!("h = {}, extra layers = {}: {e}", arch.0, arch.1))?;
     pb.finish_and_clear();
-    std::fs::create_dir_all(cache)
-        .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    if landscape::dist::is_root() {
+        std::fs::create_dir_all(cache)
+            .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    }
     let mut meta = BTreeMap::new();
     meta.insert("sample_size_cache_key".to_string(), key_src);
     save_mlp(&model, &path, &meta).map_err(|e| e.to_string())?;
@@ -333,7 +372,11 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
     };
     let pb = progress(configs.len() as u64, "configs");
     pb.set_position(st.rows.len() as u64);
-    for (i, &arch) in configs.iter().enumerate().skip(st.rows.len()) {
+    // One configuration: its JSON row, CSV lines, curve, model and whether it came from
+    // the cache.
+    let run_config = |arch: (usize, usize),
+                      session: Option<(&mut Session, &mut RunState)>|
+     -> Result<(serde_json::Value, String, Curve, Mlp<f64>, bool), String> {
         let mut csv = String::new();
         let (model, cached, train_s, key) = train_or_load(
             &c,
@@ -343,7 +386,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
             bundle.classes,
             &bundle.content_hash,
             &a.cache_dir,
-            session.as_mut().map(|s| (s, &mut st)),
+            session,
         )?;
         let l = losses(&model, &x, &y)?;
         let cur = increment_curves(&l, c.orderings, c.seed).map_err(|e| e.to_string())?;
@@ -359,9 +402,9 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
         };
         if collapsed {
             eprintln!(
-                "h = {}, {} extra layers: every training sample has loss {mean_l:.6} (collapsed model); slope undefined",
-                arch.0, arch.1
-            );
+                    "h = {}, {} extra layers: every training sample has loss {mean_l:.6} (collapsed model); slope undefined",
+                    arch.0, arch.1
+                );
         }
         let smooth = ema(&cur.mean, c.ema);
         for (j, v) in cur.mean.iter().enumerate() {
@@ -435,7 +478,7 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
             }
             None => None,
         };
-        st.rows.push(json!({
+        let row = json!({
             "width": arch.0, "extra_layers": arch.1, "weight_matrices": arch.1 + 2,
             "num_params": model.num_params(), "cache_key": key, "cached": cached, "train_seconds": train_s,
             "train_loss": train_loss, "train_error": train_err,
@@ -445,14 +488,62 @@ pub fn cmd_sample_size(a: SampleSizeArgs, command_line: &str) -> Result<(), Stri
             "ks": ks_plot, "mean_abs_increment": on_grid(&cur.mean, &ks_plot),
             "p05": on_grid(&cur.p05, &ks_plot), "p95": on_grid(&cur.p95, &ks_plot),
             "ema": on_grid(&smooth, &ks_plot), "radii": radius_rows,
-        }));
-        st.curves.push(Curve {
+        });
+        let curve = Curve {
             arch,
             ema: smooth.clone(),
             slope: slope.unwrap_or(f64::NAN),
             band: (ema(&cur.p05, c.ema), ema(&cur.p95, c.ema)),
-        });
+        };
+        Ok((row, csv, curve, model, cached))
+    };
+    if landscape::dist::distributed() {
+        // Several MPI ranks (no checkpoints then): one configuration per work item; the
+        // models travel as parameter vectors, and rank 0 caches the ones other ranks
+        // trained.
+        let outs = landscape::dist::map_items(
+            configs.len(),
+            |i| {
+                run_config(configs[i], None).map(|(row, csv, curve, model, cached)| ConfigOut {
+                    row,
+                    csv,
+                    curve,
+                    params: model.param_vector(),
+                    cached,
+                })
+            },
+            || pb.inc(1),
+        )?;
+        for (&arch, o) in configs.iter().zip(outs) {
+            let (cfg, _, key_src, _, path) = cache_entry(
+                &c,
+                arch,
+                &x,
+                bundle.classes,
+                &bundle.content_hash,
+                &a.cache_dir,
+            );
+            if !o.cached && landscape::dist::is_root() {
+                cache_model(&c, cfg.clone(), &o.params, &key_src, &path)?;
+            }
+            if c.hessian && arch == c.hessian_arch() {
+                let mut model =
+                    Mlp::init(cfg, Init::Torch, 1.0, c.seed).map_err(|e| e.to_string())?;
+                model
+                    .set_param_vector(&o.params)
+                    .map_err(|e| e.to_string())?;
+                hessian_model = Some(model);
+            }
+            st.rows.push(o.row);
+            st.csv.push(o.csv);
+            st.curves.push(o.curve);
+        }
+    }
+    for (i, &arch) in configs.iter().enumerate().skip(st.rows.len()) {
+        let (row, csv, curve, model, _) = run_config(arch, session.as_mut().map(|s| (s, &mut st)))?;
+        st.rows.push(row);
         st.csv.push(csv);
+        st.curves.push(curve);
         if c.hessian && arch == c.hessian_arch() {
             hessian_model = Some(model);
         }
@@ -582,7 +673,18 @@ fn hessian_side(
     }))
 }
 
+/// A configuration computed on any MPI rank (see `cmd_sample_size`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConfigOut {
+    row: serde_json::Value,
+    csv: String,
+    curve: Curve,
+    params: Vec<f64>,
+    cached: bool,
+}
+
 /// One configuration's plotted curve at t*: EMA of the mean, slope, EMA of the 5%/95% band.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Curve {
     arch: (usize, usize),
     ema: Vec<f64>,

@@ -416,52 +416,76 @@ fn cmd_sweep(a: SphereSweepArgs, cl: &str) -> Result<(), String> {
     let t0 = std::time::Instant::now();
     let steps = (bundle.train.len().div_ceil(c.batch_size) * c.epochs * elrs.len()) as u64;
     let pb = progress(steps, "sphere sweep");
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<RunRecord, String>>>> =
-        Mutex::new((0..elrs.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..a.jobs.min(elrs.len()) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= elrs.len() {
-                    break;
-                }
-                let mut cfg = base.clone();
-                cfg.schedule = ElrSchedule::Constant { elr: elrs[i] };
-                let dir = c.out.join(elr_dir_name(elrs[i]));
-                let pbc = pb.clone();
-                let r = run_in_dir(
-                    &dir,
-                    &run_name(&format!("{:.2e}", elrs[i]), base.step, start.start_epoch),
-                    &start,
-                    &cfg,
-                    &rule,
-                    &bundle.train,
-                    bundle.test.as_ref(),
-                    &prov,
-                    c.resume,
-                    c.save_every,
-                    Box::new(move || pbc.inc(1)),
-                )
-                .map_err(|err| format!("elr {:e}: {err}", elrs[i]));
-                if let Ok(rec) = &r {
-                    pb.suspend(|| print_run(rec));
-                }
-                results.lock().expect("results lock")[i] = Some(r);
-            });
-        }
-    });
-    pb.finish_and_clear();
-    let wall = t0.elapsed().as_secs_f64();
+    let run_one = |i: usize, on_step: Box<dyn FnMut() + '_>| {
+        let mut cfg = base.clone();
+        cfg.schedule = ElrSchedule::Constant { elr: elrs[i] };
+        let dir = c.out.join(elr_dir_name(elrs[i]));
+        run_in_dir(
+            &dir,
+            &run_name(&format!("{:.2e}", elrs[i]), base.step, start.start_epoch),
+            &start,
+            &cfg,
+            &rule,
+            &bundle.train,
+            bundle.test.as_ref(),
+            &prov,
+            c.resume,
+            c.save_every,
+            on_step,
+        )
+        .map_err(|err| format!("elr {:e}: {err}", elrs[i]))
+    };
     let mut runs = Vec::new();
-    for r in results
-        .into_inner()
-        .expect("results lock")
-        .into_iter()
-        .flatten()
-    {
-        runs.push(r?);
+    if landscape::dist::distributed() {
+        // Several MPI ranks: one run per work item (--jobs does not apply); a run's
+        // files are kept and written by rank 0, in the order of the runs.
+        let out = landscape::dist::map_items(
+            elrs.len(),
+            |i| {
+                let pbc = pb.clone();
+                let (r, files) =
+                    landscape::io::capture_writes(|| run_one(i, Box::new(move || pbc.inc(1))));
+                r.map(|rec| (rec, files))
+            },
+            || {},
+        )?;
+        pb.finish_and_clear();
+        for (rec, files) in out {
+            landscape::io::write_captured(&files).map_err(e)?;
+            print_run(&rec);
+            runs.push(rec);
+        }
+    } else {
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<RunRecord, String>>>> =
+            Mutex::new((0..elrs.len()).map(|_| None).collect());
+        std::thread::scope(|s| {
+            for _ in 0..a.jobs.min(elrs.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= elrs.len() {
+                        break;
+                    }
+                    let pbc = pb.clone();
+                    let r = run_one(i, Box::new(move || pbc.inc(1)));
+                    if let Ok(rec) = &r {
+                        pb.suspend(|| print_run(rec));
+                    }
+                    results.lock().expect("results lock")[i] = Some(r);
+                });
+            }
+        });
+        pb.finish_and_clear();
+        for r in results
+            .into_inner()
+            .expect("results lock")
+            .into_iter()
+            .flatten()
+        {
+            runs.push(r?);
+        }
     }
+    let wall = t0.elapsed().as_secs_f64();
     let labels: Vec<(f64, u8)> = elrs
         .iter()
         .zip(&runs)

@@ -185,7 +185,8 @@ pub fn report(line: &str) {
         // SAFETY: `fd` is the descriptor saved by `silence_output`, never closed; the
         // `ManuallyDrop` keeps it open.
         let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-        let _ = writeln!(f, "{line}");
+        // One write, so that the lines of ranks sharing a file do not interleave.
+        let _ = f.write_all(format!("{line}\n").as_bytes());
         return;
     }
     eprintln!("{line}");
@@ -302,6 +303,125 @@ where
     }
     #[cfg(not(feature = "mpi"))]
     unreachable!("several ranks without the mpi feature")
+}
+
+/// Whether a [`map_items`] or [`map_reduce`] called now would deal its items out over
+/// several ranks (several ranks, and not inside a work item or a rank-0-only command).
+/// Callers use it to choose work items whose results they combine on rank 0 (see
+/// [`map_reduce`]); without it they keep their own in-process parallel loop.
+pub fn distributed() -> bool {
+    size() > 1 && !LOCAL.load(Ordering::SeqCst)
+}
+
+/// `combine(f(0), ..., f(n - 1))` on every rank, with the items dealt out as in
+/// [`map_items`] but only rank 0 holding every item's result: it runs `combine` (for
+/// example a sum of the items' vectors in index order) and sends the combined value to
+/// the other ranks. The traffic is then one result per item to rank 0 and one combined
+/// value per rank, instead of every result to every rank.
+///
+/// One rank (or inside a work item): `combine` of a plain loop's results. An error of
+/// `f` or of `combine` with several ranks ends the job through [`fail`].
+pub fn map_reduce<T, R, E, F, C>(n: usize, f: F, combine: C) -> Result<R, E>
+where
+    T: Serialize + DeserializeOwned + Send,
+    R: Serialize + DeserializeOwned,
+    E: Display,
+    F: Fn(usize) -> Result<T, E> + Sync,
+    C: FnOnce(Vec<T>) -> Result<R, E>,
+{
+    if !distributed() {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            out.push(f(i)?);
+        }
+        return combine(out);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        LOCAL.store(true, Ordering::SeqCst);
+        let enc = |i: usize| -> Result<Vec<u8>, String> {
+            fault_point()?;
+            let v = f(i).map_err(|e| e.to_string())?;
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&v, &mut bytes)
+                .map_err(|e| format!("cannot encode a result for rank 0: {e}"))?;
+            Ok(bytes)
+        };
+        let payload = mpi_comm::gather(n, &enc, &|| {}).map(|raw| {
+            let mut items = Vec::with_capacity(n);
+            for (i, b) in raw.iter().enumerate() {
+                match ciborium::from_reader::<T, _>(b.as_slice()) {
+                    Ok(v) => items.push(v),
+                    Err(e) => {
+                        mpi_comm::abort(&format!("cannot decode the result of item {i}: {e}"))
+                    }
+                }
+            }
+            let r = combine(items).unwrap_or_else(|e| mpi_comm::abort(&e.to_string()));
+            let mut bytes = Vec::new();
+            if let Err(e) = ciborium::into_writer(&r, &mut bytes) {
+                mpi_comm::abort(&format!("cannot encode a combined result: {e}"));
+            }
+            bytes
+        });
+        let bytes = mpi_comm::share(payload);
+        let r = ciborium::from_reader::<R, _>(bytes.as_slice()).unwrap_or_else(|e| {
+            mpi_comm::abort(&format!("cannot decode rank 0's combined result: {e}"))
+        });
+        LOCAL.store(false, Ordering::SeqCst);
+        Ok(r)
+    }
+    #[cfg(not(feature = "mpi"))]
+    unreachable!("several ranks without the mpi feature")
+}
+
+/// Rank 0's `f()` on every rank: rank 0 computes it and sends it to the others (for
+/// state read from rank 0's files, such as the finished models of a resumed study, so
+/// that every rank deals out the same items even where the ranks do not share a file
+/// system). One rank (or inside a work item): `f()`.
+pub fn from_root<T, F>(f: F) -> T
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce() -> T,
+{
+    if !distributed() {
+        return f();
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let payload = is_root().then(|| {
+            let v = f();
+            let mut bytes = Vec::new();
+            if let Err(e) = ciborium::into_writer(&v, &mut bytes) {
+                mpi_comm::abort(&format!("cannot encode rank 0's value: {e}"));
+            }
+            bytes
+        });
+        let bytes = mpi_comm::share(payload);
+        ciborium::from_reader::<T, _>(bytes.as_slice())
+            .unwrap_or_else(|e| mpi_comm::abort(&format!("cannot decode rank 0's value: {e}")))
+    }
+    #[cfg(not(feature = "mpi"))]
+    unreachable!("several ranks without the mpi feature")
+}
+
+/// A 64-bit fingerprint (FNV-1a) of the bits of `v`: work items that depend on a vector
+/// every rank holds (a Lanczos direction) return it with their result, and rank 0
+/// checks it against its own, so that a rank whose copy drifted (another CPU's rounding)
+/// stops the job instead of adding a product of another vector.
+pub fn fingerprint<'a>(vs: impl IntoIterator<Item = &'a [f64]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in vs {
+        for x in v {
+            for b in x.to_bits().to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// Bytes this rank sent and received in [`map_items`] (0 without MPI).

@@ -144,54 +144,83 @@ pub fn map_bytes(
     f: &(dyn Fn(usize) -> Result<Vec<u8>, String> + Sync),
     tick: &(dyn Fn() + Sync),
 ) -> Vec<Vec<u8>> {
+    match gather(n, f, tick) {
+        Some(results) => {
+            // Every result, length-prefixed, to every worker.
+            let mut all = Vec::new();
+            for r in &results {
+                all.extend_from_slice(&(r.len() as u64).to_le_bytes());
+                all.extend_from_slice(r);
+            }
+            share(Some(all));
+            results
+        }
+        None => {
+            let all = share(None);
+            let mut out = Vec::with_capacity(n);
+            let mut at = 0;
+            while at < all.len() {
+                let len = read_u64(&all[at..]) as usize;
+                out.push(all[at + 8..at + 8 + len].to_vec());
+                at += 8 + len;
+            }
+            if out.len() != n {
+                abort(&format!(
+                    "received {} results from rank 0, expected {n}",
+                    out.len()
+                ));
+            }
+            out
+        }
+    }
+}
+
+/// The items' encoded results in index order on rank 0 (`Some`); on the other ranks,
+/// which compute the items rank 0 hands them, `None`. Every rank must call it (with the
+/// same `n`) and then [`share`]. An error of `f` on any rank aborts the job.
+pub fn gather(
+    n: usize,
+    f: &(dyn Fn(usize) -> Result<Vec<u8>, String> + Sync),
+    tick: &(dyn Fn() + Sync),
+) -> Option<Vec<Vec<u8>>> {
     let topo = super::topology();
     if topo.rank == 0 {
-        let results = root(n, topo.size, f, tick);
-        // Every result, length-prefixed, to every worker.
-        let mut all = Vec::new();
-        for r in &results {
-            all.extend_from_slice(&(r.len() as u64).to_le_bytes());
-            all.extend_from_slice(r);
+        return Some(root(n, topo.size, f, tick));
+    }
+    if let Err(e) = super::fault_point() {
+        abort(&e);
+    }
+    let mut msg = header(NONE);
+    loop {
+        send(0, TAG_WORK, &msg);
+        let (reply, _) = poll_receive(Some(0), TAG_WORK);
+        let i = read_u64(&reply);
+        if i == NONE {
+            break;
         }
-        for w in 1..topo.size {
-            send(w as i32, TAG_ALL, &all);
-        }
-        results
-    } else {
-        if let Err(e) = super::fault_point() {
-            abort(&e);
-        }
-        let mut msg = header(NONE);
-        loop {
-            send(0, TAG_WORK, &msg);
-            let (reply, _) = poll_receive(Some(0), TAG_WORK);
-            let i = read_u64(&reply);
-            if i == NONE {
-                break;
+        match f(i as usize) {
+            Ok(bytes) => {
+                msg = header(i);
+                msg.extend_from_slice(&bytes);
             }
-            match f(i as usize) {
-                Ok(bytes) => {
-                    msg = header(i);
-                    msg.extend_from_slice(&bytes);
-                }
-                Err(e) => abort(&e),
+            Err(e) => abort(&e),
+        }
+    }
+    None
+}
+
+/// Rank 0's `payload` on every rank: rank 0 passes `Some` and sends it to every other
+/// rank, which pass `None` and receive it.
+pub fn share(payload: Option<Vec<u8>>) -> Vec<u8> {
+    let topo = super::topology();
+    match payload {
+        Some(bytes) if topo.rank == 0 => {
+            for w in 1..topo.size {
+                send(w as i32, TAG_ALL, &bytes);
             }
+            bytes
         }
-        let (all, _) = poll_receive(Some(0), TAG_ALL);
-        let mut out = Vec::with_capacity(n);
-        let mut at = 0;
-        while at < all.len() {
-            let len = read_u64(&all[at..]) as usize;
-            out.push(all[at + 8..at + 8 + len].to_vec());
-            at += 8 + len;
-        }
-        if out.len() != n {
-            abort(&format!(
-                "received {} results from rank 0, expected {n}",
-                out.len()
-            ));
-        }
-        out
+        _ => poll_receive(Some(0), TAG_ALL).0,
     }
 }
 

@@ -337,15 +337,36 @@ pub fn dense_hessian(
     let total = layout.total;
     let mut h = Matrix::zeros(total, total);
     let s = 1.0 / ctx.m_total as f64;
-    for q in 0..nl {
-        for p in q..nl {
-            let b = block_of(&ctx, part, q, p);
-            let (oq, op) = (layout.offsets[q], layout.offsets[p]);
-            for r in 0..b.rows() {
-                for (c, &v) in b.row(r).iter().enumerate() {
-                    h.set(oq + r, op + c, v * s);
-                    h.set(op + c, oq + r, v * s);
-                }
+    let pairs: Vec<(usize, usize)> = (0..nl).flat_map(|q| (q..nl).map(move |p| (q, p))).collect();
+    // Several MPI ranks: one layer-pair block per work item (each block is computed
+    // as one process computes it, so the matrix is the same bit for bit); every rank
+    // gets every block.
+    let mut blocks: Vec<Option<Matrix<f64>>> = if crate::dist::distributed() && pairs.len() > 1 {
+        crate::dist::map_items(
+            pairs.len(),
+            |i| Ok::<_, Error>(block_of(&ctx, part, pairs[i].0, pairs[i].1).into_vec()),
+            || {},
+        )?
+        .into_iter()
+        .zip(&pairs)
+        .map(|(v, &(q, p))| {
+            Some(Matrix::from_vec(
+                layout.layer_size(q),
+                layout.layer_size(p),
+                v,
+            ))
+        })
+        .collect()
+    } else {
+        vec![None; pairs.len()]
+    };
+    for (&(q, p), done) in pairs.iter().zip(blocks.iter_mut()) {
+        let b = done.take().unwrap_or_else(|| block_of(&ctx, part, q, p));
+        let (oq, op) = (layout.offsets[q], layout.offsets[p]);
+        for r in 0..b.rows() {
+            for (c, &v) in b.row(r).iter().enumerate() {
+                h.set(oq + r, op + c, v * s);
+                h.set(op + c, oq + r, v * s);
             }
         }
     }

@@ -226,40 +226,70 @@ impl<'a> HessianOperator<'a> {
             .iter()
             .map(|sp| sparse.then(|| sp[0].0.transpose()))
             .collect();
-        let par = if self.blocks.len() == 1 {
-            Par::Rayon
-        } else {
-            Par::Seq
+        let block_products = |b: &BlockState, par: Par| -> Vec<Vec<f64>> {
+            splits
+                .iter()
+                .zip(&v0ts)
+                .map(|(vp, v0t)| {
+                    block_hvp(
+                        self.model,
+                        &self.layout,
+                        b,
+                        self.part,
+                        vp,
+                        v0t.as_ref(),
+                        par,
+                    )
+                })
+                .collect()
         };
-        let parts: Vec<Vec<Vec<f64>>> = self
-            .blocks
-            .par_iter()
-            .map(|b| {
-                splits
-                    .iter()
-                    .zip(&v0ts)
-                    .map(|(vp, v0t)| {
-                        block_hvp(
-                            self.model,
-                            &self.layout,
-                            b,
-                            self.part,
-                            vp,
-                            v0t.as_ref(),
-                            par,
-                        )
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut acc = vec![vec![0.0; self.layout.total]; vs.len()];
-        for part_res in parts {
-            for (a, b) in acc.iter_mut().zip(part_res) {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
+        // The block sums in block order, from zero (the same additions however the
+        // blocks were computed).
+        let (total, count) = (self.layout.total, vs.len());
+        let sum_blocks = |parts: Vec<Vec<Vec<f64>>>| {
+            let mut acc = vec![vec![0.0; total]; count];
+            for part_res in parts {
+                for (a, b) in acc.iter_mut().zip(part_res) {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
                 }
             }
-        }
+            acc
+        };
+        let mut acc = if crate::dist::distributed() && self.blocks.len() > 1 {
+            // Several MPI ranks: one sample block per work item (its GEMMs in parallel
+            // inside: `gemm_par` is bit-identical for `Seq` and `Rayon`); rank 0 sums the
+            // blocks in block order and every rank gets the sum. The blocks are those of
+            // one process ([`hvp_block`]: they depend on the threads per process, not on
+            // the rank count), so the sum is the one-process sum bit for bit. Each item
+            // carries the fingerprint of the directions it multiplied, checked by rank 0.
+            let key = crate::dist::fingerprint(vs.iter().map(|v| v.as_slice()));
+            crate::dist::map_reduce(
+                self.blocks.len(),
+                |i| Ok::<_, Error>((key, block_products(&self.blocks[i], Par::Rayon))),
+                |parts: Vec<(u64, Vec<Vec<f64>>)>| {
+                    if let Some(i) = parts.iter().position(|p| p.0 != key) {
+                        return Err(Error::InvalidArgument(format!(
+                            "the sample block {i} of a Hessian-vector product was computed from another direction than rank 0's: the ranks' computations diverged (run every rank on the same kind of CPU with the same build and --threads)"
+                        )));
+                    }
+                    Ok(sum_blocks(parts.into_iter().map(|p| p.1).collect()))
+                },
+            )?
+        } else {
+            let par = if self.blocks.len() == 1 {
+                Par::Rayon
+            } else {
+                Par::Seq
+            };
+            sum_blocks(
+                self.blocks
+                    .par_iter()
+                    .map(|b| block_products(b, par))
+                    .collect(),
+            )
+        };
         let s = 1.0 / self.n as f64;
         for a in &mut acc {
             for x in a.iter_mut() {

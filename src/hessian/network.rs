@@ -22,6 +22,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::ops::Range;
 
+/// Every chunk's `(value, vector)` of a [`NetObjective`] reduction, in chunk order.
+type ChunkResults = Vec<(f64, Vec<f64>)>;
+
 /// Samples per chunk in evaluation mode.
 const EVAL_CHUNK: usize = 64;
 
@@ -125,18 +128,50 @@ impl<'a> NetObjective<'a> {
     }
 
     /// Runs `f` on every chunk in parallel and sums the weighted results in chunk order.
-    fn reduce<F>(&self, len: usize, f: F) -> (f64, Vec<f64>)
+    /// With several MPI ranks the chunks are work items; `key` is the fingerprint
+    /// ([`crate::dist::fingerprint`]) of the vectors `f` depends on (parameters,
+    /// direction), which rank 0 checks.
+    fn reduce<F>(&self, len: usize, key: u64, f: F) -> (f64, Vec<f64>)
     where
         F: Fn(&Matrix<f64>, &[usize]) -> (f64, Vec<f64>) + Sync,
     {
-        let parts: Vec<(f64, Vec<f64>)> = self
-            .chunks
-            .par_iter()
-            .map(|r| {
-                let (xb, yb) = self.chunk(r);
-                f(&xb, yb)
-            })
-            .collect();
+        let run = |r: &Range<usize>| {
+            let (xb, yb) = self.chunk(r);
+            f(&xb, yb)
+        };
+        if crate::dist::distributed() && self.chunks.len() > 1 {
+            // Several MPI ranks: work items of `t` consecutive chunks (`t` threads per
+            // process, the chunks in parallel inside an item); rank 0 gathers every
+            // chunk's result in chunk order, sums them below as one process does, and
+            // sends the sums; the items carry the fingerprint `key`.
+            let group = rayon::current_num_threads().max(1);
+            let items = self.chunks.len().div_ceil(group);
+            let (total, acc) = crate::dist::map_reduce(
+                items,
+                |i| {
+                    let end = ((i + 1) * group).min(self.chunks.len());
+                    let part: Vec<(f64, Vec<f64>)> =
+                        self.chunks[i * group..end].par_iter().map(run).collect();
+                    Ok::<_, Error>((key, part))
+                },
+                |groups: Vec<(u64, ChunkResults)>| {
+                    if groups.iter().any(|g| g.0 != key) {
+                        return Err(Error::InvalidArgument(
+                            "a work item was computed from other parameters or another direction than rank 0's: the ranks' computations diverged (run every rank on the same kind of CPU with the same build and --threads)".into(),
+                        ));
+                    }
+                    Ok(self.sum_chunks(len, groups.into_iter().flat_map(|g| g.1).collect()))
+                },
+            )
+            .expect("with several ranks an error ends the job");
+            return (total, acc);
+        }
+        let parts: Vec<(f64, Vec<f64>)> = self.chunks.par_iter().map(run).collect();
+        self.sum_chunks(len, parts)
+    }
+
+    /// The weighted sum of the chunks' results, in chunk order.
+    fn sum_chunks(&self, len: usize, parts: Vec<(f64, Vec<f64>)>) -> (f64, Vec<f64>) {
         let mut total = 0.0;
         let mut acc = vec![0.0; len];
         for ((s, v), &w) in parts.iter().zip(&self.weights) {
@@ -151,7 +186,8 @@ impl<'a> NetObjective<'a> {
     /// Loss at `params` (parameter-vector order, one matrix per tensor).
     pub fn loss_at(&self, params: &[Matrix<f64>]) -> f64 {
         let mode = self.tape_mode();
-        self.reduce(0, |xb, yb| {
+        let key = crate::dist::fingerprint(params.iter().map(|m| m.as_slice()));
+        self.reduce(0, key, |xb, yb| {
             let tape = Tape::new();
             let p: Vec<Var<f64>> = params.iter().map(|m| tape.constant(m.clone())).collect();
             (self.net.loss_tape(&p, xb, yb, mode).0.item(), Vec::new())
@@ -167,7 +203,8 @@ impl<'a> NetObjective<'a> {
     /// Loss and flat gradient at `params`.
     pub fn loss_and_grad_at(&self, params: &[Matrix<f64>]) -> (f64, Vec<f64>) {
         let mode = self.tape_mode();
-        self.reduce(self.dim(), |xb, yb| {
+        let key = crate::dist::fingerprint(params.iter().map(|m| m.as_slice()));
+        self.reduce(self.dim(), key, |xb, yb| {
             let tape = Tape::new();
             let p: Vec<Var<f64>> = params.iter().map(|m| tape.param(m.clone())).collect();
             let (l, _) = self.net.loss_tape(&p, xb, yb, mode);
@@ -181,7 +218,8 @@ impl<'a> NetObjective<'a> {
         assert_eq!(v.len(), self.dim(), "hvp: direction length");
         let dirs = unflatten(v, &self.net.params);
         let mode = self.tape_mode();
-        self.reduce(self.dim(), |xb, yb| {
+        let key = crate::dist::fingerprint([v]);
+        self.reduce(self.dim(), key, |xb, yb| {
             let (_, _, hv) = tape_hvp(&self.net.params, &dirs, |_t, p| {
                 self.net.loss_tape(p, xb, yb, mode).0
             });
@@ -240,35 +278,56 @@ impl<'a> NetObjective<'a> {
             BnMode::Eval => vec![1.0 / self.labels.len() as f64; chunks.len()],
             BnMode::Train { .. } => self.weights.clone(),
         };
-        let parts: Vec<f64> = chunks
-            .par_iter()
-            .map(|r| {
-                let (xb, _) = self.chunk(r);
-                let nb = r.len();
-                let tape = Tape::new();
-                let p = self.net.params_on_tape(&tape);
-                let z = self.net.forward_tape(&p, &xb, mode).logits;
-                let zv = z.value().clone();
-                let k = zv.cols();
-                let mut total = 0.0;
-                for i in 0..nb {
-                    let c = curvature_factor(kind, zv.row(i));
-                    for col in 0..k {
-                        let mut cot = Matrix::zeros(nb, k);
-                        for a in 0..k {
-                            cot.set(i, a, c[a * k + col]);
-                        }
-                        let g = tape.vjp(z, tape.constant(cot), &p);
-                        total += g
-                            .iter()
-                            .map(|v| v.value().as_slice().iter().map(|x| x * x).sum::<f64>())
-                            .sum::<f64>();
+        let one = |r: &Range<usize>| {
+            let (xb, _) = self.chunk(r);
+            let nb = r.len();
+            let tape = Tape::new();
+            let p = self.net.params_on_tape(&tape);
+            let z = self.net.forward_tape(&p, &xb, mode).logits;
+            let zv = z.value().clone();
+            let k = zv.cols();
+            let mut total = 0.0;
+            for i in 0..nb {
+                let c = curvature_factor(kind, zv.row(i));
+                for col in 0..k {
+                    let mut cot = Matrix::zeros(nb, k);
+                    for a in 0..k {
+                        cot.set(i, a, c[a * k + col]);
                     }
+                    let g = tape.vjp(z, tape.constant(cot), &p);
+                    total += g
+                        .iter()
+                        .map(|v| v.value().as_slice().iter().map(|x| x * x).sum::<f64>())
+                        .sum::<f64>();
                 }
-                // A chunk's loss is the mean over its nb samples (nb = 1 in eval mode).
-                total / nb as f64
-            })
-            .collect();
+            }
+            // A chunk's loss is the mean over its nb samples (nb = 1 in eval mode).
+            total / nb as f64
+        };
+        let parts: Vec<f64> = if crate::dist::distributed() && chunks.len() > 1 {
+            // Several MPI ranks: work items of 4 chunks per thread, in parallel inside;
+            // rank 0 gathers the chunks' values in chunk order for the sum below.
+            let group = 4 * rayon::current_num_threads().max(1);
+            let key = crate::dist::fingerprint(self.net.params.iter().map(|m| m.as_slice()));
+            crate::dist::map_reduce(
+                chunks.len().div_ceil(group),
+                |i| {
+                    let end = ((i + 1) * group).min(chunks.len());
+                    Ok::<_, Error>((key, chunks[i * group..end].par_iter().map(one).collect()))
+                },
+                |groups: Vec<(u64, Vec<f64>)>| {
+                    if groups.iter().any(|g| g.0 != key) {
+                        return Err(Error::InvalidArgument(
+                            "a rank's copy of the network differs from rank 0's: the ranks' computations diverged".into(),
+                        ));
+                    }
+                    Ok(groups.into_iter().flat_map(|g| g.1).collect())
+                },
+            )
+            .expect("with several ranks an error ends the job")
+        } else {
+            chunks.par_iter().map(one).collect()
+        };
         parts.iter().zip(&weights).map(|(t, w)| t * w).sum()
     }
 }

@@ -34,6 +34,21 @@ use std::path::Path;
 /// file, the new one, or no file under the final name, never a partial one (at most a
 /// hidden temporary `.NAME.tmpPID` beside it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Inside `capture_writes` the file is kept for the caller instead.
+    let captured = CAPTURE.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(files) = c.as_mut() else {
+            return false;
+        };
+        match files.iter_mut().find(|f| f.0 == path) {
+            Some(f) => f.1 = bytes.to_vec(),
+            None => files.push((path.to_path_buf(), bytes.to_vec())),
+        }
+        true
+    });
+    if captured {
+        return Ok(());
+    }
     // Under MPI only rank 0 writes outputs (see `crate::dist`).
     if !crate::dist::is_root() {
         return Ok(());
@@ -41,6 +56,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, bytes, || checkpoint::test_point("output-write"))?;
     checkpoint::test_log_write(path);
     remove_stale_temps(path);
+    Ok(())
+}
+
+/// Files kept by [`capture_writes`]: path and content, in the order first written.
+pub type CapturedFiles = Vec<(std::path::PathBuf, Vec<u8>)>;
+
+thread_local! {
+    /// The files written on this thread inside [`capture_writes`].
+    static CAPTURE: std::cell::RefCell<Option<CapturedFiles>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with every [`write_atomic`] on this thread kept instead of written: the
+/// files (path and last content of each, in the order first written) come back with
+/// `f`'s value. An MPI work item that writes files (a sphere run's folder) runs inside
+/// it on whichever rank, and rank 0 writes the files with [`write_captured`].
+pub fn capture_writes<T>(f: impl FnOnce() -> T) -> (T, CapturedFiles) {
+    let outer = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
+    let v = f();
+    let files = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+    (v, files.unwrap_or_default())
+}
+
+/// Writes files kept by [`capture_writes`] (creating their folders; rank 0 only).
+pub fn write_captured(files: &[(std::path::PathBuf, Vec<u8>)]) -> Result<()> {
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
+    for (path, bytes) in files {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        write_atomic(path, bytes)?;
+    }
     Ok(())
 }
 

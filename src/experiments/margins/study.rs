@@ -614,50 +614,49 @@ pub fn run_study(
         return Err(Error::InvalidArgument("--jobs must be at least 1".into()));
     }
     let cfg_text = serde_json::to_string_pretty(cfg).expect("config serialises");
-    let cpath = config_path(dir);
-    if cpath.exists() {
-        let old = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
-        if !opts.resume {
-            return Err(Error::InvalidArgument(format!(
-                "{} already holds a study: pass --resume to continue it, or choose another --out",
-                dir.display()
-            )));
-        }
-        if old.trim_end() != cfg_text.trim_end() {
-            return Err(Error::InvalidArgument(format!(
-                "{} holds a study with another configuration; resume it with the same config",
-                cpath.display()
-            )));
-        }
+    // With several MPI ranks rank 0 alone checks and prepares the folder.
+    if crate::dist::distributed() {
+        crate::dist::from_root(|| {
+            prepare_dir(dir, &cfg_text, opts.resume).map_err(|e| e.to_string())
+        })
+        .map_err(Error::InvalidArgument)?;
     } else {
-        std::fs::create_dir_all(dir.join("models")).map_err(|e| Error::io(dir, e))?;
-        crate::io::write_atomic(&cpath, format!("{cfg_text}\n").as_bytes())?;
+        prepare_dir(dir, &cfg_text, opts.resume)?;
     }
-    std::fs::create_dir_all(dir.join("models")).map_err(|e| Error::io(dir, e))?;
     let models = cfg.models();
     let total = models.len();
-    // Models already finished (resume).
-    let mut records: Vec<Option<ModelRecord>> = vec![None; total];
-    for (i, h) in models.iter().enumerate() {
-        let p = record_path(dir, i);
-        if p.exists() {
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-            let r: ModelRecord = serde_json::from_str(&text).map_err(|e| {
-                Error::InvalidArgument(format!("{}: not a model record: {e}", p.display()))
-            })?;
-            if r.index != i || &r.hyper != h {
-                return Err(Error::InvalidArgument(format!(
-                    "{} belongs to another grid point",
-                    p.display()
-                )));
-            }
-            records[i] = Some(r);
-        }
-    }
+    // Models already finished (resume); with several MPI ranks, rank 0's.
+    let mut records: Vec<Option<ModelRecord>> = if crate::dist::distributed() {
+        crate::dist::from_root(|| finished_records(dir, &models).map_err(|e| e.to_string()))
+            .map_err(Error::InvalidArgument)?
+    } else {
+        finished_records(dir, &models)?
+    };
     let pending: Vec<usize> = (0..total).filter(|&i| records[i].is_none()).collect();
     let done = AtomicUsize::new(total - pending.len());
-    let finished_here = AtomicUsize::new(0);
     on_done(done.load(Ordering::SeqCst), total);
+    if crate::dist::distributed() {
+        // Several MPI ranks: one model per work item; rank 0 writes the records.
+        let out = crate::dist::map_items(
+            pending.len(),
+            |k| {
+                let t0 = std::time::Instant::now();
+                let rec = run_model(cfg, bundle, pending[k], &models[pending[k]])?;
+                Ok::<_, Error>((rec, t0.elapsed().as_secs_f64()))
+            },
+            || on_done(done.fetch_add(1, Ordering::SeqCst) + 1, total),
+        )?;
+        let mut timings = Vec::with_capacity(out.len());
+        for (&i, (rec, secs)) in pending.iter().zip(out) {
+            let text = serde_json::to_string_pretty(&rec).expect("record serialises");
+            crate::io::write_atomic(&record_path(dir, i), format!("{text}\n").as_bytes())?;
+            timings.push((i, secs));
+            records[i] = Some(rec);
+        }
+        append_timings(dir, &timings)?;
+        return Ok(records.into_iter().map(|r| r.expect("all done")).collect());
+    }
+    let finished_here = AtomicUsize::new(0);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs)
         .build()
@@ -711,6 +710,54 @@ pub fn run_study(
         });
     }
     Ok(records.into_iter().map(|r| r.expect("all done")).collect())
+}
+
+/// Checks the study folder `dir` against the configuration (a new study, or one to
+/// resume with the same configuration), writes the configuration and creates `models/`.
+fn prepare_dir(dir: &Path, cfg_text: &str, resume: bool) -> Result<()> {
+    let cpath = config_path(dir);
+    if cpath.exists() {
+        let old = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
+        if !resume {
+            return Err(Error::InvalidArgument(format!(
+                "{} already holds a study: pass --resume to continue it, or choose another --out",
+                dir.display()
+            )));
+        }
+        if old.trim_end() != cfg_text.trim_end() {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds a study with another configuration; resume it with the same config",
+                cpath.display()
+            )));
+        }
+    } else {
+        std::fs::create_dir_all(dir.join("models")).map_err(|e| Error::io(dir, e))?;
+        crate::io::write_atomic(&cpath, format!("{cfg_text}\n").as_bytes())?;
+    }
+    std::fs::create_dir_all(dir.join("models")).map_err(|e| Error::io(dir, e))?;
+    Ok(())
+}
+
+/// The records of the models of `models` already in `dir` (a resumed study).
+fn finished_records(dir: &Path, models: &[Hyper]) -> Result<Vec<Option<ModelRecord>>> {
+    let mut records: Vec<Option<ModelRecord>> = vec![None; models.len()];
+    for (i, h) in models.iter().enumerate() {
+        let p = record_path(dir, i);
+        if p.exists() {
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            let r: ModelRecord = serde_json::from_str(&text).map_err(|e| {
+                Error::InvalidArgument(format!("{}: not a model record: {e}", p.display()))
+            })?;
+            if r.index != i || &r.hyper != h {
+                return Err(Error::InvalidArgument(format!(
+                    "{} belongs to another grid point",
+                    p.display()
+                )));
+            }
+            records[i] = Some(r);
+        }
+    }
+    Ok(records)
 }
 
 /// Appends `index,seconds` rows to `DIR/timings.csv` (wall times; not reproducible).
