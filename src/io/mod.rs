@@ -144,6 +144,10 @@ pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mid_write: impl FnOnc
 /// [`write_atomic`] of the concatenation of `parts`, written one after another without
 /// first joining them (a dense Hessian's hundreds of MiB go from the matrix to the file).
 pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
+    // Inside `capture_writes` the file is kept (joined) like any other write.
+    if CAPTURE.with(|c| c.borrow().is_some()) {
+        return write_atomic(path, &parts.concat());
+    }
     if !crate::dist::is_root() {
         return Ok(());
     }
@@ -294,4 +298,23 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
         return None;
     }
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::*;
+
+    /// Streamed writes (`write_atomic_parts`, used by `write_safetensors`) are captured
+    /// like plain ones: nothing reaches the disk, and the captured bytes are the join.
+    #[test]
+    fn streamed_writes_are_captured_whole() {
+        let path = std::env::temp_dir().join(format!("landscape-cap-{}.bin", std::process::id()));
+        let ((), files) = capture_writes(|| {
+            write_atomic_parts(&path, &[b"ab", b"", b"cde"]).unwrap();
+            write_atomic(&path.with_extension("txt"), b"x").unwrap();
+        });
+        assert!(!path.exists());
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0], (path.clone(), b"abcde".to_vec()));
+    }
 }
