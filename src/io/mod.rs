@@ -34,29 +34,7 @@ use std::path::Path;
 /// file, the new one, or no file under the final name, never a partial one (at most a
 /// hidden temporary `.NAME.tmpPID` beside it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    // Inside `capture_writes` the file is kept for the caller instead.
-    let captured = CAPTURE.with(|c| {
-        let mut c = c.borrow_mut();
-        let Some(files) = c.as_mut() else {
-            return false;
-        };
-        match files.iter_mut().find(|f| f.0 == path) {
-            Some(f) => f.1 = bytes.to_vec(),
-            None => files.push((path.to_path_buf(), bytes.to_vec())),
-        }
-        true
-    });
-    if captured {
-        return Ok(());
-    }
-    // Under MPI only rank 0 writes outputs (see `crate::dist`).
-    if !crate::dist::is_root() {
-        return Ok(());
-    }
-    write_atomic_with(path, bytes, || checkpoint::test_point("output-write"))?;
-    checkpoint::test_log_write(path);
-    remove_stale_temps(path);
-    Ok(())
+    write_atomic_parts(path, &[bytes])
 }
 
 /// Files kept by [`capture_writes`]: path and content, in the order first written.
@@ -144,10 +122,23 @@ pub(crate) fn write_atomic_with(path: &Path, bytes: &[u8], mid_write: impl FnOnc
 /// [`write_atomic`] of the concatenation of `parts`, written one after another without
 /// first joining them (a dense Hessian's hundreds of MiB go from the matrix to the file).
 pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
-    // Inside `capture_writes` the file is kept (joined) like any other write.
-    if CAPTURE.with(|c| c.borrow().is_some()) {
-        return write_atomic(path, &parts.concat());
+    // Inside `capture_writes` the file (joined) is kept for the caller instead.
+    let captured = CAPTURE.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(files) = c.as_mut() else {
+            return false;
+        };
+        let bytes = parts.concat();
+        match files.iter_mut().find(|f| f.0 == path) {
+            Some(f) => f.1 = bytes,
+            None => files.push((path.to_path_buf(), bytes)),
+        }
+        true
+    });
+    if captured {
+        return Ok(());
     }
+    // Under MPI only rank 0 writes outputs (see `crate::dist`).
     if !crate::dist::is_root() {
         return Ok(());
     }
