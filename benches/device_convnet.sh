@@ -18,7 +18,7 @@ ref=2.478894018477685 # eigsh reference (docs/benchmarks.md)
 for r in $(seq 1 "$rounds"); do
     work=convnet-step,convnet-hvp-n1000
     only=step,hvp
-    if [ "$r" = 1 ]; then work=$work,convnet-top-eig-n2000; only=$only,eig; fi
+    if [ "$r" = 1 ]; then work=$work,convnet-top-eig-n2000,convnet-top-eig-mixed-n2000; only=$only,eig; fi
     echo "round $r: ours ($work)"
     $pin $bin bench --devices cpu --threads 2 --reps 5 --workloads "$work" \
         --json "$out/ours_$r.json" --table "$out/ours_$r.md" 2>&1 | grep convnet

@@ -945,3 +945,77 @@ fn committed_mlp_fixtures_give_bit_identical_results_through_the_network_type() 
         assert_eq!(net.analytic_mlp().is_some(), mlp.config.batchnorm.is_none());
     }
 }
+
+/// Kept recordings (`NetObjective::linearized`): f64 products are bit-identical to
+/// fresh double-backward products, in any order and repeated (the tape is cut back
+/// after each); f32 products are close; `lanczos_mixed` on them reports the
+/// eigenvalues of the dense f64 Hessian (columns `H e_j`).
+#[test]
+fn kept_recordings_give_the_same_products_and_certified_eigenvalues() {
+    use landscape::hessian::network::{BnMode, NetObjective};
+    use landscape::hessian::small_eig::jacobi_eigenvalues;
+    use landscape::linalg::{lanczos_mixed, LanczosOptions, Which};
+    let net = tiny_bn_net(41);
+    let (x, y) = data(150, 50, 3, 42);
+    for bm in [BnMode::Eval, BnMode::Train { batch: 50 }] {
+        let obj = NetObjective::new(&net, &x, &y, bm).unwrap();
+        let p = obj.dim();
+        let mut rng = Rng::new(43);
+        let v1: Vec<f64> = (0..p).map(|_| rng.normal()).collect();
+        let v2: Vec<f64> = (0..p).map(|_| rng.normal()).collect();
+        let lin = obj.linearized::<f64>();
+        for v in [&v1, &v2, &v1] {
+            let kept = lin.hvp(v);
+            let fresh = obj.hvp(v);
+            assert!(
+                kept.iter()
+                    .zip(&fresh)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{bm:?}: kept and fresh products differ"
+            );
+        }
+        assert!(lin.recorded_bytes() > 0);
+        let single = obj.linearized::<f32>().hvp(&v1);
+        let exact = obj.hvp(&v1);
+        assert!(
+            rel_err(&single, &exact) <= 1e-4,
+            "{bm:?}: f32 product off by {}",
+            rel_err(&single, &exact)
+        );
+        // Dense reference from unit-vector products.
+        let mut h = Matrix::zeros(p, p);
+        for j in 0..p {
+            let mut e = vec![0.0; p];
+            e[j] = 1.0;
+            for (i, c) in obj.hvp(&e).into_iter().enumerate() {
+                h.set(i, j, c);
+            }
+        }
+        let hs = Matrix::from_fn(p, p, |i, j| 0.5 * (h.get(i, j) + h.get(j, i)));
+        let mut ev = jacobi_eigenvalues(&hs);
+        ev.sort_by(|a, b| a.total_cmp(b));
+        let res = lanczos_mixed(
+            obj.linearized::<f32>(),
+            &obj.linearized::<f64>(),
+            Which::BothEnds {
+                largest: 1,
+                smallest: 1,
+            },
+            &LanczosOptions {
+                max_iter: p,
+                tol: 1e-9,
+                check_every: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let scale = ev[p - 1].abs().max(ev[0].abs());
+        assert!(res.converged && res.approx_products > 0, "{bm:?}: {res:?}");
+        for (got, want) in res.values.iter().zip([ev[p - 1], ev[0]]) {
+            assert!(
+                (got - want).abs() <= 1e-7 * scale,
+                "{bm:?}: {got} vs dense {want}"
+            );
+        }
+    }
+}

@@ -298,6 +298,60 @@ fn every_curvature_command_runs_on_a_bn_convnet() {
         assert_eq!(r["grad_norms"]["batches"], 3);
         assert!(r["trace"]["hutchinson"]["ci95"].is_array());
     }
+    // --krylov mixed: the same eigenvalues as the f64 run, within the f64 residuals
+    // both runs certify; f32 products counted.
+    let mj = d.join("h-mixed.json");
+    ok(&run(&[
+        "hessian",
+        "--model",
+        m,
+        "--data",
+        "digits",
+        "--samples",
+        "60",
+        "--top",
+        "2",
+        "--bottom",
+        "1",
+        "--krylov",
+        "mixed",
+        "--json",
+        mj.to_str().unwrap(),
+    ]));
+    let (mixed, plain) = (json(&mj), json(&d.join("h-eval.json")));
+    let (me, pe) = (
+        &mixed["results"]["eigenvalues"],
+        &plain["results"]["eigenvalues"],
+    );
+    assert!(me["f32_products"].as_u64().unwrap() > 0);
+    assert_eq!(me["converged"], true);
+    for i in 0..3 {
+        let (a, b) = (
+            me["ritz_values"][i].as_f64().unwrap(),
+            pe["ritz_values"][i].as_f64().unwrap(),
+        );
+        let (ra, rb) = (
+            me["residuals"][i].as_f64().unwrap(),
+            pe["residuals"][i].as_f64().unwrap(),
+        );
+        assert!(ra < 1e-6, "mixed residual {ra}");
+        assert!((a - b).abs() <= ra + rb + 1e-12, "mixed {a} vs f64 {b}");
+    }
+    clean_failure(
+        &run(&[
+            "hessian",
+            "--model",
+            m,
+            "--data",
+            "digits",
+            "--samples",
+            "10",
+            "--trace",
+            "--krylov",
+            "mixed",
+        ]),
+        "applies to --top/--bottom",
+    );
     // MLP-only mathematics refuses other networks in one line.
     clean_failure(
         &run(&[

@@ -11,4 +11,4 @@ pub mod tape;
 
 pub use conv::{ConvGeom, ConvShape};
 pub use index_map::{IndexMap, NO_SOURCE};
-pub use tape::{hvp, Tape, Var};
+pub use tape::{hvp, hvp_on, record_gradient, Recorded, Tape, Var};

@@ -4,7 +4,7 @@
 use super::tape::Var;
 use crate::nn::LossKind;
 use crate::tensor::{Matrix, Scalar};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// One-hot matrix (`n x classes`) of integer labels.
 pub fn one_hot<T: Scalar>(labels: &[usize], classes: usize) -> Matrix<T> {
@@ -39,7 +39,7 @@ pub fn softmax_cross_entropy<'t, T: Scalar>(z: Var<'t, T>, labels: &[usize]) -> 
     };
     let shifted = z.sub(tape.constant(row_max).broadcast(n, k));
     let lse = shifted.exp().sum_to(n, 1).ln();
-    let picked = shifted.mul_const(Rc::new(one_hot(labels, k))).sum();
+    let picked = shifted.mul_const(Arc::new(one_hot(labels, k))).sum();
     lse.sum().sub(picked).scale(T::ONE / T::from_f64(n as f64))
 }
 

@@ -15,7 +15,6 @@ use super::index_map::IndexMap;
 use crate::tensor::{matmul_new, Matrix, Par, Scalar};
 use rayon::prelude::*;
 use std::cell::{Ref, RefCell};
-use std::rc::Rc;
 use std::sync::Arc;
 
 /// How a node was computed. Inputs are node ids on the same tape.
@@ -34,7 +33,7 @@ enum Op<T> {
     /// Elementwise product.
     Mul(usize, usize),
     /// Elementwise product with a constant matrix (ReLU masks, one-hot labels).
-    MulConst(usize, Rc<Matrix<T>>),
+    MulConst(usize, Arc<Matrix<T>>),
     Scale(usize, T),
     AddScalar(usize, T),
     Square(usize),
@@ -118,6 +117,28 @@ impl<T: Scalar> Tape<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The handle of node `id` (an id returned by [`Var::id`] on this tape).
+    pub fn var(&self, id: usize) -> Var<'_, T> {
+        assert!(id < self.len(), "tape: no node {id}");
+        Var { tape: self, id }
+    }
+
+    /// Removes every node from `len` on, so that a tape holding a recorded
+    /// computation can be extended and cut back again (the products of
+    /// [`hvp_on`]). Handles to the removed nodes must not be used afterwards.
+    pub fn truncate(&self, len: usize) {
+        self.nodes.borrow_mut().truncate(len);
+    }
+
+    /// Bytes held by the recorded values.
+    pub fn value_bytes(&self) -> usize {
+        self.nodes
+            .borrow()
+            .iter()
+            .map(|n| n.value.len() * std::mem::size_of::<T>())
+            .sum()
     }
 
     fn push(&self, value: Matrix<T>, op: Op<T>, requires_grad: bool) -> Var<'_, T> {
@@ -635,7 +656,7 @@ impl<'t, T: Scalar> Var<'t, T> {
     }
 
     /// Elementwise product with a constant.
-    pub fn mul_const(self, c: Rc<Matrix<T>>) -> Self {
+    pub fn mul_const(self, c: Arc<Matrix<T>>) -> Self {
         let cc = c.clone();
         self.tape
             .unary(self.id, Op::MulConst(self.id, c), move |a| {
@@ -691,7 +712,7 @@ impl<'t, T: Scalar> Var<'t, T> {
         let sign = self
             .value()
             .map(|z| if z > T::ZERO { T::ONE } else { -T::ONE });
-        let neg_abs = self.mul_const(Rc::new(sign)).scale(-T::ONE);
+        let neg_abs = self.mul_const(Arc::new(sign)).scale(-T::ONE);
         self.relu().add(neg_abs.exp().add_scalar(T::ONE).ln())
     }
 
@@ -868,8 +889,74 @@ impl<'t, T: Scalar> Var<'t, T> {
         };
         let rg = self.requires_grad();
         self.tape
-            .push(out, Op::MulConst(self.id, Rc::new(mask)), rg)
+            .push(out, Op::MulConst(self.id, Arc::new(mask)), rg)
     }
+}
+
+/// A recorded loss and its gradient: the tape after the forward pass and the first
+/// backward pass, with the ids of the parameter and gradient nodes.
+pub struct Recorded<T: Scalar> {
+    pub tape: Tape<T>,
+    pub loss: usize,
+    pub params: Vec<usize>,
+    pub grads: Vec<usize>,
+}
+
+/// Records `f = build(params)` and `grad f` (recorded too, so it can be
+/// differentiated again) on a new tape.
+pub fn record_gradient<T: Scalar>(
+    params: &[Matrix<T>],
+    build: impl for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Var<'t, T>,
+) -> Recorded<T> {
+    let tape = Tape::new();
+    let (loss, params, grads) = {
+        let vars: Vec<Var<T>> = params.iter().map(|p| tape.param(p.clone())).collect();
+        let f = build(&tape, &vars);
+        let g = tape.grad(f, &vars);
+        (
+            f.id,
+            vars.iter().map(|v| v.id).collect(),
+            g.iter().map(|v| v.id).collect(),
+        )
+    };
+    Recorded {
+        tape,
+        loss,
+        params,
+        grads,
+    }
+}
+
+/// `H v = d/dθ <∇f(θ), v>` on a [`Recorded`] gradient: records the inner product
+/// and its gradient, reads the product, and cuts the tape back to the recording,
+/// so the forward and first backward passes serve any number of directions.
+/// The same operations, in the same order, as [`hvp`]: the same bits.
+pub fn hvp_on<T: Scalar>(rec: &Recorded<T>, v: &[Matrix<T>]) -> Vec<Matrix<T>> {
+    assert_eq!(
+        rec.params.len(),
+        v.len(),
+        "hvp: one direction per parameter tensor"
+    );
+    let tape = &rec.tape;
+    let len = tape.len();
+    let hvals = {
+        let vars: Vec<Var<T>> = rec.params.iter().map(|&i| tape.var(i)).collect();
+        let mut inner: Option<Var<T>> = None;
+        for (&gi, vi) in rec.grads.iter().zip(v) {
+            let gi = tape.var(gi);
+            check_same_shape("hvp direction", gi.shape(), vi.shape());
+            let term = gi.dot(tape.constant(vi.clone()));
+            inner = Some(match inner {
+                Some(acc) => acc.add(term),
+                None => term,
+            });
+        }
+        let inner = inner.expect("hvp: no parameters");
+        let hv = tape.grad(inner, &vars);
+        hv.iter().map(|x| x.value().clone()).collect()
+    };
+    tape.truncate(len);
+    hvals
 }
 
 /// Hessian-vector product by double backward: `H v = d/dθ <∇f(θ), v>`.
@@ -886,23 +973,13 @@ pub fn hvp<T: Scalar>(
         v.len(),
         "hvp: one direction per parameter tensor"
     );
-    let tape = Tape::new();
-    let vars: Vec<Var<T>> = params.iter().map(|p| tape.param(p.clone())).collect();
-    let f = build(&tape, &vars);
-    let g = tape.grad(f, &vars);
-    let mut inner: Option<Var<T>> = None;
-    for (gi, vi) in g.iter().zip(v) {
-        check_same_shape("hvp direction", gi.shape(), vi.shape());
-        let term = gi.dot(tape.constant(vi.clone()));
-        inner = Some(match inner {
-            Some(acc) => acc.add(term),
-            None => term,
-        });
-    }
-    let inner = inner.expect("hvp: no parameters");
-    let hv = tape.grad(inner, &vars);
-    let fval = f.item();
-    let gvals = g.iter().map(|x| x.value().clone()).collect();
-    let hvals = hv.iter().map(|x| x.value().clone()).collect();
+    let rec = record_gradient(params, build);
+    let fval = rec.tape.var(rec.loss).item();
+    let gvals = rec
+        .grads
+        .iter()
+        .map(|&i| rec.tape.var(i).value().clone())
+        .collect();
+    let hvals = hvp_on(&rec, v);
     (fval, gvals, hvals)
 }

@@ -19,6 +19,11 @@
 //!   over 1,000 images, f64, eval-mode BatchNorm;
 //! * `convnet_top_eig_n2000`: its largest Hessian eigenvalue over 2,000 images to a relative
 //!   residual of 1e-6 (Lanczos with full reorthogonalisation), f64, eval-mode BatchNorm.
+//! * `convnet_top_eig_mixed_n2000`: the same eigenvalue to the same f64 relative residual,
+//!   a first Krylov stage with f32 HVPs, a second with f64 HVPs, the residual certified
+//!   in f64 (`linalg::lanczos_mixed`); each stage keeps every chunk's forward and first
+//!   backward pass (`NetObjective::linearized`), so a product records only the second
+//!   backward pass.
 //!   The ConvNet holds the deterministic weights of `Network::fill_deterministic`, which
 //!   `benches/peers/torch_convnet.py` sets too, so both sides solve the same problem.
 //!
@@ -37,7 +42,7 @@ use landscape::hessian::gpu::{
 use landscape::hessian::network::{BnMode, NetObjective};
 use landscape::hessian::{dense_hessian, per_sample_gn_norms, HessianOperator, Part};
 use landscape::io::provenance::Provenance;
-use landscape::linalg::{lanczos, LanczosOptions, Which};
+use landscape::linalg::{lanczos, lanczos_mixed, LanczosOptions, Which};
 use landscape::nn::arch::{preset, PresetOptions};
 use landscape::nn::backprop::loss_and_grad_analytic;
 use landscape::nn::{Activation, Init, LossKind, Mlp, MlpConfig, Network};
@@ -61,6 +66,7 @@ pub enum Workload {
     ConvnetStep,
     ConvnetHvpN1000,
     ConvnetTopEigN2000,
+    ConvnetTopEigMixedN2000,
 }
 
 impl Workload {
@@ -76,6 +82,7 @@ impl Workload {
             Workload::ConvnetStep => "convnet_step",
             Workload::ConvnetHvpN1000 => "convnet_hvp_n1000",
             Workload::ConvnetTopEigN2000 => "convnet_top_eig_n2000",
+            Workload::ConvnetTopEigMixedN2000 => "convnet_top_eig_mixed_n2000",
         }
     }
 
@@ -83,7 +90,10 @@ impl Workload {
     fn is_network(self) -> bool {
         matches!(
             self,
-            Workload::ConvnetStep | Workload::ConvnetHvpN1000 | Workload::ConvnetTopEigN2000
+            Workload::ConvnetStep
+                | Workload::ConvnetHvpN1000
+                | Workload::ConvnetTopEigN2000
+                | Workload::ConvnetTopEigMixedN2000
         )
     }
 }
@@ -425,6 +435,36 @@ fn network_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String>
             }
             (r.0, r.1, ("solves", 1.0))
         }
+        Workload::ConvnetTopEigMixedN2000 => {
+            let xb = x.rows_view(0, 2000).to_owned();
+            let obj = NetObjective::new(net, &xb, &y[..2000], BnMode::Eval).map_err(e)?;
+            let mut last = None;
+            let r = time_it(reps.min(3), || {
+                let res = lanczos_mixed(
+                    obj.linearized::<f32>(),
+                    &obj.linearized::<f64>(),
+                    Which::Largest(1),
+                    &LanczosOptions {
+                        tol: 1e-6,
+                        max_iter: 200,
+                        check_every: 1,
+                        ..Default::default()
+                    },
+                )
+                .map_err(e)?;
+                last = Some((
+                    res.values[0],
+                    res.residuals[0],
+                    res.approx_products,
+                    res.iterations,
+                ));
+                Ok(())
+            })?;
+            if let Some((v, res, lo, hi)) = last {
+                eprintln!("convnet_top_eig_mixed_n2000: lambda_max {v:.12e}, f64 residual {res:.2e} ({:.2e} relative), {lo} f32 + {hi} f64 HVPs", res / v.abs());
+            }
+            (r.0, r.1, ("solves", 1.0))
+        }
         _ => unreachable!("network workloads only"),
     };
     Ok(Row {
@@ -561,6 +601,7 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
             Workload::ConvnetStep,
             Workload::ConvnetHvpN1000,
             Workload::ConvnetTopEigN2000,
+            Workload::ConvnetTopEigMixedN2000,
         ]
     } else {
         a.workloads.clone()

@@ -103,8 +103,20 @@ pub struct HessianArgs {
     /// Precision on the GPU (the CPU path is the f64 reference).
     #[arg(long, value_enum, default_value = "f64")]
     pub dtype: Dtype,
+    /// Products of --top/--bottom on the autodiff path: `f64`, or `mixed`: a first Krylov
+    /// stage with f32 HVPs, then an f64 stage, with every chunk's forward and first
+    /// backward pass kept between products (more memory, see --memory-budget); values
+    /// and residuals are always certified with f64 products.
+    #[arg(long, value_enum, default_value = "f64")]
+    pub krylov: KrylovArg,
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KrylovArg {
+    F64,
+    Mixed,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,6 +249,12 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
     }
     if gpu.is_none() && a.dtype == Dtype::F32 {
         return Err("--dtype f32 is for --device cuda; the CPU path computes in f64".into());
+    }
+    if a.krylov == KrylovArg::Mixed && (analytic.is_some() || gpu.is_some()) {
+        return Err("--krylov mixed is for the autodiff path (networks other than MLPs without BatchNorm, on the CPU); this run uses the analytic f64 operator".into());
+    }
+    if a.krylov == KrylovArg::Mixed && a.top.is_none() && a.bottom.is_none() {
+        return Err("--krylov mixed applies to --top/--bottom".into());
     }
     if gpu.is_some() && batchnorm {
         return Err(
@@ -408,16 +426,24 @@ pub fn cmd_hessian(a: HessianArgs, command_line: &str) -> Result<(), String> {
                 ..Default::default()
             };
             // On the GPU the Krylov basis stays on the device too.
+            let mixed = a.krylov == KrylovArg::Mixed;
             let res = match &op {
                 OperatorAdapter::Gpu64(g) => gpu_lanczos(g, which, &opts),
                 OperatorAdapter::Gpu32(g) => gpu_lanczos(g, which, &opts),
+                OperatorAdapter::Network(obj) if mixed => linalg::lanczos_mixed(
+                    obj.linearized::<f32>(),
+                    &obj.linearized::<f64>(),
+                    which,
+                    &opts,
+                ),
                 _ => linalg::lanczos(&op, which, &opts),
             }
             .map_err(|e| e.to_string())?;
             pb.finish_and_clear();
             timing.insert("lanczos_s".into(), json!(t.elapsed().as_secs_f64()));
             let mut eig = json!({
-                "method": if matches!(op, OperatorAdapter::Gpu64(_) | OperatorAdapter::Gpu32(_)) { "lanczos (full reorthogonalisation, on the GPU)" } else { "lanczos (full reorthogonalisation)" },
+                "method": if matches!(op, OperatorAdapter::Gpu64(_) | OperatorAdapter::Gpu32(_)) { "lanczos (full reorthogonalisation, on the GPU)" } else if mixed { "lanczos (full reorthogonalisation): an f32 Krylov stage, then an f64 stage from its Ritz vectors; kept forward and first backward passes; Rayleigh quotients and residuals from f64 products" } else { "lanczos (full reorthogonalisation)" },
+                "f32_products": res.approx_products,
                 "ritz_values": res.values,
                 "residuals": res.residuals,
                 "iterations": res.iterations,
@@ -699,6 +725,14 @@ fn memory_plan(a: &HessianArgs, net: &Network<f64>, n: usize, analytic: bool) ->
             "the largest per-layer Lanczos basis",
             k,
             largest,
+        ));
+    }
+    if a.krylov == KrylovArg::Mixed && !analytic {
+        // The f64 stage's recordings (the f32 stage's, half the size, are freed first).
+        plan.push(memory::recorded_tapes(
+            "the kept forward and first backward passes (--krylov mixed)",
+            acts,
+            n,
         ));
     }
     let need_hvp = plan.iter().any(|x| x.bytes > 0) || a.fisher_trace || a.grad_norms.is_some();

@@ -92,8 +92,11 @@ pub struct LanczosResult {
     pub vectors: Vec<Vec<f64>>,
     /// True residual norms `||A y - l y||`, recomputed with the operator.
     pub residuals: Vec<f64>,
-    /// Operator applications.
+    /// Operator applications (of the operator the residuals are computed with).
     pub iterations: usize,
+    /// Applications of a cheaper approximation of the operator that built the Krylov
+    /// space ([`lanczos_mixed`]; 0 for [`lanczos`]).
+    pub approx_products: usize,
     pub converged: bool,
     /// `max |Ritz value|`, the estimate of `||A||` used in the tolerance.
     pub norm_estimate: f64,
@@ -246,6 +249,33 @@ pub fn lanczos_in<S: KrylovSpace>(
     which: Which,
     opts: &LanczosOptions,
 ) -> Result<LanczosResult> {
+    let ritz = krylov_ritz(space, which, opts, None)?;
+    certify_in(space, ritz)
+}
+
+/// The wanted Ritz pairs of a Krylov run, before their residuals are computed.
+struct RitzPairs<V> {
+    values: Vec<f64>,
+    vectors: Vec<V>,
+    /// Each unit Ritz vector's coefficients in the Krylov basis, in basis order.
+    coefficients: Vec<Vec<f64>>,
+    /// Whether the Lanczos estimates met the tolerance.
+    estimated_converged: bool,
+    matvecs: usize,
+    /// `max |Ritz value|` over all Ritz values of `T_k`.
+    anorm: f64,
+    tol: f64,
+}
+
+/// Lanczos iterations from `start` (a random unit vector when `None`) until every
+/// wanted Ritz pair's estimate `beta_k |s_k|` meets `opts.tol * ||A||_est` or the
+/// Krylov dimension reaches `opts.max_iter`; returns the normalised Ritz vectors.
+fn krylov_ritz<S: KrylovSpace>(
+    space: &mut S,
+    which: Which,
+    opts: &LanczosOptions,
+    start: Option<&[f64]>,
+) -> Result<RitzPairs<S::Vector>> {
     let n = space.dim();
     let count = match which {
         Which::Largest(l) | Which::Smallest(l) => l,
@@ -275,8 +305,20 @@ pub fn lanczos_in<S: KrylovSpace>(
     let max_iter = opts.max_iter.clamp(count, n);
     space.reserve(max_iter + 1)?;
     let mut rng = Rng::new(opts.seed);
-    let first = random_unit_in(space, &mut rng)?
-        .ok_or_else(|| Error::InvalidArgument("Lanczos: no random start vector".into()))?;
+    let first = match start {
+        Some(v) if v.len() == n && norm(v) > 0.0 && norm(v).is_finite() => {
+            let u = space.upload(v)?;
+            space.scaled(&u, 1.0 / norm(v))?
+        }
+        Some(_) => {
+            return Err(Error::InvalidArgument(
+                "Lanczos: the start vector must be finite, nonzero and of the operator's size"
+                    .into(),
+            ))
+        }
+        None => random_unit_in(space, &mut rng)?
+            .ok_or_else(|| Error::InvalidArgument("Lanczos: no random start vector".into()))?,
+    };
     space.push(first)?;
     let (mut alpha, mut beta) = (Vec::<f64>::new(), Vec::<f64>::new());
     let mut matvecs = 0;
@@ -330,32 +372,164 @@ pub fn lanczos_in<S: KrylovSpace>(
     let anorm = vals.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let mut values = Vec::new();
     let mut vectors = Vec::new();
-    let mut residuals = Vec::new();
-    let mut conv = done;
+    let mut coefficients = Vec::new();
     for i in wanted(which, k) {
         let coefs: Vec<f64> = (0..k).map(|t| vecs.get(t, i)).collect();
         let y = space.combine(&coefs)?;
         let yn = space.dot(&y, &y)?.sqrt();
-        let y = space.scaled(&y, 1.0 / yn)?;
-        let av = space.apply(&y)?;
+        values.push(vals[i]);
+        vectors.push(space.scaled(&y, 1.0 / yn)?);
+        coefficients.push(coefs.iter().map(|c| c / yn).collect());
+    }
+    Ok(RitzPairs {
+        values,
+        vectors,
+        coefficients,
+        estimated_converged: done,
+        matvecs,
+        anorm,
+        tol: opts.tol,
+    })
+}
+
+/// True residuals `||A y - l y||` of the Ritz pairs, each with one product by the
+/// space's operator; converged when every one is within `10 tol ||A||_est`.
+fn certify_in<S: KrylovSpace>(space: &S, ritz: RitzPairs<S::Vector>) -> Result<LanczosResult> {
+    let mut vectors = Vec::new();
+    let mut residuals = Vec::new();
+    let mut conv = ritz.estimated_converged;
+    let mut matvecs = ritz.matvecs;
+    for (y, &l) in ritz.vectors.iter().zip(&ritz.values) {
+        let av = space.apply(y)?;
         matvecs += 1;
-        let l = vals[i];
-        let r = space.residual(&av, &y, l)?;
+        let r = space.residual(&av, y, l)?;
         if !r.is_finite() {
-            return Err(non_finite());
+            return Err(Error::NonFiniteInput(
+                "the operator returned NaN or Inf".into(),
+            ));
         }
-        conv &= r <= opts.tol.max(1e-14) * anorm.max(1e-300) * 10.0;
+        conv &= r <= ritz.tol.max(1e-14) * ritz.anorm.max(1e-300) * 10.0;
+        vectors.push(space.to_host(y)?);
+        residuals.push(r);
+    }
+    Ok(LanczosResult {
+        values: ritz.values,
+        vectors,
+        residuals,
+        iterations: matvecs,
+        approx_products: 0,
+        converged: conv,
+        norm_estimate: ritz.anorm,
+    })
+}
+
+/// Relative accuracy asked of the approximate operator's Krylov stage of
+/// [`lanczos_mixed`]: f32 Hessian-vector products carry relative errors near
+/// `3e-5` (measured on the ConvNet), so a tighter stage cannot pay off.
+pub const APPROX_STAGE_TOL: f64 = 1e-4;
+
+/// An operator that keeps a copy of every product it computes, in order.
+struct Recorded<'a> {
+    op: &'a dyn SymOp,
+    products: std::sync::Mutex<Vec<Vec<f64>>>,
+}
+
+impl SymOp for Recorded<'_> {
+    fn dim(&self) -> usize {
+        self.op.dim()
+    }
+    fn apply(&self, v: &[f64], out: &mut [f64]) {
+        self.op.apply(v, out);
+        self.products
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(out.to_vec());
+    }
+}
+
+/// Lanczos whose Krylov space is first built with `approx`, a cheaper
+/// approximation of the operator `exact` (the Hessian in f32 arithmetic), and
+/// whose results are `exact`'s:
+/// 1. Lanczos with full reorthogonalisation on `approx` until the Ritz estimates
+///    meet `max(opts.tol, APPROX_STAGE_TOL) * ||A||_est`;
+/// 2. Lanczos on `exact` from the normalised sum of those Ritz vectors (rich in
+///    the wanted directions, so few exact products are needed) until its
+///    estimates meet `opts.tol * ||A||_est`;
+/// 3. each Ritz vector `y = sum_t c_t q_t` of stage 2 is certified with the
+///    exact products already made, `A y = sum_t c_t (A q_t)` (linearity; the
+///    same vector as a fresh product up to rounding): the value is the Rayleigh
+///    quotient `l = y^T A y` and the residual `||A y - l y||`, so `[l - r, l + r]`
+///    holds an eigenvalue of `exact` whatever the approximation's error.
+///
+/// `approx` is taken by value and dropped after its stage, so memory it holds
+/// (kept recordings) is free for `exact`'s. `iterations` counts the products by
+/// `exact`, `approx_products` those by `approx`;
+/// `converged` when every residual is within `10 opts.tol ||A||_est` (as [`lanczos`]).
+pub fn lanczos_mixed<A: SymOp>(
+    approx: A,
+    exact: &dyn SymOp,
+    which: Which,
+    opts: &LanczosOptions,
+) -> Result<LanczosResult> {
+    if approx.dim() != exact.dim() {
+        return Err(Error::Shape(format!(
+            "mixed Lanczos: operators of sizes {} and {}",
+            approx.dim(),
+            exact.dim()
+        )));
+    }
+    let stage = LanczosOptions {
+        tol: opts.tol.max(APPROX_STAGE_TOL),
+        ..opts.clone()
+    };
+    let rough = krylov_ritz(&mut HostSpace::new(&approx), which, &stage, None)?;
+    // The approximation's memory (kept recordings) is freed before the exact stage.
+    drop(approx);
+    let mut start = vec![0.0; exact.dim()];
+    for y in &rough.vectors {
+        axpy(&mut start, 1.0, y);
+    }
+    let recorded = Recorded {
+        op: exact,
+        products: std::sync::Mutex::new(Vec::new()),
+    };
+    let fine = krylov_ritz(&mut HostSpace::new(&recorded), which, opts, Some(&start))?;
+    let products = recorded
+        .products
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut values = Vec::new();
+    let mut residuals = Vec::new();
+    let mut conv = fine.estimated_converged;
+    for (y, coefs) in fine.vectors.iter().zip(&fine.coefficients) {
+        let mut ay = vec![0.0; exact.dim()];
+        for (c, aq) in coefs.iter().zip(&products) {
+            axpy(&mut ay, *c, aq);
+        }
+        let l = dot(y, &ay);
+        let r = ay
+            .iter()
+            .zip(y)
+            .map(|(a, b)| (a - l * b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if !r.is_finite() {
+            return Err(Error::NonFiniteInput(
+                "the operator returned NaN or Inf".into(),
+            ));
+        }
+        conv &= r <= opts.tol.max(1e-14) * fine.anorm.max(1e-300) * 10.0;
         values.push(l);
-        vectors.push(space.to_host(&y)?);
         residuals.push(r);
     }
     Ok(LanczosResult {
         values,
-        vectors,
+        vectors: fine.vectors,
         residuals,
-        iterations: matvecs,
+        iterations: fine.matvecs,
+        approx_products: rough.matvecs,
         converged: conv,
-        norm_estimate: anorm,
+        norm_estimate: fine.anorm,
     })
 }
 

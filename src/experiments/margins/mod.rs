@@ -50,7 +50,7 @@ use crate::nn::{Mode, Network};
 use crate::tensor::{sample_blocks, Matrix};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Samples per block of the margin computation.
 pub const BLOCK: usize = 128;
@@ -294,7 +294,7 @@ pub fn compute_margins(
                 mask.row_mut(s)[i] = 1.0;
                 mask.row_mut(s)[j] = -1.0;
             }
-            let s = fwd.logits.mul_const(Rc::new(mask)).sum();
+            let s = fwd.logits.mul_const(Arc::new(mask)).sum();
             let wrt: Vec<_> = layers
                 .iter()
                 .map(|l| match l {
