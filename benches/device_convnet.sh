@@ -18,11 +18,16 @@ ref=2.478894018477685 # eigsh reference (docs/benchmarks.md)
 for r in $(seq 1 "$rounds"); do
     work=convnet-step,convnet-hvp-n1000
     only=step,hvp
-    if [ "$r" = 1 ]; then work=$work,convnet-top-eig-n2000,convnet-top-eig-mixed-n2000; only=$only,eig; fi
+    extra=
+    if [ "$r" = 1 ]; then
+        work=$work,convnet-top-eig-n2000,convnet-top-eig-mixed-n2000
+        only=$only,eig
+        extra="--pyhessian-dtypes f64,f32"
+    fi
     echo "round $r: ours ($work)"
     $pin $bin bench --devices cpu --threads 2 --reps 5 --workloads "$work" \
         --json "$out/ours_$r.json" --table "$out/ours_$r.md" 2>&1 | grep convnet
     echo "round $r: PyTorch ($only)"
-    $pin python3 benches/peers/torch_convnet.py --threads 2 --hvp-reps 3 --only "$only" \
+    $pin python3 benches/peers/torch_convnet.py --threads 2 --hvp-reps 3 --only "$only" $extra \
         --ref-value $ref --json "$out/torch_$r.json" 2>&1 | grep -v Warning | tail -8
 done

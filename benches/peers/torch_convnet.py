@@ -219,9 +219,18 @@ def bench_top_eig(a, results):
     if a.skip_pyhessian:
         return
 
+    for dname in a.pyhessian_dtypes.split(","):
+        results.append(pyhessian_run(a, workload, dname, x, y, hv, to_list, to_flat, lam_ref))
+
+
+def pyhessian_run(a, workload, dname, x, y, hv, to_list, to_flat, lam_ref):
+    """PyHessian's top eigenvalue at its defaults in `dname` (f64 or f32); its residual
+    and error are measured with the float64 HVP."""
+    dt = {"f64": torch.float64, "f32": torch.float32}[dname]
+    x, y = x.to(dt), y
     entry = {
         "workload": workload,
-        "dtype": "f64",
+        "dtype": dname,
         "method": f"PyHessian eigenvalues(top_n=1) at its defaults (power iteration, maxIter 100, "
         f"tol 1e-3), dataloader of {a.chunk}-image batches",
     }
@@ -232,11 +241,11 @@ def bench_top_eig(a, results):
         entry["pyhessian_version"] = getattr(pyhessian, "__version__", None) or _dist_version("pyhessian")
         crit = torch.nn.CrossEntropyLoss()
         dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=a.chunk)
-        mp = model(torch.float64).eval()
+        mp = model(dt).eval()
         torch.manual_seed(0)
         # PyHessian draws its start vector with torch.randn at the default dtype.
         previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
+        torch.set_default_dtype(dt)
         try:
             t0 = time.perf_counter()
             h = ph.hessian(mp, crit, dataloader=dl, cuda=False)
@@ -267,14 +276,14 @@ def bench_top_eig(a, results):
             }
         )
         print(
-            f"{workload} PyHessian: {lam:.15e} in {secs:.1f} s, {count[0]} HVPs, relative error "
+            f"{workload} PyHessian ({dname}): {lam:.15e} in {secs:.1f} s, {count[0]} HVPs, relative error "
             f"{rel_err:.2e}, relative residual {res:.2e}",
             flush=True,
         )
     except Exception as e:  # record the failure instead of hiding it
         entry["error"] = f"{type(e).__name__}: {e}"
         print(f"PyHessian failed: {entry['error']}", flush=True)
-    results.append(entry)
+    return entry
 
 
 def cpu_model():
@@ -308,6 +317,7 @@ def main():
     ap.add_argument("--ref-value", type=float, help="reference eigenvalue from an earlier run (skips the eigsh solve)")
     ap.add_argument("--only", default="step,hvp,eig", help="comma list of step, hvp, eig")
     ap.add_argument("--skip-pyhessian", action="store_true")
+    ap.add_argument("--pyhessian-dtypes", default="f64", help="comma-separated: f64, f32 (PyHessian runs in each)")
     ap.add_argument("--json")
     a = ap.parse_args()
     a.samples = [int(s) for s in a.samples.split(",")]
