@@ -281,6 +281,18 @@ fn every_primitive_matches_finite_differences() {
             Box::new(|t, v| weighted(t, batchnorm_train(v[0], None, None, 1e-3).out, 22)),
         ),
         (
+            // A nonlinear consumer: the backward node's cotangent depends on the
+            // input, so the HVP exercises both of its derivatives.
+            "batchnorm then square (7 x 3)",
+            vec![random(7, 3, &mut rng)],
+            Box::new(|t, v| weighted(t, batchnorm_train(v[0], None, None, 1e-3).out.square(), 23)),
+        ),
+        (
+            "batchnorm then tanh (5 x 1)",
+            vec![random(5, 1, &mut rng)],
+            Box::new(|t, v| weighted(t, batchnorm_train(v[0], None, None, 1e-2).out.tanh(), 24)),
+        ),
+        (
             "weight decay",
             vec![a.clone(), row.clone()],
             Box::new(|_, v| weight_decay(v, 0.3).unwrap()),

@@ -176,7 +176,10 @@ fn tape_estimate_bounds_the_measured_peak_memory() {
         (&["--samples", "128"][..], &["the autodiff tapes"][..]),
         (
             &["--samples", "640", "--krylov", "mixed"][..],
-            &["the autodiff tapes", "the kept forward and first backward passes (--krylov mixed)"][..],
+            &[
+                "the autodiff tapes",
+                "the kept forward and first backward passes (--krylov mixed)",
+            ][..],
         ),
     ] {
         let mut args = base.to_vec();

@@ -4,6 +4,7 @@
 //! composes them into the losses and layers that MLPs need (softmax
 //! cross-entropy, MSE, BatchNorm1d, weight decay).
 
+pub mod batchnorm;
 pub mod conv;
 pub mod index_map;
 pub mod ops;

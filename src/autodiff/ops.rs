@@ -80,26 +80,19 @@ pub fn batchnorm_train<'t, T: Scalar>(
     beta: Option<Var<'t, T>>,
     eps: f64,
 ) -> BatchNormOutput<'t, T> {
-    let (n, d) = z.shape();
-    let inv_n = T::ONE / T::from_f64(n as f64);
-    // Row ops instead of broadcast matrices: the same values, fewer full passes.
-    let mean = z.sum_to(1, d).scale(inv_n);
-    let centred = z.add_row(mean.neg());
-    let var = centred.col_dot(centred).scale(inv_n);
-    let inv_std = var.add_scalar(T::from_f64(eps)).sqrt().recip();
-    let mut out = centred.mul_row(inv_std);
+    let d = z.shape().1;
+    // One fused node (and a fused backward node) instead of a graph of row ops.
+    let (mut out, stats) = z.bn_normalize(eps);
     if let Some(g) = gamma {
         out = out.mul_row(g);
     }
     if let Some(b) = beta {
         out = out.add_row(b);
     }
-    let mean_v = mean.value().clone();
-    let var_v = var.value().clone();
     BatchNormOutput {
         out,
-        mean: mean_v,
-        var: var_v,
+        mean: Matrix::from_vec(1, d, stats.mean),
+        var: Matrix::from_vec(1, d, stats.var),
     }
 }
 

@@ -10,6 +10,7 @@
 //! Shapes are checked when an operation is recorded; a mismatch is a
 //! programming error and panics with both shapes.
 
+use super::batchnorm::{self, BnStats};
 use super::conv::{self, ConvGeom};
 use super::index_map::IndexMap;
 use crate::tensor::{matmul_new, Matrix, Par, Scalar};
@@ -59,6 +60,22 @@ enum Op<T> {
     MulRow(usize, usize),
     /// `sum_to(1, d)(a .* b)`: column sums of an elementwise product (`1 x d`).
     ColDot(usize, usize),
+    /// Training-mode BatchNorm's normalisation `xhat` of `x` per column
+    /// ([`super::batchnorm`]), with the statistics it used.
+    BnNormalize {
+        x: usize,
+        eps: f64,
+        stats: Arc<BnStats<T>>,
+    },
+    /// `B(g)`, the backward map of the normalisation node `y` of `x` applied to `g`.
+    /// Its inputs are `x` and `g`; `y` is read for its value (a function of `x`).
+    BnBackward {
+        x: usize,
+        y: usize,
+        g: usize,
+        eps: f64,
+        stats: Arc<BnStats<T>>,
+    },
     /// `conv(X, W)` (see [`super::conv`]): NHWC images, PyTorch's weight matrix.
     Conv {
         x: usize,
@@ -376,6 +393,24 @@ impl<T: Scalar> Tape<T> {
                     res.push((*b, v(*a).mul_row(g)));
                 }
             }
+            Op::BnNormalize { x, eps, stats } => {
+                res.push((*x, g.bn_backward(v(*x), out, *eps, stats.clone())));
+            }
+            Op::BnBackward {
+                x,
+                y,
+                g: gin,
+                eps,
+                stats,
+            } => {
+                if on_path[*gin] {
+                    // g -> B(g) is self-adjoint.
+                    res.push((*gin, g.bn_backward(v(*x), v(*y), *eps, stats.clone())));
+                }
+                if on_path[*x] {
+                    res.push((*x, bn_backward_x(v(*x), v(*y), v(*gin), g, *eps)));
+                }
+            }
             Op::Conv { x, w, geom } => {
                 if on_path[*x] {
                     res.push((*x, g.conv2d_data(v(*w), geom.clone())));
@@ -411,6 +446,8 @@ fn inputs_of<T>(op: &Op<T>) -> Vec<usize> {
         Op::Leaf => vec![],
         Op::MatMul { a, b, .. } | Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) => vec![*a, *b],
         Op::AddRow(a, b) | Op::MulRow(a, b) | Op::ColDot(a, b) => vec![*a, *b],
+        Op::BnNormalize { x, .. } => vec![*x],
+        Op::BnBackward { x, g, .. } => vec![*x, *g],
         Op::Conv { x: a, w: b, .. }
         | Op::ConvData { d: a, w: b, .. }
         | Op::ConvWeight { x: a, d: b, .. } => vec![*a, *b],
@@ -429,6 +466,39 @@ fn inputs_of<T>(op: &Op<T>) -> Vec<usize> {
         | Op::ScatterAdd(a, _)
         | Op::Reshape(a) => vec![*a],
     }
+}
+
+/// `d/dx <u, B_x(g)>` for the BatchNorm backward map `B` (see [`super::batchnorm`]),
+/// per column, as tape operations (so it is differentiable again):
+/// `-s^2 [ (c - 3 m p) xhat + p (g - mean(g)) + m (u - mean(u)) ]` with
+/// `m = mean(g xhat)`, `p = mean(u xhat)`, `c = mean(u g) - mean(u) mean(g)`,
+/// `s^2 = 1 / (var(x) + eps)`; `s` and the means over the rows are rebuilt from `x`.
+fn bn_backward_x<'t, T: Scalar>(
+    x: Var<'t, T>,
+    y: Var<'t, T>,
+    g: Var<'t, T>,
+    u: Var<'t, T>,
+    eps: f64,
+) -> Var<'t, T> {
+    let (n, d) = x.shape();
+    let inv_n = T::ONE / T::from_f64(n as f64);
+    let mean_of = |a: Var<'t, T>| a.sum_to(1, d).scale(inv_n);
+    let centred = x.add_row(mean_of(x).neg());
+    let s2 = centred
+        .col_dot(centred)
+        .scale(inv_n)
+        .add_scalar(T::from_f64(eps))
+        .recip();
+    let (g_mean, u_mean) = (mean_of(g), mean_of(u));
+    let m = g.col_dot(y).scale(inv_n);
+    let p = u.col_dot(y).scale(inv_n);
+    let c = u.col_dot(g).scale(inv_n).sub(u_mean.mul(g_mean));
+    let coef = c.sub(m.mul(p).scale(T::from_f64(3.0)));
+    let term = y
+        .mul_row(coef)
+        .add(g.add_row(g_mean.neg()).mul_row(p))
+        .add(u.add_row(u_mean.neg()).mul_row(m));
+    term.mul_row(s2.neg())
 }
 
 /// `out[i, j] = f(a[i, j], row[0, j])`, split over rayon in whole rows.
@@ -565,6 +635,38 @@ impl<'t, T: Scalar> Var<'t, T> {
                 }
                 out
             })
+    }
+
+    /// Training-mode BatchNorm's normalisation of the columns of `self`
+    /// (`(x - mean) / sqrt(var + eps)`, biased variance; [`super::batchnorm`]) as one
+    /// fused node, and the statistics it used.
+    pub fn bn_normalize(self, eps: f64) -> (Self, BnStats<T>) {
+        let (value, stats) = batchnorm::normalize(&self.value(), eps);
+        let out_stats = stats.clone();
+        let op = Op::BnNormalize {
+            x: self.id,
+            eps,
+            stats: Arc::new(stats),
+        };
+        let rg = self.requires_grad();
+        (self.tape.push(value, op, rg), out_stats)
+    }
+
+    /// `B(self)`: the backward map of the normalisation `y` of `x` applied to `self`.
+    fn bn_backward(self, x: Self, y: Self, eps: f64, stats: Arc<BnStats<T>>) -> Self {
+        let value = {
+            let (yv, gv) = (y.value(), self.value());
+            batchnorm::backward(&yv, &gv, &stats.inv_std)
+        };
+        let rg = self.requires_grad() || x.requires_grad();
+        let op = Op::BnBackward {
+            x: x.id,
+            y: y.id,
+            g: self.id,
+            eps,
+            stats,
+        };
+        self.tape.push(value, op, rg)
     }
 
     /// `conv(self, w)`: `self` is the NHWC input (`rows_in x C_in`), `w` the
