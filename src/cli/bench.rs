@@ -411,57 +411,41 @@ fn network_row(w: Workload, reps: usize, inputs: &Inputs) -> Result<Row, String>
             })?;
             (r.0, r.1, ("HVPs", 1.0))
         }
-        Workload::ConvnetTopEigN2000 => {
+        Workload::ConvnetTopEigN2000 | Workload::ConvnetTopEigMixedN2000 => {
+            let mixed = w == Workload::ConvnetTopEigMixedN2000;
             let xb = x.rows_view(0, 2000).to_owned();
             let obj = NetObjective::new(net, &xb, &y[..2000], BnMode::Eval).map_err(e)?;
+            let opts = LanczosOptions {
+                tol: 1e-6,
+                max_iter: 200,
+                check_every: 1,
+                ..Default::default()
+            };
             let mut last = None;
             let r = time_it(reps.min(3), || {
-                let res = lanczos(
-                    &obj,
-                    Which::Largest(1),
-                    &LanczosOptions {
-                        tol: 1e-6,
-                        max_iter: 200,
-                        check_every: 1,
-                        ..Default::default()
-                    },
-                )
+                let res = if mixed {
+                    lanczos_mixed(
+                        obj.linearized::<f32>(),
+                        &obj.linearized::<f64>(),
+                        Which::Largest(1),
+                        &opts,
+                    )
+                } else {
+                    lanczos(&obj, Which::Largest(1), &opts)
+                }
                 .map_err(e)?;
-                last = Some((res.values[0], res.residuals[0], res.iterations));
+                last = Some(res);
                 Ok(())
             })?;
-            if let Some((v, res, it)) = last {
-                eprintln!("convnet_top_eig_n2000: lambda_max {v:.12e}, residual {res:.2e} ({:.2e} relative), {it} HVPs", res / v.abs());
-            }
-            (r.0, r.1, ("solves", 1.0))
-        }
-        Workload::ConvnetTopEigMixedN2000 => {
-            let xb = x.rows_view(0, 2000).to_owned();
-            let obj = NetObjective::new(net, &xb, &y[..2000], BnMode::Eval).map_err(e)?;
-            let mut last = None;
-            let r = time_it(reps.min(3), || {
-                let res = lanczos_mixed(
-                    obj.linearized::<f32>(),
-                    &obj.linearized::<f64>(),
-                    Which::Largest(1),
-                    &LanczosOptions {
-                        tol: 1e-6,
-                        max_iter: 200,
-                        check_every: 1,
-                        ..Default::default()
-                    },
-                )
-                .map_err(e)?;
-                last = Some((
-                    res.values[0],
-                    res.residuals[0],
+            if let Some(res) = last {
+                let (v, r) = (res.values[0], res.residuals[0]);
+                eprintln!(
+                    "{}: lambda_max {v:.12e}, f64 residual {r:.2e} ({:.2e} relative), {} f32 + {} f64 HVPs",
+                    w.key(),
+                    r / v.abs(),
                     res.approx_products,
-                    res.iterations,
-                ));
-                Ok(())
-            })?;
-            if let Some((v, res, lo, hi)) = last {
-                eprintln!("convnet_top_eig_mixed_n2000: lambda_max {v:.12e}, f64 residual {res:.2e} ({:.2e} relative), {lo} f32 + {hi} f64 HVPs", res / v.abs());
+                    res.iterations
+                );
             }
             (r.0, r.1, ("solves", 1.0))
         }
