@@ -8,7 +8,9 @@
 //!   `(1/m) sum_i M_i(q,p) (x) x~_i(q) x~_i(p)^T`, where
 //!   `M_i(q,p) = G_i(q)^T A_i G_i(p)` (Gauss-Newton) `+ sum_{s >= p, s < L-1} G_{s,i}(q)^T diag(c_{s,i}) G_{s,i}(p)`
 //!   (the smooth-activation term: `G_s(t) = dz(s)/dz(t)`, `c_s = act''(z(s)) .* dl/dx(s+1)`);
-//!   computed as `Mstack^T Xstack`, a GEMM `(d_q d_p x m) (m x n~_q n~_p)`;
+//!   computed as `Mstack^T Xstack`, a GEMM `(d_q d_p x m) (m x n~_q n~_p)`
+//!   (on a diagonal block `q = p`, which is symmetric, only the `n~_p (n~_p + 1) / 2`
+//!   input pairs `b <= e`);
 //! * the **cross blocks** of the H-term, `(W(q), theta(p))` for `p < q`:
 //!   `(1/m) sum_i delta_i(q)[a] B_i(q,p)[b,c] x~_i(p)[e]` at
 //!   `(W(q)[a,b], [W(p)|b(p)][c,e])`, a GEMM `(d_q n~_p x m) (m x n_q d_p)`;
@@ -162,9 +164,20 @@ fn fill_rows(out: &mut Matrix<f64>, rows: usize, f: impl Fn(usize, &mut [f64]) +
         .for_each(|(i, row)| f(i, row));
 }
 
-/// The largest chunk's sample count: the row count of the per-chunk stacks, which
-/// are allocated once per block and reused by every chunk (fresh buffers cost kernel
-/// page zeroing on first touch).
+/// The columns of the Kronecker input stack of block `(q, p)`: every pair `(b, e)`
+/// of augmented inputs, or on a diagonal block (`q == p`) only `b <= e`.
+///
+/// A diagonal block is symmetric: its entry `((a, b), (c, e))` is
+/// `sum_i M_i[a, c] x_b x_e` and `M_i(p, p)` is symmetric, so the entry equals
+/// `((c, e), (a, b))`. Computing only `b <= e` halves the block's GEMM (the
+/// largest one of the assembly), and the block comes out exactly symmetric.
+fn input_pairs(nq: usize, np: usize, diagonal: bool) -> Vec<(usize, usize)> {
+    (0..nq)
+        .flat_map(|b| (if diagonal { b } else { 0 }..np).map(move |e| (b, e)))
+        .collect()
+}
+
+/// The largest chunk's sample count: the row count of the per-chunk stacks.
 fn max_chunk(ctx: &Context) -> usize {
     ctx.chunks
         .iter()
@@ -173,14 +186,89 @@ fn max_chunk(ctx: &Context) -> usize {
         .unwrap_or(0)
 }
 
-/// Curvature block `(q, p)`, `q <= p`, in parameter order (`P_q x P_p`), not yet divided by `m`.
-fn curvature_block(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64> {
+/// Buffers of the block GEMMs (the pair result and the two per-chunk stacks), kept
+/// across blocks: fresh buffers cost kernel page zeroing on first touch, which was
+/// the largest and most variable part of the dense assembly's wall time.
+#[derive(Default)]
+struct Scratch {
+    pair: Vec<f64>,
+    lhs: Vec<f64>,
+    rhs: Vec<f64>,
+}
+
+impl Scratch {
+    /// Buffers large enough for every block of `pairs` (`q <= p`), allocated once:
+    /// growing them block by block would reallocate, and the freed smaller buffers
+    /// would add to the peak memory.
+    fn for_blocks(ctx: &Context, part: Part, pairs: &[(usize, usize)]) -> Self {
+        let lay = &ctx.layout;
+        let m = max_chunk(ctx);
+        let (mut pair, mut lhs, mut rhs) = (0, 0, 0);
+        for &(q, p) in pairs {
+            let (dq, dp) = (lay.widths[q + 1], lay.widths[p + 1]);
+            let (nq, np) = (lay.augmented_in(q), lay.augmented_in(p));
+            let cols = input_pairs(nq, np, q == p).len();
+            pair = pair.max(dq * dp * cols);
+            lhs = lhs.max(m * dq * dp);
+            rhs = rhs.max(m * cols);
+            if part.hterm() && p > q {
+                // The cross block with rows W(p) and columns layer q.
+                let (dr, nr) = (dp, lay.widths[p]);
+                pair = pair.max(dr * nq * nr * dq);
+                lhs = lhs.max(m * dr * nq);
+                rhs = rhs.max(m * nr * dq);
+            }
+        }
+        Self {
+            pair: Vec::with_capacity(pair),
+            lhs: Vec::with_capacity(lhs),
+            rhs: Vec::with_capacity(rhs),
+        }
+    }
+}
+
+/// A zeroed `rows x cols` matrix in `buf`'s storage (returned with [`Matrix::into_vec`]).
+fn take_zeroed(buf: &mut Vec<f64>, rows: usize, cols: usize) -> Matrix<f64> {
+    let mut v = std::mem::take(buf);
+    v.clear();
+    v.resize(rows * cols, 0.0);
+    Matrix::from_vec(rows, cols, v)
+}
+
+/// A `P_q x P_p` block of a larger matrix, at row `r0` and column `c0`.
+struct BlockMut<'a> {
+    m: &'a mut Matrix<f64>,
+    r0: usize,
+    c0: usize,
+}
+
+impl BlockMut<'_> {
+    fn set(&mut self, r: usize, c: usize, v: f64) {
+        self.m.set(self.r0 + r, self.c0 + c, v);
+    }
+    fn add(&mut self, r: usize, c: usize, v: f64) {
+        let (i, j) = (self.r0 + r, self.c0 + c);
+        self.m.set(i, j, self.m.get(i, j) + v);
+    }
+}
+
+/// Writes curvature block `(q, p)`, `q <= p`, in parameter order (`P_q x P_p`), not
+/// yet divided by `m`, to `dst` (every entry is set).
+fn curvature_block(
+    ctx: &Context,
+    part: Part,
+    q: usize,
+    p: usize,
+    scratch: &mut Scratch,
+    dst: &mut BlockMut,
+) {
     let lay = &ctx.layout;
     let (dq, dp) = (lay.widths[q + 1], lay.widths[p + 1]);
     let (nq, np) = (lay.augmented_in(q), lay.augmented_in(p));
-    let mut pair = Matrix::zeros(dq * dp, nq * np);
-    let mut mstack = Matrix::zeros(max_chunk(ctx), dq * dp);
-    let mut xstack = Matrix::zeros(max_chunk(ctx), nq * np);
+    let cols = input_pairs(nq, np, q == p);
+    let mut pair = take_zeroed(&mut scratch.pair, dq * dp, cols.len());
+    let mut mstack = take_zeroed(&mut scratch.lhs, max_chunk(ctx), dq * dp);
+    let mut xstack = take_zeroed(&mut scratch.rhs, max_chunk(ctx), cols.len());
     for (st, labels) in &ctx.chunks {
         let mc = st.num_samples();
         fill_rows(&mut mstack, mc, |i, row| {
@@ -188,12 +276,10 @@ fn curvature_block(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64>
         });
         fill_rows(&mut xstack, mc, |i, row| {
             let (xq, xp) = (st.inputs[q].row(i), st.inputs[p].row(i));
-            for b in 0..nq {
+            for (v, &(b, e)) in row.iter_mut().zip(&cols) {
                 let vb = if b < xq.len() { xq[b] } else { 1.0 };
-                for e in 0..np {
-                    let ve = if e < xp.len() { xp[e] } else { 1.0 };
-                    row[b * np + e] = vb * ve;
-                }
+                let ve = if e < xp.len() { xp[e] } else { 1.0 };
+                *v = vb * ve;
             }
         });
         gemm(
@@ -204,34 +290,44 @@ fn curvature_block(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64>
             &mut pair,
         );
     }
-    // Pair layout [(a, c), (b, e)] -> parameter layout [(a, b), (c, e)].
-    let (pq, pp) = (lay.layer_size(q), lay.layer_size(p));
-    let mut block = Matrix::zeros(pq, pp);
+    // Pair layout [(a, c), (b, e)] -> parameter layout [(a, b), (c, e)]; on a
+    // diagonal block also the mirrored entry [(c, e), (a, b)] (for b == e the
+    // later write of the two, from row (c, a), wins on both sides).
     let local = |l: usize, a: usize, b: usize| lay.augmented_index(l, a, b) - lay.offsets[l];
     for a in 0..dq {
         for c in 0..dp {
             let src = pair.row(a * dp + c);
-            for b in 0..nq {
-                let r = local(q, a, b);
-                let dst = block.row_mut(r);
-                for e in 0..np {
-                    dst[local(p, c, e)] = src[b * np + e];
+            for (&v, &(b, e)) in src.iter().zip(&cols) {
+                let (r, col) = (local(q, a, b), local(p, c, e));
+                dst.set(r, col, v);
+                if q == p {
+                    dst.set(col, r, v);
                 }
             }
         }
     }
-    block
+    scratch.pair = pair.into_vec();
+    scratch.lhs = mstack.into_vec();
+    scratch.rhs = xstack.into_vec();
 }
 
-/// Cross block of the H-term, rows `W(q)`, columns layer `p < q`, in parameter order (`P_q x P_p`).
-fn cross_block(ctx: &Context, q: usize, p: usize) -> Matrix<f64> {
+/// Adds the H-term's cross block with rows `W(q)` and columns layer `p < q`
+/// (`P_q x P_p`, parameter order), transposed, to `dst` (`P_p x P_q`, the block
+/// `(p, q)`).
+fn add_cross_block_transposed(
+    ctx: &Context,
+    q: usize,
+    p: usize,
+    scratch: &mut Scratch,
+    dst: &mut BlockMut,
+) {
     let lay = &ctx.layout;
     let (dq, dp) = (lay.widths[q + 1], lay.widths[p + 1]);
     let nq = lay.widths[q];
     let np = lay.augmented_in(p);
-    let mut pair = Matrix::zeros(dq * np, nq * dp);
-    let mut u = Matrix::zeros(max_chunk(ctx), dq * np);
-    let mut v = Matrix::zeros(max_chunk(ctx), nq * dp);
+    let mut pair = take_zeroed(&mut scratch.pair, dq * np, nq * dp);
+    let mut u = take_zeroed(&mut scratch.lhs, max_chunk(ctx), dq * np);
+    let mut v = take_zeroed(&mut scratch.rhs, max_chunk(ctx), nq * dp);
     for (st, _) in &ctx.chunks {
         let mc = st.num_samples();
         fill_rows(&mut u, mc, |i, row| {
@@ -253,24 +349,21 @@ fn cross_block(ctx: &Context, q: usize, p: usize) -> Matrix<f64> {
             &mut pair,
         );
     }
-    let (pq, pp) = (lay.layer_size(q), lay.layer_size(p));
-    let mut block = Matrix::zeros(pq, pp);
     for a in 0..dq {
         for e in 0..np {
             let src = pair.row(a * np + e);
             for b in 0..nq {
                 let r = lay.weight_index(q, a, b) - lay.offsets[q];
                 for c in 0..dp {
-                    block.set(
-                        r,
-                        lay.augmented_index(p, c, e) - lay.offsets[p],
-                        src[b * dp + c],
-                    );
+                    let col = lay.augmented_index(p, c, e) - lay.offsets[p];
+                    dst.add(col, r, src[b * dp + c]);
                 }
             }
         }
     }
-    block
+    scratch.pair = pair.into_vec();
+    scratch.lhs = u.into_vec();
+    scratch.rhs = v.into_vec();
 }
 
 /// Block `(q, p)` (rows: layer `q`'s parameters, columns: layer `p`'s) of the
@@ -290,25 +383,46 @@ pub fn hessian_block(
             "layer index out of range: the model has {nl} layers"
         )));
     }
-    let mut b = block_of(&ctx, part, q, p);
+    let mut b = block_of(&ctx, part, q.min(p), q.max(p), &mut Scratch::default());
     let s = 1.0 / ctx.m_total as f64;
     for v in b.as_mut_slice() {
         *v *= s;
     }
-    Ok(b)
+    Ok(if q > p { b.transpose() } else { b })
 }
 
-fn block_of(ctx: &Context, part: Part, q: usize, p: usize) -> Matrix<f64> {
-    if q > p {
-        return block_of(ctx, part, p, q).transpose();
-    }
-    let mut b = curvature_block(ctx, part, q, p);
+/// Writes block `(q, p)`, `q <= p`, not yet divided by `m`, to `dst`.
+fn write_block(
+    ctx: &Context,
+    part: Part,
+    q: usize,
+    p: usize,
+    scratch: &mut Scratch,
+    dst: &mut BlockMut,
+) {
+    curvature_block(ctx, part, q, p, scratch, dst);
     if part.hterm() && p > q {
         // The (q, p) block holds the transpose of the cross block with rows W(p).
-        let cross = cross_block(ctx, p, q);
-        let ct = cross.transpose();
-        b.axpy(1.0, &ct);
+        add_cross_block_transposed(ctx, p, q, scratch, dst);
     }
+}
+
+/// Block `(q, p)`, `q <= p`, not yet divided by `m`, as its own matrix.
+fn block_of(ctx: &Context, part: Part, q: usize, p: usize, scratch: &mut Scratch) -> Matrix<f64> {
+    let lay = &ctx.layout;
+    let mut b = Matrix::zeros(lay.layer_size(q), lay.layer_size(p));
+    write_block(
+        ctx,
+        part,
+        q,
+        p,
+        scratch,
+        &mut BlockMut {
+            m: &mut b,
+            r0: 0,
+            c0: 0,
+        },
+    );
     b
 }
 
@@ -341,32 +455,53 @@ pub fn dense_hessian(
     // Several MPI ranks: one layer-pair block per work item (each block is computed
     // as one process computes it, so the matrix is the same bit for bit); every rank
     // gets every block.
-    let mut blocks: Vec<Option<Matrix<f64>>> = if crate::dist::distributed() && pairs.len() > 1 {
+    let mut blocks: Vec<Option<Vec<f64>>> = if crate::dist::distributed() && pairs.len() > 1 {
         crate::dist::map_items(
             pairs.len(),
-            |i| Ok::<_, Error>(block_of(&ctx, part, pairs[i].0, pairs[i].1).into_vec()),
+            |i| {
+                let (q, p) = pairs[i];
+                Ok::<_, Error>(block_of(&ctx, part, q, p, &mut Scratch::default()).into_vec())
+            },
             || {},
         )?
         .into_iter()
-        .zip(&pairs)
-        .map(|(v, &(q, p))| {
-            Some(Matrix::from_vec(
-                layout.layer_size(q),
-                layout.layer_size(p),
-                v,
-            ))
-        })
+        .map(Some)
         .collect()
     } else {
         vec![None; pairs.len()]
     };
+    let mut scratch = if blocks.iter().all(Option::is_some) {
+        Scratch::default()
+    } else {
+        Scratch::for_blocks(&ctx, part, &pairs)
+    };
     for (&(q, p), done) in pairs.iter().zip(blocks.iter_mut()) {
-        let b = done.take().unwrap_or_else(|| block_of(&ctx, part, q, p));
         let (oq, op) = (layout.offsets[q], layout.offsets[p]);
-        for r in 0..b.rows() {
-            for (c, &v) in b.row(r).iter().enumerate() {
-                h.set(oq + r, op + c, v * s);
-                h.set(op + c, oq + r, v * s);
+        let (pq, pp) = (layout.layer_size(q), layout.layer_size(p));
+        // The block is assembled in place, in the upper triangle of `h`.
+        let mut dst = BlockMut {
+            m: &mut h,
+            r0: oq,
+            c0: op,
+        };
+        match done.take() {
+            Some(v) => {
+                for (r, row) in v.chunks_exact(pp.max(1)).enumerate().take(pq) {
+                    for (c, &x) in row.iter().enumerate() {
+                        dst.set(r, c, x);
+                    }
+                }
+            }
+            None => write_block(&ctx, part, q, p, &mut scratch, &mut dst),
+        }
+        // Divide by m and mirror to the lower triangle (a diagonal block is
+        // symmetric: only its upper triangle is read).
+        for r in 0..pq {
+            let c_start = if q == p { r } else { 0 };
+            for c in c_start..pp {
+                let v = h.get(oq + r, op + c) * s;
+                h.set(oq + r, op + c, v);
+                h.set(op + c, oq + r, v);
             }
         }
     }
