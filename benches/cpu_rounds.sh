@@ -9,13 +9,16 @@
 #       JAX's jvp(grad) and linearize.
 # Usage: benches/cpu_rounds.sh [ROUNDS] (default 3); BIN=path/to/landscape; OUT=dir;
 # KERNELS="auto matrixmultiply gemm" runs ours once per GEMM kernel (LANDSCAPE_GEMM)
-# in each round (default: auto).
+# in each round (default: auto); BINS="target/release/landscape target/avx2/release/landscape"
+# runs each binary in turn (the second built with --no-default-features: AVX2 kernels
+# only), labelled by the SIMD its kernels use.
 # Needs JAX (pip install "jax[cpu]"). Prints one markdown row per round and writes
 # every raw JSON under $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 BIN=${BIN:-target/release/landscape}
+BINS=${BINS:-$BIN}
 OUT=${OUT:-target/cpu-rounds}
 mkdir -p "$OUT"
 export JAX_PLATFORMS=cpu
@@ -24,12 +27,14 @@ lscpu | grep -E "Model name|^Flags" | sed 's/^Flags:.*\(avx512f\).*/ISA: has avx
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD)"
 echo
 KERNELS=${KERNELS:-auto}
-echo "| round | GEMM | (a) dense CLI wall (median of 3) | JAX jit(hessian) | ratio | (b) GN norms ours | JAX | ratio | (c) HVP b1000 ours (cached) | JAX jvp(grad) / linearize | ratio vs faster |"
+echo "| round | SIMD, GEMM | (a) dense CLI wall (median of 3) | JAX jit(hessian) | ratio | (b) GN norms ours | JAX | ratio | (c) HVP b1000 ours (cached) | JAX jvp(grad) / linearize | ratio vs faster |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$ROUNDS"); do
   python3 benches/peers/jax_hessian.py dense --repeats 3 --json "$OUT/jax_dense$r.json" >/dev/null
   python3 benches/peers/jax_hessian.py gnnorm --gn-samples 1000 --json "$OUT/jax_gn$r.json" >/dev/null
   python3 benches/peers/jax_hessian.py hvp --repeats 100 --json "$OUT/jax_hvp$r.json" >/dev/null
+  for BIN in $BINS; do
+  simd=$(LANDSCAPE_GEMM=auto "$BIN" hessian --model "$OUT/digits.safetensors" --data digits --json "$OUT/simd.json" >/dev/null 2>&1; python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['provenance'].get('simd'))" "$OUT/simd.json")
   for kernel in $KERNELS; do
   walls=""
   for _ in 1 2 3; do
@@ -40,7 +45,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   LANDSCAPE_GEMM=$kernel "$BIN" bench --devices cpu --workloads gn-norms,hvp-b1000 --reps 40 \
     --json "$OUT/ours$r.json" >/dev/null
-  python3 - "$OUT" "$r" "$walls" "$kernel" <<'PY'
+  python3 - "$OUT" "$r" "$walls" "$simd, $kernel" <<'PY'
 import json, sys
 out, r, walls, kernel = sys.argv[1], sys.argv[2], sorted(map(float, sys.argv[3].split())), sys.argv[4]
 def load(name):
@@ -59,4 +64,5 @@ ours_sps = 10000 / gn
 print(f"| {r} | {kernel} | {dense:.3f} s | {jd:.2f} s | {jd/dense:.1f}x | {gn*1e3:.1f} ms ({ours_sps:,.0f} samples/s) | {jg:.1f}/s | {ours_sps/jg:,.0f}x | {hvp*1e3:.2f} ms | {jvp*1e3:.2f} / {lin*1e3:.2f} ms | {min(jvp, lin)/hvp:.2f}x |", flush=True)
 PY
   done
+done
 done

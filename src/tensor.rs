@@ -1238,12 +1238,12 @@ impl Csr {
         }
     }
 
-    /// `out[i, :] = sum_{j in row i} s_ij b[j, :]` (`out` is `rows x d`), with AVX2+FMA
-    /// code when the processor has it (detected at run time, like matrixmultiply's).
+    /// `out[i, :] = sum_{j in row i} s_ij b[j, :]` (`out` is `rows x d`), with AVX-512 or
+    /// AVX2+FMA code when the processor (and, for AVX-512, the build) has it.
     fn mul_rows(&self, b: &Matrix<f64>) -> Matrix<f64> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f") {
+            if crate::backend::cpu::avx512_enabled() {
                 // SAFETY: the feature was just detected.
                 return unsafe { self.mul_rows_avx512(b) };
             }

@@ -167,7 +167,7 @@ pub fn conv_isa() -> ConvIsa {
         let forced = std::env::var("LANDSCAPE_CONV_ISA").ok();
         #[cfg(target_arch = "x86_64")]
         {
-            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma");
+            let avx512 = crate::backend::cpu::avx512_enabled();
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             match forced.as_deref() {
                 Some("portable") => ConvIsa::Portable,
@@ -191,7 +191,7 @@ pub fn available_isas() -> Vec<ConvIsa> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("fma") {
-            if is_x86_feature_detected!("avx512f") {
+            if crate::backend::cpu::avx512_enabled() {
                 v.push(ConvIsa::Avx512);
             }
             if is_x86_feature_detected!("avx2") {

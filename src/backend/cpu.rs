@@ -111,6 +111,35 @@ mod tests {
     }
 }
 
+/// Whether the AVX-512 kernels run: the processor has AVX-512F (and FMA) and the
+/// build has the `avx512` feature (default). Every kernel of ours with an AVX-512
+/// variant asks this; without the feature the `gemm` crate has no AVX-512 kernels either.
+pub fn avx512_enabled() -> bool {
+    #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(all(target_arch = "x86_64", feature = "avx512")))]
+    {
+        false
+    }
+}
+
+/// The widest SIMD the kernels use in this process: `avx512`, `avx2` (with FMA) or
+/// `portable`.
+pub fn simd_in_use() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512_enabled() {
+            return "avx512";
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return "avx2";
+        }
+    }
+    "portable"
+}
+
 /// The machine a CPU measurement ran on: processor model, the instruction-set
 /// extensions it has (of those the kernels use), the kernels chosen, and threads.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -119,6 +148,9 @@ pub struct MachineInfo {
     pub processor: String,
     /// Extensions detected at run time, among sse4.2, avx, avx2, fma, avx512f.
     pub isa: Vec<&'static str>,
+    /// The widest SIMD the kernels use ([`simd_in_use`]): lower than `isa` in a
+    /// build without the `avx512` feature.
+    pub simd_used: &'static str,
     /// The convolution kernels' family (`autodiff::conv::conv_isa`).
     pub conv_kernels: String,
     /// The GEMM kernels of the dense products (`tensor::gemm_kernels_description`;
@@ -157,6 +189,7 @@ pub fn machine_info() -> MachineInfo {
     MachineInfo {
         processor,
         isa,
+        simd_used: simd_in_use(),
         conv_kernels: format!("{:?}", crate::autodiff::conv::conv_isa()).to_lowercase(),
         gemm: crate::tensor::gemm_kernels_description(),
         threads: rayon::current_num_threads(),

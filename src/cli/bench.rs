@@ -644,10 +644,11 @@ pub fn cmd_bench(a: BenchArgs, command_line: &str) -> Result<(), String> {
     pb.finish_and_clear();
     // One table: our rows, each with the matching peer rows (same workload, device kind, dtype).
     let mut table = format!(
-        "Machine: {} ({} threads; {}; conv kernels {}; GEMM {}).\n",
+        "Machine: {} ({} threads; {}; kernels use {}; conv kernels {}; GEMM {}).\n",
         machine.processor,
         machine.threads,
         machine.isa.join(" "),
+        machine.simd_used,
         machine.conv_kernels,
         machine.gemm
     );

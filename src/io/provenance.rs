@@ -45,6 +45,11 @@ pub struct Provenance {
     /// written before this field read as `None`.
     #[serde(default)]
     pub gemm: Option<String>,
+    /// The widest SIMD the kernels used (`backend::cpu::simd_in_use`: `avx512`, `avx2`
+    /// or `portable`); kernels of different widths differ in the last bits. Records
+    /// written before this field read as `None`.
+    #[serde(default)]
+    pub simd: Option<String>,
     /// Seconds since the Unix epoch (`SOURCE_DATE_EPOCH` when set).
     pub created_unix: u64,
 }
@@ -69,6 +74,7 @@ impl Provenance {
             threads: rayon::current_num_threads(),
             ranks: crate::dist::size(),
             gemm: Some(crate::tensor::gemm_kernels_description()),
+            simd: Some(crate::backend::cpu::simd_in_use().to_string()),
             created_unix: unix_time(),
         }
     }
