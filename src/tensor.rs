@@ -1265,17 +1265,56 @@ impl Csr {
         let rows = self.indptr.len() - 1;
         let d = b.cols();
         let mut out: Matrix<f64> = Matrix::zeros(rows, d);
-        let mut c0 = 0;
-        while c0 + 32 <= d {
-            self.blocked_tile_generic::<32>(b, &mut out, c0);
-            c0 += 32;
+        let (wide, narrow) = (d / 32 * 32, d / 4 * 4);
+        let bs = b.as_slice();
+        // Chunk by chunk and row by row, all column tiles of the row in turn: the
+        // second tile reads the other half of the same rows of `b` and the same
+        // nonzeros just read by the first (a third faster at d = 64 than tile by tile
+        // over the whole matrix, which read everything twice from L2).
+        for c in 0..self.chunks {
+            for i in 0..rows {
+                let (s, e) = self.chunk_range(i, c);
+                if s == e {
+                    continue;
+                }
+                let row = out.row_mut(i);
+                for c0 in (0..wide).step_by(32) {
+                    self.tile_generic::<32>(bs, d, row, c0, s, e);
+                }
+                for c0 in (wide..narrow).step_by(4) {
+                    self.tile_generic::<4>(bs, d, row, c0, s, e);
+                }
+            }
         }
-        while c0 + 4 <= d {
-            self.blocked_tile_generic::<4>(b, &mut out, c0);
-            c0 += 4;
-        }
-        self.fma_tail_columns(b, &mut out, c0);
+        self.fma_tail_columns(b, &mut out, narrow);
         out
+    }
+
+    /// Columns `c0 .. c0 + W` of output row `row` plus the nonzeros `s..e` times the
+    /// matching rows of `b` (`bs`, row length `d`), written with arrays the compiler
+    /// vectorises (fused multiply-adds in nonzero order).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn tile_generic<const W: usize>(
+        &self,
+        bs: &[f64],
+        d: usize,
+        row: &mut [f64],
+        c0: usize,
+        s: usize,
+        e: usize,
+    ) {
+        let dst: &mut [f64; W] = (&mut row[c0..c0 + W]).try_into().expect("tile");
+        let mut acc = *dst;
+        for t in s..e {
+            let j = self.indices[t];
+            let src: &[f64; W] = bs[j * d + c0..j * d + c0 + W].try_into().expect("tile");
+            let x = self.values[t];
+            for k in 0..W {
+                acc[k] = x.mul_add(src[k], acc[k]);
+            }
+        }
+        *dst = acc;
     }
 
     /// Row `i`'s nonzeros in column chunk `c`: positions `s..e` of `indices`/`values`.
@@ -1284,41 +1323,6 @@ impl Csr {
     fn chunk_range(&self, i: usize, c: usize) -> (usize, usize) {
         let at = i * (self.chunks + 1) + c;
         (self.chunk_ptr[at], self.chunk_ptr[at + 1])
-    }
-
-    /// Columns `c0 .. c0 + W` of `out += X b`, chunk by chunk like
-    /// [`Csr::blocked_tile`], written with arrays the compiler vectorises.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    fn blocked_tile_generic<const W: usize>(
-        &self,
-        b: &Matrix<f64>,
-        out: &mut Matrix<f64>,
-        c0: usize,
-    ) {
-        let rows = self.indptr.len() - 1;
-        let d = b.cols();
-        let bs = b.as_slice();
-        for c in 0..self.chunks {
-            for i in 0..rows {
-                let (s, e) = self.chunk_range(i, c);
-                if s == e {
-                    continue;
-                }
-                let dst: &mut [f64; W] =
-                    (&mut out.row_mut(i)[c0..c0 + W]).try_into().expect("tile");
-                let mut acc = *dst;
-                for t in s..e {
-                    let j = self.indices[t];
-                    let src: &[f64; W] = bs[j * d + c0..j * d + c0 + W].try_into().expect("tile");
-                    let x = self.values[t];
-                    for k in 0..W {
-                        acc[k] = x.mul_add(src[k], acc[k]);
-                    }
-                }
-                *dst = acc;
-            }
-        }
     }
 
     /// Columns `c0..` of `out = X b` one at a time, fused multiply-adds in column order.
