@@ -40,19 +40,19 @@ for r in $(seq 1 "$ROUNDS"); do
   for _ in 1 2 3; do
     t0=$(date +%s.%N)
     LANDSCAPE_GEMM=$kernel "$BIN" hessian --model "$OUT/digits.safetensors" --data digits \
-      --dense "$OUT/h.safetensors" --json "$OUT/h$r.json" >/dev/null
+      --dense "$OUT/h.safetensors" --json "$OUT/h$r-$simd-$kernel.json" >/dev/null
     walls="$walls $(echo "$(date +%s.%N) - $t0" | bc)"
   done
   LANDSCAPE_GEMM=$kernel "$BIN" bench --devices cpu --workloads gn-norms,hvp-b1000 --reps 40 \
-    --json "$OUT/ours$r.json" >/dev/null
-  python3 - "$OUT" "$r" "$walls" "$simd, $kernel" <<'PY'
+    --json "$OUT/ours$r-$simd-$kernel.json" >/dev/null
+  python3 - "$OUT" "$r" "$walls" "$simd, $kernel" "$simd-$kernel" <<'PY'
 import json, sys
-out, r, walls, kernel = sys.argv[1], sys.argv[2], sorted(map(float, sys.argv[3].split())), sys.argv[4]
+out, r, walls, kernel, tag = sys.argv[1], sys.argv[2], sorted(map(float, sys.argv[3].split())), sys.argv[4], sys.argv[5]
 def load(name):
     return json.load(open(f"{out}/{name}{r}.json"))
 dense = walls[len(walls) // 2]  # median of the CLI runs
 jd = load("jax_dense")["dense"]["median_s"]
-ours = load("ours")
+ours = json.load(open(f"{out}/ours{r}-{tag}.json"))
 ours = ours.get("results", ours)
 rows = {row["workload"]: row for row in ours["rows"] if row["device"].startswith("cpu")}
 gn = rows["gn_norms"]["seconds_median"]
