@@ -599,3 +599,143 @@ fn convolutions_match_finite_differences() {
     check_grad("conv2d", &inputs, &build);
     check_hvp("conv2d", &inputs, &build, 9);
 }
+
+/// `sum_k <a_k, b_k>` over matching tensor lists, on the tape.
+fn pair_dot<'t>(tape: &'t Tape<f64>, a: &[Var<'t, f64>], b: &[Matrix<f64>]) -> Var<'t, f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, m)| x.dot(tape.constant(m.clone())))
+        .reduce(|p, q| p.add(q))
+        .unwrap()
+}
+
+/// Third order by triple backward: the gradient of `<H(theta) v, w>`.
+fn tape_third(inputs: &[Matrix<f64>], v: &[Matrix<f64>], w: &[Matrix<f64>], f: &Build) -> Vec<f64> {
+    let tape = Tape::new();
+    let vars: Vec<_> = inputs.iter().map(|m| tape.param(m.clone())).collect();
+    let y = f(&tape, &vars);
+    let g = tape.grad(y, &vars);
+    let hv = tape.grad(pair_dot(&tape, &g, v), &vars);
+    let t = tape.grad(pair_dot(&tape, &hv, w), &vars);
+    flatten(&t.iter().map(|x| x.value().clone()).collect::<Vec<_>>())
+}
+
+/// The fused BatchNorm normalisation `xhat = (x - mean) / sqrt(var + eps)`
+/// (`Var::bn_normalize`) on odd shapes: its gradient against central
+/// differences of the loss (step 1e-6), its double-backward HVP against
+/// central differences of tape gradients (step 1e-5), and its triple-backward
+/// third derivative `grad <H v, w>` against central differences of HVPs
+/// (step 1e-5); relative error <= 1e-6 for the first two, <= 1e-5 for the third.
+#[test]
+fn fused_batchnorm_normalize_matches_finite_differences_to_third_order() {
+    let mut rng = Rng::new(2024);
+    for &(n, d) in &[(5, 1), (7, 3), (5, 3), (7, 1), (2, 3)] {
+        for &eps in &[1e-5, 0.3] {
+            let x = random(n, d, &mut rng);
+            let gamma = random(1, d, &mut rng);
+            let cases: Vec<Case> = vec![
+                (
+                    "xhat (linear readout)",
+                    vec![x.clone()],
+                    Box::new(move |t, v| weighted(t, v[0].bn_normalize(eps).0, 41)),
+                ),
+                (
+                    "tanh(gamma xhat) + x .* xhat",
+                    vec![x.clone(), gamma.clone()],
+                    Box::new(move |t, v| {
+                        let xh = v[0].bn_normalize(eps).0;
+                        let a = weighted(t, xh.mul_row(v[1]).tanh(), 42);
+                        a.add(weighted(t, v[0].mul(xh), 43))
+                    }),
+                ),
+                (
+                    "batchnorm_train (affine) squared",
+                    vec![x.clone(), gamma.clone(), random(1, d, &mut rng)],
+                    Box::new(move |t, v| {
+                        let o = batchnorm_train(v[0], Some(v[1]), Some(v[2]), eps).out;
+                        weighted(t, o.square(), 44)
+                    }),
+                ),
+            ];
+            for (k, (name, inputs, f)) in cases.iter().enumerate() {
+                let tag = format!("{name} n={n} d={d} eps={eps}");
+                let f = f.as_ref();
+                let g = flatten(&tape_grad(inputs, f));
+                let e = rel_err(&g, &fd_grad(inputs, f, 1e-6));
+                assert!(e <= 1e-6, "{tag}: gradient relative error {e:.3e}");
+
+                let dirs = |seed: u64| -> Vec<Matrix<f64>> {
+                    let mut r = Rng::new(seed);
+                    inputs
+                        .iter()
+                        .map(|m| random(m.rows(), m.cols(), &mut r))
+                        .collect()
+                };
+                let (v, w) = (dirs(300 + k as u64), dirs(400 + k as u64));
+                let moved = |s: f64, dir: &[Matrix<f64>]| -> Vec<Matrix<f64>> {
+                    inputs
+                        .iter()
+                        .zip(dir)
+                        .map(|(m, u)| {
+                            let mut m = m.clone();
+                            m.axpy(s, u);
+                            m
+                        })
+                        .collect()
+                };
+                let h = 1e-5;
+                let (_, _, hv) = hvp(inputs, &v, |t, vars| f(t, vars));
+                let gp = flatten(&tape_grad(&moved(h, &v), f));
+                let gm = flatten(&tape_grad(&moved(-h, &v), f));
+                let fd: Vec<f64> = gp
+                    .iter()
+                    .zip(&gm)
+                    .map(|(a, b)| (a - b) / (2.0 * h))
+                    .collect();
+                let e = rel_err(&flatten(&hv), &fd);
+                assert!(e <= 1e-6, "{tag}: HVP relative error {e:.3e}");
+
+                let third = tape_third(inputs, &v, &w, f);
+                let hvw = |s: f64| flatten(&hvp(&moved(s, &w), &v, |t, vars| f(t, vars)).2);
+                let (hp, hm) = (hvw(h), hvw(-h));
+                let fd3: Vec<f64> = hp
+                    .iter()
+                    .zip(&hm)
+                    .map(|(a, b)| (a - b) / (2.0 * h))
+                    .collect();
+                let e = rel_err(&third, &fd3);
+                assert!(e <= 1e-5, "{tag}: third-derivative relative error {e:.3e}");
+            }
+        }
+    }
+}
+
+/// The fused BatchNorm's column sums run in fixed row blocks: value, gradient
+/// and HVP are the same bits with 1 and 3 rayon threads (on a shape with
+/// several blocks).
+#[test]
+fn fused_batchnorm_is_bit_identical_across_thread_counts() {
+    let mut rng = Rng::new(77);
+    let (n, d) = (9000, 7);
+    let inputs = vec![random(n, d, &mut rng), random(1, d, &mut rng)];
+    let v = vec![random(n, d, &mut rng), random(1, d, &mut rng)];
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            hvp(&inputs, &v, |t, vars| {
+                let o = batchnorm_train(vars[0], Some(vars[1]), None, 1e-5).out;
+                weighted(t, o.tanh(), 45)
+            })
+        })
+    };
+    let (f1, g1, h1) = run(1);
+    let (f3, g3, h3) = run(3);
+    assert_eq!(f1.to_bits(), f3.to_bits());
+    let bits =
+        |ms: &[Matrix<f64>]| -> Vec<u64> { flatten(ms).iter().map(|x| x.to_bits()).collect() };
+    assert_eq!(bits(&g1), bits(&g3));
+    assert_eq!(bits(&h1), bits(&h3));
+}
